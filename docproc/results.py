@@ -1,0 +1,66 @@
+"""Result payloads: what a processed page and document look like on the wire."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Task = Literal["ocr", "tables", "extract"]
+EngineName = Literal["auto", "text", "internvl"]
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Table(BaseModel):
+    markdown: str = Field(description="The table as GitHub-flavoured Markdown.")
+    rows: list[list[str | None]] = Field(description="Cells row by row; the first row is the header.")
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="x0, y0, x1, y1 in PDF points, when known."
+    )
+
+
+class PageResult(BaseModel):
+    page: int = Field(description="1-based page number in the source document.")
+    status: Literal["succeeded", "failed"]
+    engine: str
+    width: int | None = Field(None, description="Rendered width in pixels.")
+    height: int | None = Field(None, description="Rendered height in pixels.")
+    tiles: int | None = Field(None, description="InternVL tiles fed to the model (0 for the text engine).")
+    has_text_layer: bool = False
+    text: str | None = Field(None, description="ocr: the page as Markdown, in reading order.")
+    tables: list[Table] | None = Field(None, description="tables: every table found on the page.")
+    fields: dict[str, Any] | None = Field(None, description="extract: the page's JSON fields.")
+    raw_output: str | None = Field(None, description="The model's raw text, kept when it did not parse.")
+    error: ErrorInfo | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class DocumentInfo(BaseModel):
+    filename: str | None = None
+    sha256: str
+    size_bytes: int
+    media_type: str
+    page_count: int
+
+
+class DocumentResult(BaseModel):
+    document: DocumentInfo
+    task: Task
+    schema_name: str | None = Field(None, alias="schema")
+    schema_version: str | None = None
+    engine: str
+    model: str | None = None
+    status: Literal["succeeded", "partial", "failed"]
+    pages: list[PageResult]
+    fields: dict[str, Any] | None = Field(None, description="extract: the merged document fields.")
+    provenance: dict[str, list[int]] | None = Field(
+        None, description="extract: for each top-level field, the pages it came from."
+    )
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    error: ErrorInfo | None = None
+
+    model_config = {"populate_by_name": True}

@@ -1,0 +1,34 @@
+"""A rendered page: the unit every stage after render works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One word of a born-digital page's text layer; coordinates in PDF points."""
+
+    text: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    block: int
+    line: int
+    number: int
+
+
+@dataclass(slots=True)
+class RenderedPage:
+    number: int  # 1-based page number in the source document
+    image: Image.Image  # RGB, rendered at the resolution the tile budget asks for
+    width_pt: float | None = None  # page size in PDF points (None for image inputs)
+    height_pt: float | None = None
+    dpi: float | None = None  # render resolution (None for image inputs)
+    text: str = ""  # the text layer in reading order, "" when there is none
+    words: list[Word] = field(default_factory=list)
+    has_text_layer: bool = False  # True when `text` is usable in place of OCR
+    timings_ms: dict[str, float] = field(default_factory=dict)
