@@ -1,0 +1,5 @@
+import sys
+
+from docproc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,192 @@
+"""One document's way through docproc, in-process: intake -> render -> route -> infer -> merge.
+
+``process_document`` is what the CLI runs and what the Celery tasks will wrap.
+Pages are rendered and sent to the engines in batches of ``settings.batch_size``
+so memory stays flat however long the document is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from docproc.errors import DocprocError, InvalidRequest
+from docproc.results import DocumentInfo, DocumentResult, EngineName, ErrorInfo, PageResult, Task
+from docproc.schemas import ExtractionSchema, get_registry
+from docproc.settings import Settings, get_settings
+from workers.engines.text import TEXT_TASKS, TextEngine
+from workers.intake import OpenedDocument, open_document
+from workers.pages import RenderedPage
+from workers.render import parse_page_range, render_pages
+
+if TYPE_CHECKING:
+    from workers.engines.internvl import InternVLEngine
+
+TASKS: tuple[Task, ...] = ("ocr", "tables", "extract")
+ENGINES: tuple[EngineName, ...] = ("auto", "text", "internvl")
+
+
+@dataclass
+class Engines:
+    """The engines of one process; the model is loaded on first use, once."""
+
+    settings: Settings
+    text: TextEngine = field(default_factory=TextEngine)
+    _internvl: "InternVLEngine | None" = None
+
+    @property
+    def internvl(self) -> "InternVLEngine":
+        if self._internvl is None:
+            from workers.engines.internvl import InternVLEngine
+
+            engine = InternVLEngine(self.settings)
+            engine.load()
+            self._internvl = engine
+        return self._internvl
+
+
+def resolve_request(task: str, schema: str | None, engine: str, settings: Settings) -> ExtractionSchema | None:
+    """Check a request before any document is read; returns the extraction schema, if any."""
+    if task not in TASKS:
+        raise InvalidRequest(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if engine not in ENGINES:
+        raise InvalidRequest(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if task == "extract":
+        if not schema:
+            raise InvalidRequest("task 'extract' needs a schema (e.g. --schema invoice)")
+        if engine == "text":
+            raise InvalidRequest("the text engine cannot extract fields; use --engine internvl or auto")
+        return get_registry(settings).get(schema)
+    if schema:
+        raise InvalidRequest(f"a schema is only used by task 'extract', not {task!r}")
+    return None
+
+
+def route(page: RenderedPage, task: Task, engine: EngineName) -> str:
+    """Which engine a page goes to: ``auto`` reads born-digital pages for ocr/tables."""
+    if engine != "auto":
+        return engine
+    return "text" if task in TEXT_TASKS and page.has_text_layer else "internvl"
+
+
+def _batches(pages: Iterable[RenderedPage | PageResult], size: int) -> Iterable[list]:
+    batch: list = []
+    for page in pages:
+        batch.append(page)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _rendered(doc: OpenedDocument, numbers: Sequence[int], settings: Settings) -> Iterable[RenderedPage | PageResult]:
+    """Render pages one by one; a page that cannot render becomes a failed result."""
+    for number in numbers:
+        try:
+            yield from render_pages(doc, [number], settings)
+        except DocprocError as exc:
+            yield PageResult(page=number, status="failed", engine="render", error=ErrorInfo(**exc.to_dict()))
+
+
+def _run_batch(
+    doc: OpenedDocument,
+    batch: list[RenderedPage | PageResult],
+    task: Task,
+    schema: ExtractionSchema | None,
+    engine: EngineName,
+    engines: Engines,
+) -> list[PageResult]:
+    done = [p for p in batch if isinstance(p, PageResult)]
+    rendered = [p for p in batch if isinstance(p, RenderedPage)]
+    text_pages = [p for p in rendered if route(p, task, engine) == "text"]
+    model_pages = [p for p in rendered if route(p, task, engine) == "internvl"]
+    if text_pages:
+        done += engines.text.process(doc, text_pages, task)
+    if model_pages:
+        done += engines.internvl.process(model_pages, task, schema)
+    by_page = {p.number: p for p in rendered}
+    for result in done:
+        page = by_page.get(result.page)
+        if page is not None:
+            result.timings_ms = {**page.timings_ms, **result.timings_ms}
+    return done
+
+
+def document_status(pages: Sequence[PageResult]) -> str:
+    """succeeded when every page did, failed when none did, else partial."""
+    ok = sum(p.status == "succeeded" for p in pages)
+    if ok == len(pages):
+        return "succeeded"
+    return "failed" if ok == 0 else "partial"
+
+
+def process_document(
+    data: bytes,
+    *,
+    filename: str | None = None,
+    task: Task = "ocr",
+    schema: str | None = None,
+    engine: EngineName = "auto",
+    pages: str | None = None,
+    settings: Settings | None = None,
+    engines: Engines | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_page: Callable[[PageResult], None] | None = None,
+) -> DocumentResult:
+    """Process one document in-process. Typed input errors are raised; page errors are reported."""
+    settings = settings or get_settings()
+    engines = engines or Engines(settings)
+    started = time.perf_counter()
+    extraction_schema = resolve_request(task, schema, engine, settings)
+
+    t0 = time.perf_counter()
+    with open_document(data, filename=filename, settings=settings) as doc:
+        intake_ms = (time.perf_counter() - t0) * 1000
+        numbers = parse_page_range(pages, doc.page_count)
+        if on_start:
+            on_start(len(numbers))
+        results: list[PageResult] = []
+        for batch in _batches(_rendered(doc, numbers, settings), settings.batch_size):
+            for result in _run_batch(doc, batch, task, extraction_schema, engine, engines):
+                results.append(result)
+                if on_page:
+                    on_page(result)
+        info = DocumentInfo(
+            filename=filename,
+            sha256=doc.sha256,
+            size_bytes=doc.size_bytes,
+            media_type=str(doc.media_type),
+            page_count=doc.page_count,
+        )
+
+    results.sort(key=lambda r: r.page)
+    status = document_status(results)
+    merged = provenance = None
+    if extraction_schema is not None:
+        from workers.postprocess import merge_pages
+
+        merged, provenance = merge_pages(results, extraction_schema)
+    used = sorted({r.engine for r in results if r.engine in ("text", "internvl")})
+    model = engines._internvl.model_id if engines._internvl is not None and "internvl" in used else None
+    stage_totals: dict[str, float] = {"intake": intake_ms}
+    for r in results:
+        for stage, ms in r.timings_ms.items():
+            stage_totals[stage] = stage_totals.get(stage, 0.0) + ms
+    stage_totals["total"] = (time.perf_counter() - started) * 1000
+    return DocumentResult(
+        document=info,
+        task=task,
+        schema=extraction_schema.name if extraction_schema else None,
+        schema_version=extraction_schema.version if extraction_schema else None,
+        engine="+".join(used) if used else engine,
+        model=model,
+        status=status,
+        pages=results,
+        fields=merged,
+        provenance=provenance,
+        timings_ms={k: round(v, 3) for k, v in stage_totals.items()},
+        error=None if status != "failed" else ErrorInfo(code="all_pages_failed", message="no page succeeded"),
+    )
