@@ -123,6 +123,15 @@ def document_status(pages: Sequence[PageResult]) -> str:
     return "failed" if ok == 0 else "partial"
 
 
+def document_error(pages: Sequence[PageResult]) -> ErrorInfo:
+    """Why a document failed: the pages' shared error, or a summary of their codes."""
+    codes = sorted({p.error.code for p in pages if p.error})
+    if len(codes) == 1:
+        first = next(p.error for p in pages if p.error)
+        return ErrorInfo(code=first.code, message=f"every page failed: {first.message}")
+    return ErrorInfo(code="all_pages_failed", message=f"every page failed ({', '.join(codes)})")
+
+
 def process_document(
     data: bytes,
     *,
@@ -188,5 +197,5 @@ def process_document(
         fields=merged,
         provenance=provenance,
         timings_ms={k: round(v, 3) for k, v in stage_totals.items()},
-        error=None if status != "failed" else ErrorInfo(code="all_pages_failed", message="no page succeeded"),
+        error=document_error(results) if status == "failed" else None,
     )

@@ -35,14 +35,25 @@ def rows_to_markdown(rows: Sequence[Sequence[str | None]]) -> str:
 
 
 def page_tables(pdf_page: Any) -> list[Table]:
-    """Every table PyMuPDF's finder sees on the page, as Markdown and as rows of cells."""
+    """Every ruled table PyMuPDF's finder sees on the page, as Markdown and as rows of cells.
+
+    The layout-gated default finder of PyMuPDF 2 garbles cells (drops spaces, splits
+    decimals) and swallows the totals below a table; the plain line-based finder with
+    ``extract_cells`` on one shared text page reads each cell exactly.
+    """
+    import pymupdf
+
     tables = []
-    for found in pdf_page.find_tables().tables:
-        rows = [[None if c is None else " ".join(str(c).split()) for c in row] for row in found.extract()]
+    textpage = None
+    for found in pdf_page.find_tables(use_layout=False).tables:
+        textpage = textpage or pdf_page.get_textpage()
+        rows = [
+            [None if cell is None else " ".join(pymupdf.table.extract_cells(textpage, cell).split()) for cell in row.cells]
+            for row in found.rows
+        ]
         rows = [r for r in rows if any(c for c in r)]
-        if not rows:
-            continue
-        tables.append(Table(markdown=rows_to_markdown(rows), rows=rows, bbox=tuple(found.bbox)))
+        if rows:
+            tables.append(Table(markdown=rows_to_markdown(rows), rows=rows, bbox=tuple(found.bbox)))
     return tables
 
 

@@ -1,0 +1,363 @@
+"""Intake on real files: the right type, the right page count, and a typed error
+for every kind of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pymupdf
+import pytest
+from PIL import Image
+
+import builders
+from docproc.errors import (
+    CorruptDocument,
+    DocprocError,
+    EmptyDocument,
+    EncryptedDocument,
+    FileTooLarge,
+    ImageTooLarge,
+    NoPages,
+    TooManyPages,
+    UnsupportedType,
+)
+from workers.intake import MediaType, open_document, sniff_media_type
+from workers.render import parse_page_range, render_pages
+
+REPO = Path(__file__).resolve().parent.parent
+
+# ------------------------------------------------------------------ sniffing
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (builders.invoice_pdf, MediaType.PDF),
+        (lambda: builders.png_image(), MediaType.PNG),
+        (lambda: builders.jpeg_photo(), MediaType.JPEG),
+        (lambda: builders.tiff_multipage(2), MediaType.TIFF),
+        (lambda: builders.webp_image(), MediaType.WEBP),
+    ],
+)
+def test_sniff_recognises_supported_types(build, expected):
+    assert sniff_media_type(build()) is expected
+
+
+def test_pdf_magic_accepted_within_first_1024_bytes_only():
+    pdf = builders.invoice_pdf()
+    assert sniff_media_type(b"\r\n" * 500 + pdf) is MediaType.PDF
+    with pytest.raises(UnsupportedType):
+        sniff_media_type(b" " * 1100 + pdf)
+
+
+def test_pdf_after_leading_junk_opens():
+    with open_document(b"junk from a mail gateway\n" * 20 + builders.invoice_pdf()) as doc:
+        assert doc.media_type is MediaType.PDF and doc.page_count == 1
+
+
+def test_elf_named_invoice_pdf_is_unsupported(settings):
+    with pytest.raises(UnsupportedType) as info:
+        open_document(builders.elf_bytes(), filename="invoice.pdf", settings=settings)
+    err = info.value
+    assert err.code == "unsupported_type"
+    assert err.http_status == 415
+    assert "ELF executable" in err.message
+    assert err.details["detected"] == "ELF executable"
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (b"PK\x03\x04\x14\x00\x06\x00" + bytes(100), "ZIP archive"),
+        (b"GIF89a\x01\x00\x01\x00" + bytes(20), "GIF image"),
+        (b"Dear supplier,\nplease find attached our invoice.\n", "plain text"),
+        (b"<!DOCTYPE html><html><body>invoice</body></html>", "HTML document"),
+        (b"\x00\x00\x00\x18ftypheic" + bytes(40), "HEIC"),
+        (bytes(range(256)) * 4, "unknown binary data"),
+    ],
+)
+def test_unsupported_types_are_named(data, named):
+    with pytest.raises(UnsupportedType, match=named):
+        sniff_media_type(data)
+
+
+def test_empty_input(settings):
+    with pytest.raises(EmptyDocument):
+        sniff_media_type(b"")
+    with pytest.raises(EmptyDocument) as info:
+        open_document(b"", settings=settings)
+    assert info.value.code == "empty_document" and info.value.http_status == 400
+
+
+def test_file_too_large_is_checked_first(settings):
+    pdf = builders.invoice_pdf()
+    tight = settings.model_copy(update={"max_file_bytes": len(pdf) - 1})
+    with pytest.raises(FileTooLarge) as info:
+        open_document(pdf, settings=tight)
+    assert info.value.details == {"size_bytes": len(pdf), "limit": len(pdf) - 1}
+    # size is checked before the type: an oversized executable is "too large"
+    with pytest.raises(FileTooLarge):
+        open_document(builders.elf_bytes(), settings=settings.model_copy(update={"max_file_bytes": 10}))
+    with open_document(pdf, settings=settings.model_copy(update={"max_file_bytes": len(pdf)})) as doc:
+        assert doc.size_bytes == len(pdf)
+
+
+# ------------------------------------------------------------------ PDFs
+
+
+def test_opened_pdf_records_identity_and_closes(settings):
+    pdf = builders.multipage_text_pdf(3)
+    doc = open_document(pdf, filename="report.pdf", settings=settings)
+    with doc:
+        assert doc.media_type is MediaType.PDF
+        assert doc.page_count == 3
+        assert doc.sha256 == hashlib.sha256(pdf).hexdigest()
+        assert doc.size_bytes == len(pdf)
+        assert doc.filename == "report.pdf"
+        assert doc.image is None
+        handle = doc.pdf
+        assert handle is not None and not handle.is_closed
+    assert doc.pdf is None and handle.is_closed
+
+
+def test_truncated_pdf_is_corrupt(settings):
+    with pytest.raises(CorruptDocument) as info:
+        open_document(builders.truncated_pdf(), settings=settings)
+    assert info.value.code == "corrupt_document"
+
+
+def test_every_truncation_either_works_or_is_corrupt(settings):
+    """Cut a 3-page PDF at many points: each cut either opens and renders every
+    page MuPDF recovers, or is a CorruptDocument; nothing else escapes."""
+    pdf = builders.multipage_text_pdf(3, lines_per_page=4)
+    fast = settings.model_copy(update={"max_tiles": 1, "render_min_dpi": 10.0, "render_max_dpi": 20.0})
+    outcomes = {"rendered": 0, "corrupt": 0}
+    for cut in range(16, len(pdf), max(1, len(pdf) // 60)):
+        try:
+            with open_document(pdf[:cut], settings=fast) as doc:
+                pages = list(render_pages(doc, parse_page_range(None, doc.page_count), fast))
+                assert [p.number for p in pages] == list(range(1, doc.page_count + 1))
+                assert all(p.image.width > 0 for p in pages)
+            outcomes["rendered"] += 1
+        except CorruptDocument:
+            outcomes["corrupt"] += 1
+    assert outcomes["rendered"] > 0 and outcomes["corrupt"] > 0, outcomes
+
+
+def test_lying_page_count_is_corrupt(settings):
+    with pytest.raises(CorruptDocument, match="page tree"):
+        open_document(builders.lying_page_count_pdf(), settings=settings)
+
+
+def test_encrypted_pdf_is_refused(settings):
+    with pytest.raises(EncryptedDocument) as info:
+        open_document(builders.encrypted_pdf(), settings=settings)
+    assert info.value.code == "encrypted_document"
+
+
+def test_pdf_encrypted_with_empty_user_password_is_accepted(settings):
+    data = builders.encrypted_pdf(user_pw="")
+    assert b"/Encrypt" in data  # really encrypted; MuPDF opens it with the empty password
+    with open_document(data, settings=settings) as doc:
+        (page,) = render_pages(doc, [1], settings)
+    assert page.text.startswith("Page 1 of 1")
+
+
+def test_zero_page_pdf_has_no_pages(settings):
+    data = builders.zero_page_pdf()
+    assert pymupdf.open(stream=data, filetype="pdf").is_repaired is False  # really a valid file
+    with pytest.raises(NoPages) as info:
+        open_document(data, settings=settings)
+    assert info.value.code == "no_pages"
+
+
+def test_too_many_pages(settings):
+    pdf = builders.multipage_text_pdf(6, lines_per_page=1)
+    with pytest.raises(TooManyPages) as info:
+        open_document(pdf, settings=settings.model_copy(update={"max_pages": 5}))
+    assert info.value.details == {"page_count": 6, "limit": 5}
+    with open_document(pdf, settings=settings.model_copy(update={"max_pages": 6})) as doc:
+        assert doc.page_count == 6
+
+
+# ------------------------------------------------------------------ images
+
+
+@pytest.mark.parametrize("frames", [1, 3, 7])
+def test_tiff_frames_are_pages(settings, frames):
+    with open_document(builders.tiff_multipage(frames), settings=settings) as doc:
+        assert doc.media_type is MediaType.TIFF
+        assert doc.page_count == frames
+        assert doc.image is not None and doc.image.tell() == 0
+
+
+def test_tiff_with_too_many_frames(settings):
+    data = builders.tiff_multipage(6, size=(60, 80))
+    with pytest.raises(TooManyPages, match="more than 5"):
+        open_document(data, settings=settings.model_copy(update={"max_pages": 5}))
+    with open_document(data, settings=settings.model_copy(update={"max_pages": 6})) as doc:
+        assert doc.page_count == 6
+
+
+def test_tiff_frame_over_the_pixel_limit(settings):
+    data = builders.tiff_multipage(3, sizes=[(100, 100), (100, 100), (400, 300)])
+    with pytest.raises(ImageTooLarge, match="frame 3"):
+        open_document(data, settings=settings.model_copy(update={"max_image_pixels": 50_000}))
+
+
+@pytest.mark.parametrize(
+    ("build", "media_type", "size"),
+    [
+        (lambda: builders.png_image(320, 200), MediaType.PNG, (320, 200)),
+        (lambda: builders.jpeg_photo(640, 480), MediaType.JPEG, (640, 480)),
+        (lambda: builders.webp_image(300, 250), MediaType.WEBP, (300, 250)),
+    ],
+)
+def test_single_images_are_one_page(settings, build, media_type, size):
+    with open_document(build(), settings=settings) as doc:
+        assert doc.media_type is media_type
+        assert doc.page_count == 1
+        assert doc.image.size == size
+
+
+def test_intake_reads_image_headers_only(settings):
+    """A JPEG whose scan data is cut off passes intake: its pixels were never decoded."""
+    data = builders.jpeg_photo(800, 600)
+    with open_document(data[: len(data) // 2], settings=settings) as doc:
+        assert doc.page_count == 1 and doc.image.size == (800, 600)
+
+
+def test_bomb_png_refused_before_decoding(settings):
+    data = builders.bomb_png()  # declares 100_000 x 100_000 = 10^10 pixels
+    assert len(data) < 1000
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLarge) as info:
+        open_document(data, settings=settings)
+    assert time.perf_counter() - start < 0.5
+    assert info.value.code == "image_too_large" and info.value.http_status == 413
+    assert info.value.details["width"] == 100_000
+
+
+def test_pixel_limit_is_ours_not_pillows(settings, monkeypatch):
+    """Pillow's process-wide MAX_IMAGE_PIXELS neither lets a bomb through nor
+    refuses an image that Settings.max_image_pixels allows."""
+    bomb, page = builders.bomb_png(3000, 3000), builders.png_image(400, 300)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with pytest.raises(ImageTooLarge):
+        open_document(bomb, settings=settings.model_copy(update={"max_image_pixels": 1_000_000}))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with open_document(page, settings=settings) as doc:
+        (page,) = render_pages(doc, [1], settings)
+    assert page.image.size == (400, 300)
+
+
+_MEMORY_PROBE = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from PIL import Image
+    from docproc.errors import ImageTooLarge
+    from docproc.settings import Settings
+    from workers.intake import open_document
+
+    data = open(sys.argv[1], "rb").read()
+    def peak_mb():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    settings = Settings(_env_file=None, max_image_pixels=4_000_000)
+    base = peak_mb()
+    start = time.perf_counter()
+    try:
+        open_document(data, settings=settings)
+        code = None
+    except ImageTooLarge as exc:
+        code = exc.code
+    seconds = time.perf_counter() - start
+    ours = peak_mb() - base
+    # control: decoding the same file really does allocate it all
+    Image.MAX_IMAGE_PIXELS = None
+    import io
+    Image.open(io.BytesIO(data)).convert("RGB")
+    decoded = peak_mb() - base
+    print(json.dumps({"code": code, "seconds": seconds, "ours_mb": ours, "decoded_mb": decoded}))
+    """
+)
+
+
+def test_bomb_png_refusal_allocates_nothing_large(tmp_path):
+    """Measured in a fresh process (peak RSS): refusing a bomb whose pixels are
+    all really there costs no memory, while decoding it would cost >100 MB."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(builders.bomb_png(6000, 6000, full=True))  # 36 Mpx, ~35 KB on disk
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(bomb)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["code"] == "image_too_large", probe
+    assert probe["seconds"] < 0.5, probe
+    assert probe["ours_mb"] < 10, probe
+    assert probe["decoded_mb"] > 100, probe  # the measurement can see a decode
+
+
+def test_zero_size_png_is_corrupt(settings):
+    with pytest.raises(CorruptDocument):
+        open_document(builders.bomb_png(0, 0), settings=settings)
+
+
+def test_truncated_png_is_corrupt_at_intake(settings):
+    data = builders.png_image(400, 300)
+    with pytest.raises(CorruptDocument):
+        open_document(data[: len(data) - 40], settings=settings)
+
+
+def test_declared_image_size_limit(settings):
+    data = builders.png_image(400, 300)
+    with pytest.raises(ImageTooLarge):
+        open_document(data, settings=settings.model_copy(update={"max_image_pixels": 400 * 300 - 1}))
+    with open_document(data, settings=settings.model_copy(update={"max_image_pixels": 400 * 300})) as doc:
+        assert doc.page_count == 1
+
+
+# ------------------------------------------------------------------ robustness
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the damaged metadata
+@pytest.mark.parametrize(
+    "build",
+    [
+        builders.invoice_pdf,
+        lambda: builders.png_image(120, 90),
+        lambda: builders.jpeg_photo(120, 90),
+        lambda: builders.tiff_multipage(3, size=(60, 80)),
+        lambda: builders.webp_image(120, 90),
+    ],
+    ids=["pdf", "png", "jpeg", "tiff", "webp"],
+)
+def test_damaged_bytes_only_raise_typed_errors(settings, build):
+    """Flip random bytes (header kept, so the type still sniffs) and cut random
+    tails: intake + render of every page either works or raises a DocprocError."""
+    original = build()
+    fast = settings.model_copy(update={"max_tiles": 1, "render_min_dpi": 10.0, "render_max_dpi": 20.0})
+    rng = random.Random(20260314)
+    errors: dict[str, int] = {}
+    for trial in range(60):
+        data = bytearray(original)
+        if trial % 3 == 0:
+            data = data[: rng.randrange(16, len(data))]
+        for _ in range(rng.randint(1, 8)):
+            i = rng.randrange(16, len(data))
+            data[i] = rng.randrange(256)
+        try:
+            with open_document(bytes(data), settings=fast) as doc:
+                for page in render_pages(doc, parse_page_range(None, doc.page_count), fast):
+                    assert page.image.mode == "RGB"
+        except DocprocError as exc:
+            errors[exc.code] = errors.get(exc.code, 0) + 1
+    assert set(errors) <= {"corrupt_document", "no_pages", "image_too_large", "unsupported_type"}, errors

@@ -1,0 +1,104 @@
+"""process_document and the CLI on the text engine: no model involved."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import builders
+from docproc.cli import main
+from docproc.errors import InvalidRequest, UnknownSchema, UnsupportedType
+from workers.pipeline import process_document
+
+
+def test_invoice_ocr_auto_uses_the_text_layer(settings):
+    result = process_document(builders.invoice_pdf(), filename="invoice.pdf", task="ocr", settings=settings)
+    assert result.status == "succeeded" and result.engine == "text"
+    (page,) = result.pages
+    assert builders.INVOICE_NUMBER in page.text
+    assert page.tables[0].rows[1:] == builders.INVOICE_ROWS
+    assert result.document.page_count == 1 and len(result.document.sha256) == 64
+    assert {"intake", "render", "text", "total"} <= set(result.timings_ms)
+
+
+def test_page_range_selects_pages(settings):
+    result = process_document(builders.multipage_text_pdf(5), task="ocr", pages="2,4-5", settings=settings)
+    assert [p.page for p in result.pages] == [2, 4, 5]
+
+
+def test_scan_with_text_engine_fails_with_needs_model(settings):
+    result = process_document(builders.tiff_multipage(2), task="ocr", engine="text", settings=settings)
+    assert result.status == "failed"
+    assert result.error.code == "needs_model"
+    assert [p.error.code for p in result.pages] == ["needs_model", "needs_model"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"task": "extract"}, InvalidRequest),  # no schema
+        ({"task": "extract", "schema": "invoice", "engine": "text"}, InvalidRequest),
+        ({"task": "extract", "schema": "no-such-schema"}, UnknownSchema),
+        ({"task": "ocr", "schema": "invoice"}, InvalidRequest),
+        ({"task": "summarise"}, InvalidRequest),
+    ],
+)
+def test_bad_requests_are_refused_before_reading(settings, kwargs, error):
+    with pytest.raises(error):
+        process_document(b"", settings=settings, **kwargs)
+
+
+def test_cli_writes_json_and_prints_summary(tmp_path, capsys):
+    src = tmp_path / "invoice.pdf"
+    src.write_bytes(builders.invoice_pdf())
+    code = main(["process", str(src), "--task", "tables", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0
+    doc = json.loads((tmp_path / "out" / "invoice.json").read_text())
+    assert doc["status"] == "succeeded" and doc["task"] == "tables"
+    assert doc["pages"][0]["tables"][0]["rows"][0] == builders.INVOICE_HEADER
+    assert "invoice.pdf: succeeded" in capsys.readouterr().out
+
+
+def test_cli_bad_inputs_one_line_each_no_traceback(tmp_path):
+    (tmp_path / "invoice.pdf").write_bytes(builders.elf_bytes())
+    (tmp_path / "empty.pdf").write_bytes(b"")
+    (tmp_path / "locked.pdf").write_bytes(builders.encrypted_pdf())
+    (tmp_path / "good.pdf").write_bytes(builders.invoice_pdf())
+    files = [str(tmp_path / n) for n in ("invoice.pdf", "empty.pdf", "locked.pdf", "missing.pdf", "good.pdf")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "docproc", "process", *files, "--out", str(tmp_path / "out"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert [line.split(": ")[1] for line in lines] == [
+        "unsupported_type",
+        "empty_document",
+        "encrypted_document",
+        "unreadable_file",
+    ]
+    assert (tmp_path / "out" / "good.json").exists()  # one bad file does not stop the others
+
+
+def test_cli_unknown_schema_is_one_line(capsys):
+    assert main(["process", "x.pdf", "--task", "extract", "--schema", "nope"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("docproc: unknown_schema:") and "\n" not in err
+
+
+def test_cli_schemas_lists_shipped_schemas(capsys):
+    assert main(["schemas"]) == 0
+    out = capsys.readouterr().out
+    for name in ("invoice", "receipt", "purchase_order", "bank_statement", "identity_document"):
+        assert f"{name}@" in out
+
+
+def test_unsupported_type_raised_from_library(settings):
+    with pytest.raises(UnsupportedType):
+        process_document(builders.elf_bytes(), filename="invoice.pdf", settings=settings)
