@@ -3,6 +3,7 @@
     docproc process FILE... [--task ocr|tables|extract] [--schema NAME]
                             [--engine auto|text|internvl] [--pages 1-3,7] [--out DIR]
     docproc schemas
+    docproc tiny-model DIR
 
 A bad input prints its typed error on one line (``file: code: message``) and
 the command exits non-zero; tracebacks are shown only with ``--debug``.
@@ -38,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("schemas", help="list the extraction schemas")
+
+    t = sub.add_parser(
+        "tiny-model",
+        help="write a tiny randomly initialised InternVL checkpoint (real architecture, noise output) "
+        "for trying --engine internvl without real weights",
+    )
+    t.add_argument("directory", type=Path)
+    t.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -115,11 +124,19 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from workers.engines.tiny_internvl import build_tiny_internvl
+
+    path = build_tiny_internvl(args.directory, seed=args.seed)
+    print(f"tiny InternVL written to {path}; try: DOCPROC_MODEL={path} docproc process FILE --engine internvl")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"process": cmd_process, "schemas": cmd_schemas}[args.command](args)
+        return {"process": cmd_process, "schemas": cmd_schemas, "tiny-model": cmd_tiny_model}[args.command](args)
     except DocprocError as exc:
         if args.debug:
             traceback.print_exc()

@@ -53,7 +53,16 @@ class Settings(BaseSettings):
     max_new_tokens_ocr: int = 2048
     max_new_tokens_tables: int = 2048
     max_new_tokens_extract: int = 1024
+    max_new_tokens_per_tile: int = Field(
+        384, ge=1, description="Token budget per image tile; a page gets min(task cap, max(256, this x tiles))."
+    )
     repetition_penalty_retry: float = 1.15
+    repetition_guard_span: int = Field(
+        200, ge=0, description="Stop a page whose last N generated tokens repeat one short unit (0: off)."
+    )
+    constrained_decoding: bool = Field(
+        True, description="extract: constrain decoding to the schema's JSON grammar (xgrammar)."
+    )
 
     # --- paths ---------------------------------------------------------------
     schemas_dir: Path = Field(REPO_ROOT / "extraction_schemas")
