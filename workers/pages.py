@@ -27,7 +27,9 @@ class RenderedPage:
     image: Image.Image  # RGB, rendered at the resolution the tile budget asks for
     width_pt: float | None = None  # page size in PDF points (None for image inputs)
     height_pt: float | None = None
-    dpi: float | None = None  # render resolution (None for image inputs)
+    dpi: float | None = None  # horizontal render resolution (None for image inputs)
+    dpi_y: float | None = None  # vertical render resolution: differs from dpi by the tile grid's stretch
+    grid: tuple[int, int] | None = None  # (cols, rows) when rendered straight at the tile grid, else None
     text: str = ""  # the text layer in reading order, "" when there is none
     words: list[Word] = field(default_factory=list)
     has_text_layer: bool = False  # True when `text` is usable in place of OCR

@@ -38,6 +38,7 @@ import json
 import math
 import re
 import unicodedata
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from docproc.results import ErrorInfo, PageResult
@@ -55,13 +56,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _scan_object(text: str, start: int) -> tuple[int, bool]:
-    """Scan the JSON value opened at ``text[start]`` (``{``), string-aware.
-
-    ``(end, True)``: it closes just before ``end``. ``(i, False)``: a bracket at ``i``
-    closes the wrong opener. ``(len(text), False)``: it never closes (truncated).
-    """
-    stack: list[str] = []
+def _outside_strings(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """``(index, char)`` for every character of ``text[start:]`` outside JSON strings
+    (the quotes themselves excluded)."""
     in_string = escaped = False
     for i in range(start, len(text)):
         ch = text[i]
@@ -74,7 +71,19 @@ def _scan_object(text: str, start: int) -> tuple[int, bool]:
                 in_string = False
         elif ch == '"':
             in_string = True
-        elif ch in "{[":
+        else:
+            yield i, ch
+
+
+def _scan_object(text: str, start: int) -> tuple[int, bool]:
+    """Scan the JSON value opened at ``text[start]`` (``{``), string-aware.
+
+    ``(end, True)``: it closes just before ``end``. ``(i, False)``: a bracket at ``i``
+    closes the wrong opener. ``(len(text), False)``: it never closes (truncated).
+    """
+    stack: list[str] = []
+    for i, ch in _outside_strings(text, start):
+        if ch in "{[":
             stack.append("}" if ch == "{" else "]")
         elif ch in "}]":
             if stack.pop() != ch:
@@ -84,32 +93,17 @@ def _scan_object(text: str, start: int) -> tuple[int, bool]:
     return len(text), False
 
 
+_CLOSER_AHEAD = re.compile(r"[ \t\r\n]*[}\]]")
+
+
 def _strip_trailing_commas(text: str) -> str:
     """Drop commas that directly precede ``}`` or ``]`` (outside strings)."""
-    out: list[str] = []
-    in_string = escaped = False
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == ",":
-            j = i + 1
-            while j < n and text[j] in " \t\r\n":
-                j += 1
-            if j < n and text[j] in "}]":
-                i += 1
-                continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+    drop = {
+        i
+        for i, ch in _outside_strings(text)
+        if ch == "," and _CLOSER_AHEAD.match(text, i + 1)
+    }
+    return "".join(ch for i, ch in enumerate(text) if i not in drop) if drop else text
 
 
 def _loads(candidate: str) -> Any:

@@ -1,10 +1,12 @@
 """Render: turn the pages of an opened document into RGB images (+ the PDF text layer).
 
-PDF pages are rendered by PyMuPDF at the resolution :func:`render_scale`
-chooses from the page size and the tile budget; image pages are decoded by
-Pillow (every TIFF frame is a page), flattened onto white, turned upright by
-their EXIF orientation and downscaled to ``render_max_pixels``. No page, however
-large it claims to be, renders to more than ``render_max_pixels`` pixels.
+PDF pages are rendered by PyMuPDF straight at the InternVL tile grid the page
+will be cut into (:func:`render_scale`): the grid the model card's
+``dynamic_preprocess`` picks for the page rendered at ``render_max_dpi``, so
+tiling only resizes the thumbnail. Image pages are decoded by Pillow (every TIFF
+frame is a page), flattened onto white, turned upright by their EXIF orientation
+and downscaled to ``render_max_pixels``. No page, however large it claims to be,
+renders to more than ``render_max_pixels`` pixels.
 
 Memory: a PDF page never needs more than its capped pixmap. A JPEG larger than
 the cap is decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``); other images are
@@ -17,7 +19,8 @@ import math
 import re
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pymupdf
@@ -30,8 +33,12 @@ from workers.pages import RenderedPage, Word
 from workers.tiling import choose_grid
 
 RENDER_MARGIN = 1.1
-"""Render this much finer than the tile grid strictly needs, so tiling always
-downsamples (sharper than resampling at exactly 1:1 after rounding)."""
+"""When a page cannot be rendered straight at its tile grid, it is rendered with
+one zoom this much finer than covering the grid needs, so tiling downsamples."""
+
+WORD_LINE_TOLERANCE = 3.0
+"""Words whose top or bottom edges are this close (points) are on one line when
+the text layer's words are put in reading order (PyMuPDF's ``sort=True`` rule)."""
 
 GARBAGE_MAX_FRACTION = 0.1
 """A text layer where more than this fraction of the visible characters are
@@ -81,9 +88,11 @@ def parse_page_range(spec: str | None, page_count: int) -> list[int]:
 # ------------------------------------------------------------- render scale
 
 
-def rendered_size(width_pt: float, height_pt: float, zoom: float) -> tuple[int, int]:
-    """Pixel size of a ``width_pt`` x ``height_pt`` page rendered at ``zoom``, rounded as MuPDF does."""
-    irect = (pymupdf.Rect(0, 0, width_pt, height_pt) * pymupdf.Matrix(zoom, zoom)).irect
+def rendered_size(width_pt: float, height_pt: float, zoom: float, zoom_y: float | None = None) -> tuple[int, int]:
+    """Pixel size of a ``width_pt`` x ``height_pt`` page rendered at ``zoom`` (``zoom_y``
+    vertically, if given), rounded as MuPDF does."""
+    matrix = pymupdf.Matrix(zoom, zoom if zoom_y is None else zoom_y)
+    irect = (pymupdf.Rect(0, 0, width_pt, height_pt) * matrix).irect
     return irect.width, irect.height
 
 
@@ -95,25 +104,51 @@ def _max_zoom_for_pixels(width_pt: float, height_pt: float, max_pixels: int) -> 
     return (-b + math.sqrt(b * b - 4.0 * a * c)) / (2.0 * a)
 
 
-def render_scale(width_pt: float, height_pt: float, settings: Settings | None = None) -> float:
-    """PyMuPDF zoom (pixels per point; dpi = 72 * zoom) for a page of this size.
+@dataclass(frozen=True, slots=True)
+class RenderScale:
+    """How to render one PDF page: MuPDF's zoom per axis (pixels per point; dpi =
+    72 * zoom) and the pixel size that gives."""
+
+    zoom_x: float
+    zoom_y: float
+    width: int
+    height: int
+    grid: tuple[int, int] | None
+    """(cols, rows) when the page is rendered straight at its tile grid (width =
+    cols * tile_size, height = rows * tile_size); None for a uniform zoom."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def render_scale(width_pt: float, height_pt: float, settings: Settings | None = None) -> RenderScale:
+    """How to render a ``width_pt`` x ``height_pt`` page for the tile budget.
 
     The rule:
 
-    1. The tile grid is the one :func:`workers.tiling.choose_grid` picks for the
-       page (cols x rows tiles of ``tile_size`` px, at most ``max_tiles``),
-       judged at ``render_max_dpi`` (or at the pixel cap, if that is lower).
-    2. The zoom is the smallest at which the page covers that grid in both
-       directions (cols*tile_size x rows*tile_size px), times ``RENDER_MARGIN``,
-       so tiling only ever downsamples. (If the page rendered at that zoom
-       would pick another grid, the zoom is recomputed for that grid.)
-    3. It is clamped to [render_min_dpi, render_max_dpi] / 72,
-    4. and then, above all, to the largest zoom whose pixmap has at most
+    1. The grid (cols x rows tiles of ``tile_size`` px, at most ``max_tiles``) is
+       the one :func:`workers.tiling.choose_grid` - the model card's rule - picks
+       for the page rendered at ``render_max_dpi``: the grid a 300 dpi render +
+       ``dynamic_preprocess`` would cut it into.
+    2. The page is rendered straight at that grid: zoom ``cols*tile_size/width_pt``
+       across and ``rows*tile_size/height_pt`` down, exactly the pixels tiling
+       would resize to, so tiling resizes only the thumbnail. The two zooms differ
+       by the small factor between the page's aspect ratio and the grid's: the
+       same non-uniform stretch ``dynamic_preprocess`` gives every page. An image
+       of exactly that size picks the same grid back, except on an area tie
+       ((3, 3) vs (4, 4) with ``max_tiles`` >= 16), which is checked.
+    3. Only when that is not allowed - a zoom outside [render_min_dpi,
+       render_max_dpi] / 72, more than ``render_max_pixels`` pixels, or the tie -
+       one uniform zoom is used: ``RENDER_MARGIN`` x the larger of the two grid
+       zooms, clamped to the dpi range; if that image would pick another grid,
+       ``render_max_dpi`` itself (the reference, so the same grid).
+    4. Above all, a uniform zoom is clamped to the largest whose pixmap has at most
        ``render_max_pixels`` pixels (so a 14400 pt page stays within the cap,
-       even below render_min_dpi).
+       even below render_min_dpi; its grid is then the capped image's).
 
-    Example: A4 (595 x 842 pt) with 12 tiles of 448 px -> a 2x3 grid
-    (896 x 1344 px) -> zoom 1.1 * 1344/842 = 1.756 (126 dpi), 1045 x 1479 px.
+    Example: A4 (595 x 842 pt) with 12 tiles of 448 px -> a 2x3 grid ->
+    896 x 1344 px, at 108.4 x 114.9 dpi.
     """
     settings = settings or get_settings()
     if not (width_pt > 0 and height_pt > 0 and math.isfinite(width_pt) and math.isfinite(height_pt)):
@@ -121,25 +156,29 @@ def render_scale(width_pt: float, height_pt: float, settings: Settings | None = 
     size = settings.tile_size
     lo = settings.render_min_dpi / 72.0
     hi = settings.render_max_dpi / 72.0
-    cap = _max_zoom_for_pixels(width_pt, height_pt, settings.render_max_pixels)
+    eps = 1e-9
 
-    def grid_at(zoom: float) -> tuple[int, int]:
-        w, h = rendered_size(width_pt, height_pt, zoom)
+    def grid_of(w: int, h: int) -> tuple[int, int]:
         return choose_grid(
             max(w, 1), max(h, 1), min_tiles=settings.min_tiles, max_tiles=settings.max_tiles, image_size=size
         )
 
-    grid = grid_at(min(hi, cap))
-    zoom = hi
-    for _ in range(3):  # converges at once except on grid ties
-        cols, rows = grid
-        need = RENDER_MARGIN * max(cols * size / width_pt, rows * size / height_pt)
-        zoom = min(max(need, lo), hi, cap)
-        actual = grid_at(zoom)
-        if actual == grid:
-            break
-        grid = actual
-    return zoom
+    grid = grid_of(*rendered_size(width_pt, height_pt, hi))
+    cols, rows = grid
+    zoom_x, zoom_y = cols * size / width_pt, rows * size / height_pt
+    if (
+        cols * rows * size * size <= settings.render_max_pixels
+        and lo - eps <= min(zoom_x, zoom_y)
+        and max(zoom_x, zoom_y) <= hi + eps
+        and grid_of(cols * size, rows * size) == grid
+    ):
+        return RenderScale(zoom_x, zoom_y, cols * size, rows * size, grid)
+
+    cap = _max_zoom_for_pixels(width_pt, height_pt, settings.render_max_pixels)
+    zoom = min(max(RENDER_MARGIN * max(zoom_x, zoom_y), lo), hi, cap)
+    if grid_of(*rendered_size(width_pt, height_pt, zoom)) != grid:
+        zoom = min(hi, cap)
+    return RenderScale(zoom, zoom, *rendered_size(width_pt, height_pt, zoom), None)
 
 
 # ------------------------------------------------------------- text layer
@@ -153,6 +192,82 @@ def is_usable_text(text: str, min_chars: int) -> bool:
         return False
     bad = sum(1 for ch in visible if ch == "\ufffd" or unicodedata.category(ch) in ("Cc", "Co", "Cs", "Cn"))
     return bad <= GARBAGE_MAX_FRACTION * len(visible)
+
+
+def sort_words(words: Sequence[tuple], tolerance: float = WORD_LINE_TOLERANCE) -> list[tuple]:
+    """PyMuPDF word tuples in reading order, as ``get_text("words", sort=True)`` orders
+    them: by bottom then left edge, then words whose top or bottom edge is within
+    ``tolerance`` of the line so far form one line, read left to right.
+
+    The same rule as PyMuPDF's, on plain tuples (PyMuPDF builds a Rect per word,
+    which costs more than extracting the words).
+    """
+    if not words:
+        return []
+    ordered = sorted(words, key=lambda w: (w[3], w[0]))
+    out: list[tuple] = []
+    line = [ordered[0]]
+    lx0, ly0, lx1, ly1 = ordered[0][:4]
+    for w in ordered[1:]:
+        x0, y0, x1, y1 = w[:4]
+        if abs(y0 - ly0) <= tolerance or abs(y1 - ly1) <= tolerance:
+            line.append(w)
+            if x0 < x1 and y0 < y1:  # an empty word box does not grow the line
+                if lx0 < lx1 and ly0 < ly1:
+                    lx0, ly0, lx1, ly1 = min(lx0, x0), min(ly0, y0), max(lx1, x1), max(ly1, y1)
+                else:
+                    lx0, ly0, lx1, ly1 = x0, y0, x1, y1
+        else:
+            line.sort(key=lambda w: w[0])
+            out.extend(line)
+            line = [w]
+            lx0, ly0, lx1, ly1 = x0, y0, x1, y1
+    line.sort(key=lambda w: w[0])
+    out.extend(line)
+    return out
+
+
+def layer_text(blocks: Sequence[tuple], words: Sequence[tuple]) -> str:
+    """The page text from PyMuPDF ``blocks`` and ``words`` tuples of one text page.
+
+    One paragraph per text block, in the order of ``blocks`` (PyMuPDF's
+    ``sort=True``: by bottom, then left edge), separated by a blank line; within a
+    block, MuPDF's lines with their words joined by a space, and lines that sit
+    side by side on one row (the cells of a table row) joined by a tab.
+    """
+    lines: dict[int, dict[int, list[tuple]]] = {}
+    for w in words:
+        lines.setdefault(w[5], {}).setdefault(w[6], []).append(w)
+    paragraphs = []
+    for block in blocks:
+        if block[6] != 0 or block[5] not in lines:  # an image block, or only whitespace
+            continue
+        rows: list[str] = []
+        row_y0 = row_y1 = row_x1 = 0.0
+        for _, line in sorted(lines[block[5]].items()):
+            line.sort(key=lambda w: w[7])
+            text = " ".join(w[4] for w in line)
+            x0, x1 = line[0][0], max(w[2] for w in line)
+            y0, y1 = min(w[1] for w in line), max(w[3] for w in line)
+            overlap = min(y1, row_y1) - max(y0, row_y0)
+            if rows and x0 >= row_x1 - 1.0 and overlap >= 0.5 * min(y1 - y0, row_y1 - row_y0):
+                rows[-1] += "\t" + text
+                row_y0, row_y1, row_x1 = min(y0, row_y0), max(y1, row_y1), x1
+            else:
+                rows.append(text)
+                row_y0, row_y1, row_x1 = y0, y1, x1
+        paragraphs.append("\n".join(rows))
+    return "\n\n".join(paragraphs)
+
+
+def extract_text_layer(page: pymupdf.Page) -> tuple[str, list[Word]]:
+    """The page's text (:func:`layer_text`) and its words in reading order
+    (:func:`sort_words`), from one MuPDF text page."""
+    textpage = page.get_textpage()
+    blocks = page.get_text("blocks", textpage=textpage, sort=True)
+    raw = page.get_text("words", textpage=textpage)
+    words = [Word(w[4], w[0], w[1], w[2], w[3], w[5], w[6], w[7]) for w in sort_words(raw)]
+    return layer_text(blocks, raw), words
 
 
 # ------------------------------------------------------------- rendering
@@ -207,27 +322,31 @@ def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings) -> 
     try:
         page = pdf.load_page(number - 1)
         rect = page.rect
-        zoom = render_scale(rect.width, rect.height, settings)
-        pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False, colorspace=pymupdf.csRGB)
+        scale = render_scale(rect.width, rect.height, settings)
+        pix = page.get_pixmap(
+            matrix=pymupdf.Matrix(scale.zoom_x, scale.zoom_y), alpha=False, colorspace=pymupdf.csRGB
+        )
         # One copy, straight from MuPDF's buffer into Pillow's (RGB rows -> Pillow's 4-byte pixels).
         image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride)
         del pix
+        if image.size != scale.size:  # MuPDF rounded the edge the other way: the resize tiling would do
+            image = image.resize(scale.size, Image.Resampling.BICUBIC)
         rendered = time.perf_counter()
-        raw_words = page.get_text("words", sort=True)
-        text = page.get_text("text", sort=True)
+        text, words = extract_text_layer(page)
     except DocprocError as exc:
         exc.details.setdefault("page", number)
         raise
     except Exception as exc:
         raise CorruptDocument(f"page {number} cannot be rendered: {exc}", page=number) from exc
     done = time.perf_counter()
-    words = [Word(w[4], w[0], w[1], w[2], w[3], w[5], w[6], w[7]) for w in raw_words]
     return RenderedPage(
         number=number,
         image=image,
         width_pt=rect.width,
         height_pt=rect.height,
-        dpi=72.0 * zoom,
+        dpi=72.0 * scale.zoom_x,
+        dpi_y=72.0 * scale.zoom_y,
+        grid=scale.grid,
         text=text,
         words=words,
         has_text_layer=is_usable_text(text, settings.min_text_chars),
