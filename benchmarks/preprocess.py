@@ -189,7 +189,8 @@ def identity_checks(docs: list[bytes], dpi: int, settings: Settings) -> list[str
             lines.append(
                 f"  {where}: seed {image.size[0]}x{image.size[1]} px -> grid {seed_grid}, "
                 f"{len(seed_tiles)} tiles identical; docproc {mine.image.size[0]}x{mine.image.size[1]} px "
-                f"({mine.dpi:.0f} dpi) -> grid {our_grid} {'same' if our_grid == seed_grid else 'DIFFERENT'}"
+                f"({mine.dpi:.0f}x{mine.dpi_y:.0f} dpi{', rendered at the grid' if mine.grid else ''}) -> grid {our_grid} "
+                f"{'same' if our_grid == seed_grid else 'DIFFERENT'}"
             )
         seed_doc.close()
     return lines

@@ -1,10 +1,13 @@
-"""Render on real files: page ranges, the render-scale rule, the PDF text layer,
+"""Render on real files: page ranges, the grid-exact render-scale rule, the PDF text layer,
 image decoding (EXIF, alpha, 16-bit, TIFF frames) and the pixel cap."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pymupdf
@@ -14,18 +17,24 @@ from PIL import Image, ImageOps
 import builders
 from docproc.errors import CorruptDocument, InvalidPageRange
 from docproc.settings import Settings
+from workers import render
 from workers.intake import open_document
 from workers.render import (
-    RENDER_MARGIN,
+    extract_text_layer,
     fit_pixels,
     is_usable_text,
+    layer_text,
     parse_page_range,
     render_page,
     render_pages,
     render_scale,
     rendered_size,
+    sort_words,
 )
-from workers.tiling import choose_grid
+from workers.tiling import choose_grid, tile_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import reference_internvl as ref  # noqa: E402  (the model card's code)
 
 # ------------------------------------------------------------------ page ranges
 
@@ -74,6 +83,9 @@ def test_parse_page_range_rejects(spec, count, message):
 
 # ------------------------------------------------------------------ render scale
 
+S = 448
+HI = 300 / 72  # the default render_max_dpi as a zoom: the seed path's 300 dpi render
+
 
 def _grid_of(width_px, height_px, settings):
     return choose_grid(
@@ -81,74 +93,172 @@ def _grid_of(width_px, height_px, settings):
     )
 
 
-@pytest.mark.parametrize(
-    ("name", "size_pt", "grid"),
-    [
-        ("A4 portrait", builders.A4, (2, 3)),
-        ("A4 landscape", builders.A4[::-1], (4, 3)),  # 1.415: 4/3 is nearer than 3/2
-        ("Letter portrait", builders.LETTER, (3, 4)),
-        ("Letter landscape", builders.LETTER[::-1], (4, 3)),
-    ],
-)
-def test_render_scale_covers_the_tile_grid_just_enough(settings, name, size_pt, grid):
-    w_pt, h_pt = size_pt
-    zoom = render_scale(w_pt, h_pt, settings)
-    w, h = rendered_size(w_pt, h_pt, zoom)
-    assert _grid_of(w, h, settings) == grid
+def _one_page_pdf(width_pt: float, height_pt: float) -> bytes:
+    doc = pymupdf.open()
+    page = doc.new_page(width=width_pt, height=height_pt)
+    page.draw_rect(page.rect + (5, 5, -5, -5), color=(0, 0, 0), width=2)
+    page.insert_text((10, min(40, height_pt - 10)), "Grid test page", fontsize=8)
+    return doc.tobytes()
+
+
+# name, size in points, the grid the card's dynamic_preprocess picks for a 300 dpi
+# render, and whether the grid's zooms lie within [72, 300] dpi (grid-exact render)
+NAMED_SIZES = [
+    ("A4 portrait", builders.A4, (2, 3), True),
+    ("A4 landscape", builders.A4[::-1], (4, 3), True),  # 1.415: 4/3 is nearer than 3/2
+    ("Letter portrait", builders.LETTER, (3, 4), True),
+    ("Letter landscape", builders.LETTER[::-1], (4, 3), True),
+    ("Legal portrait", (612.0, 1008.0), (2, 3), True),
+    ("Legal landscape", (1008.0, 612.0), (3, 2), True),
+    ("A3 portrait", (842.0, 1191.0), (2, 3), True),
+    ("A5 portrait", (420.0, 595.0), (2, 3), True),
+    ("A6 portrait", (297.6, 419.5), (3, 4), False),  # 3x4 would need 325 dpi: rendered at 300
+    ("A2 portrait", (1191.0, 1684.0), (2, 3), False),  # 2x3 would need 54 dpi: rendered at 72
+    ("square", (500.0, 500.0), (3, 3), True),
+    ("receipt strip", (226.8, 841.9), (1, 4), True),
+    ("odd 333.3 x 777.7", (333.3, 777.7), (2, 5), True),
+    ("wide banner", (1400.0, 300.0), (5, 1), True),
+]
+
+
+@pytest.mark.parametrize(("name", "size_pt", "grid", "exact"), NAMED_SIZES, ids=[n[0] for n in NAMED_SIZES])
+def test_pdf_page_renders_at_the_seed_grid(settings, name, size_pt, grid, exact):
+    """The seed path (300 dpi pixmap + the card's dynamic_preprocess) and docproc's
+    render cut the page into the same grid; within the dpi range, docproc's image
+    is exactly that grid."""
+    data = _one_page_pdf(*size_pt)
+    seed_pix = pymupdf.open(stream=data, filetype="pdf")[0].get_pixmap(dpi=300)
+    assert ref.reference_grid(seed_pix.width, seed_pix.height, max_num=settings.max_tiles, image_size=S) == grid
+    with open_document(data, settings=settings) as doc:
+        page = render_page(doc, 1, settings)
+    assert _grid_of(*page.image.size, settings) == grid  # tiling picks the seed's grid
+    assert np.asarray(page.image).min() < 80  # the frame was drawn
+    if not exact:
+        assert page.grid is None and page.dpi == page.dpi_y
+        assert settings.render_min_dpi <= page.dpi <= settings.render_max_dpi
+        return
     cols, rows = grid
-    s = settings.tile_size
-    assert w >= cols * s and h >= rows * s  # tiling only downsamples
-    # ... and not much finer than needed: the tighter side is within the margin
-    assert min(w / (cols * s), h / (rows * s)) <= RENDER_MARGIN + 0.01
-    assert settings.render_min_dpi <= 72 * zoom <= settings.render_max_dpi
+    assert page.grid == grid
+    assert page.image.size == (cols * S, rows * S)
+    assert page.dpi == pytest.approx(72 * cols * S / size_pt[0])
+    assert page.dpi_y == pytest.approx(72 * rows * S / size_pt[1])
+    # the stretch is the one dynamic_preprocess gives the page: to the grid's aspect ratio
+    assert page.dpi / page.dpi_y == pytest.approx((cols / rows) / (size_pt[0] / size_pt[1]))
+
+
+def test_rotated_page_renders_at_its_displayed_grid(settings):
+    """A portrait A4 page with /Rotate 90 is shown (and rendered) landscape: the
+    zooms apply to the displayed width and height, so it is the landscape grid."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=builders.A4[0], height=builders.A4[1])
+    page.insert_text((50, 60), "A rotated page of text, long enough to count.", fontsize=12)
+    page.set_rotation(90)
+    with open_document(doc.tobytes(), settings=settings) as opened:
+        rendered = render_page(opened, 1, settings)
+    assert (rendered.width_pt, rendered.height_pt) == pytest.approx(builders.A4[::-1])
+    assert rendered.grid == (4, 3) and rendered.image.size == (4 * S, 3 * S)
+    assert rendered.has_text_layer
 
 
 def test_render_scale_a4_example_from_the_docstring(settings):
-    zoom = render_scale(*builders.A4, settings)
-    assert rendered_size(*builders.A4, zoom) == (1045, 1479)
-    assert round(72 * zoom, 1) == 126.4
+    scale = render_scale(*builders.A4, settings)
+    assert (scale.width, scale.height, scale.grid) == (896, 1344, (2, 3))
+    assert (round(72 * scale.zoom_x, 1), round(72 * scale.zoom_y, 1)) == (108.4, 114.9)
+
+
+def test_grid_exact_size_is_what_mupdf_renders():
+    """MuPDF's pixmap for the grid zooms has exactly cols*S x rows*S pixels, on odd page sizes."""
+    settings = Settings(_env_file=None)
+    doc = pymupdf.open()
+    sizes = [(595.0, 842.0), (612.0, 792.0), (333.3, 777.7), (611.9, 1008.1), (431.17, 287.91), (521.0, 523.0)]
+    sizes += [(300 + 37.3 * k, 1300 - 53.9 * k) for k in range(16)]
+    for w_pt, h_pt in sizes:
+        scale = render_scale(w_pt, h_pt, settings)
+        assert scale.grid is not None, (w_pt, h_pt)
+        page = doc.new_page(width=w_pt, height=h_pt)
+        pix = page.get_pixmap(matrix=pymupdf.Matrix(scale.zoom_x, scale.zoom_y), alpha=False)
+        assert (pix.width, pix.height) == scale.size == (scale.grid[0] * S, scale.grid[1] * S), (w_pt, h_pt)
+
+
+BUDGETS = [(1, 6), (1, 12), (1, 40), (2, 12), (4, 4), (6, 6), (1, 1)]
+PAGE_SIDES = [10, 50, 144, 250, 288, 300, 420, 500, 595, 612, 792, 842, 1008, 1191, 1684, 2384, 5000, 14400]
+
+
+@pytest.mark.parametrize(("min_tiles", "max_tiles"), BUDGETS)
+def test_render_scale_rule_holds_over_many_page_sizes(settings, min_tiles, max_tiles):
+    """For every page size and tile budget: the rendered image picks the grid the
+    page picks at 300 dpi (the seed's), unless the pixel cap forced a smaller
+    render; a grid-exact render is exactly the grid; never over the pixel cap;
+    within the dpi range unless the cap forces less."""
+    budget = settings.model_copy(update={"min_tiles": min_tiles, "max_tiles": max_tiles})
+    lo, hi = budget.render_min_dpi / 72, budget.render_max_dpi / 72
+    exact = 0
+    for w_pt, h_pt in itertools.product(PAGE_SIDES, repeat=2):
+        scale = render_scale(w_pt, h_pt, budget)
+        w, h = scale.size
+        assert w * h <= budget.render_max_pixels, (w_pt, h_pt)
+        seed_grid = _grid_of(*rendered_size(w_pt, h_pt, HI), budget)
+        if scale.grid is not None:
+            exact += 1
+            cols, rows = scale.grid
+            assert scale.grid == seed_grid
+            assert scale.size == (cols * S, rows * S)
+            assert (scale.zoom_x, scale.zoom_y) == pytest.approx((cols * S / w_pt, rows * S / h_pt))
+            assert lo - 1e-9 <= min(scale.zoom_x, scale.zoom_y) <= max(scale.zoom_x, scale.zoom_y) <= hi + 1e-9
+        else:
+            assert scale.zoom_x == scale.zoom_y and scale.size == rendered_size(w_pt, h_pt, scale.zoom_x)
+            assert scale.zoom_x <= hi + 1e-9
+            capped = (w + 3) * (h + 3) > budget.render_max_pixels
+            assert scale.zoom_x >= lo - 1e-9 or capped, (w_pt, h_pt)
+            if capped:
+                continue
+        assert _grid_of(w, h, budget) == seed_grid, (w_pt, h_pt, scale)
+    assert exact >= 25  # ordinary page sizes render straight at their grid (1x1: the 25 of 108-448 pt)
+
+
+def test_a_grid_exact_image_can_tie_into_a_larger_grid():
+    """Why render_scale checks the grid back: at max_tiles >= 16 a 1344 px square
+    (3x3 tiles exactly) picks 4x4 - the card's tie rule takes the later grid when the
+    image has over half its pixels. A 4 inch square page then renders uniformly
+    at 300 dpi, as the seed does, and keeps the seed's 3x3."""
+    budget = Settings(_env_file=None, max_tiles=16)
+    assert ref.reference_grid(3 * S, 3 * S, max_num=16, image_size=S) == (4, 4)
+    seed_grid = ref.reference_grid(*rendered_size(288, 288, HI), max_num=16, image_size=S)
+    assert seed_grid == (3, 3)
+    scale = render_scale(288, 288, budget)
+    assert scale.grid is None
+    assert scale.size == (1200, 1200)
+    assert _grid_of(*scale.size, budget) == seed_grid
 
 
 def test_tiny_page_renders_at_max_dpi(settings):
-    zoom = render_scale(144, 72, settings)  # a 2 x 1 inch label
-    assert zoom == pytest.approx(settings.render_max_dpi / 72)
-    assert rendered_size(144, 72, zoom) == (600, 300)
+    scale = render_scale(144, 72, settings)  # a 2 x 1 inch label: its 2x1 grid would need 448 dpi
+    assert scale.grid is None
+    assert scale.zoom_x == scale.zoom_y == pytest.approx(settings.render_max_dpi / 72)
+    assert scale.size == (600, 300)
 
 
 def test_min_dpi_applies_when_the_budget_is_small(settings):
     one_tile = settings.model_copy(update={"max_tiles": 1, "render_min_dpi": 100.0})
-    zoom = render_scale(*builders.A4, one_tile)  # one 448 px tile would need only ~58 dpi
-    assert 72 * zoom == pytest.approx(100.0)
+    scale = render_scale(*builders.A4, one_tile)  # one 448 px tile would need only ~54 x 38 dpi
+    assert scale.grid is None
+    assert 72 * scale.zoom_x == 72 * scale.zoom_y == pytest.approx(100.0)
+
+
+def test_grid_over_the_pixel_cap_renders_uniformly_under_it(settings):
+    small_cap = settings.model_copy(update={"render_max_pixels": 1_000_000})  # a 2x3 grid is 1.2 Mpx
+    scale = render_scale(*builders.A4, small_cap)
+    assert scale.grid is None and scale.zoom_x == scale.zoom_y
+    assert 0.98 * 1_000_000 < scale.width * scale.height <= 1_000_000
+    assert _grid_of(*scale.size, small_cap) == (2, 3)
 
 
 @pytest.mark.parametrize("side_pt", [14400.0, 144000.0])
 def test_render_scale_respects_pixel_cap(settings, side_pt):
-    zoom = render_scale(side_pt, side_pt, settings)
-    w, h = rendered_size(side_pt, side_pt, zoom)
+    scale = render_scale(side_pt, side_pt, settings)
+    w, h = scale.size
     assert w * h <= settings.render_max_pixels
     assert w * h > 0.99 * settings.render_max_pixels  # the cap, not far below it
-
-
-def test_render_scale_rule_holds_over_many_page_sizes(settings):
-    """For every size: never over the pixel cap; within the dpi range unless the
-    cap forces less; and when no clamp applies, the rendered image covers the
-    grid that tiling will choose for it."""
-    sizes = [10, 50, 144, 300, 420, 595, 612, 792, 842, 1191, 1684, 2384, 5000, 14400]
-    s = settings.tile_size
-    covered = 0
-    for w_pt, h_pt in itertools.product(sizes, repeat=2):
-        zoom = render_scale(w_pt, h_pt, settings)
-        w, h = rendered_size(w_pt, h_pt, zoom)
-        assert w * h <= settings.render_max_pixels, (w_pt, h_pt)
-        dpi = 72 * zoom
-        assert dpi <= settings.render_max_dpi + 1e-9
-        capped = (w + 3) * (h + 3) > settings.render_max_pixels
-        assert dpi >= settings.render_min_dpi - 1e-9 or capped, (w_pt, h_pt)
-        if settings.render_min_dpi + 1e-6 < dpi < settings.render_max_dpi - 1e-6 and not capped:
-            cols, rows = _grid_of(w, h, settings)
-            assert w >= cols * s and h >= rows * s, (w_pt, h_pt, w, h, cols, rows)
-            covered += 1
-    assert covered > 50
 
 
 def test_invalid_page_size_is_corrupt(settings):
@@ -168,14 +278,43 @@ def invoice_page():
 
 def test_invoice_page_image(invoice_page, settings):
     page = invoice_page
-    zoom = render_scale(*builders.A4, settings)
     assert page.image.mode == "RGB"
-    assert page.image.size == rendered_size(*builders.A4, zoom)
+    assert page.image.size == (896, 1344) and page.grid == (2, 3)
     assert (page.width_pt, page.height_pt) == pytest.approx(builders.A4)
-    assert page.dpi == pytest.approx(72 * zoom)
+    assert (page.dpi, page.dpi_y) == pytest.approx((72 * 896 / 595, 72 * 1344 / 842))
     pixels = np.asarray(page.image)
     assert pixels.min() < 50 and np.median(pixels) == 255  # black text on white paper
     assert page.timings_ms["render"] > 0
+
+
+def test_tiling_a_grid_exact_page_only_cuts_it(invoice_page):
+    """tile_image on a page rendered at its grid: the tiles are the image's own
+    448 px squares (no grid resize), the thumbnail is the whole page resized."""
+    image = invoice_page.image
+    tiles = tile_image(image, max_tiles=12, image_size=S)
+    assert tiles.shape == (7, S, S, 3)
+    pixels = np.asarray(image)
+    for i in range(6):
+        row, col = divmod(i, 2)
+        assert np.array_equal(tiles[i], pixels[row * S : (row + 1) * S, col * S : (col + 1) * S]), i
+    assert np.array_equal(tiles[6], np.asarray(image.resize((S, S))))
+
+
+def test_pixmap_off_by_a_pixel_is_resized_to_the_grid(settings, monkeypatch):
+    """Should MuPDF round a grid render's edge the other way, the image is resized
+    (bicubic, as tiling would) to exactly the planned size."""
+    real = render.render_scale
+
+    def one_pixel_wider(width_pt, height_pt, s=None):
+        scale = real(width_pt, height_pt, s)
+        return dataclasses.replace(scale, width=scale.width + 1)
+
+    with open_document(builders.invoice_pdf(), settings=settings) as doc:
+        expected = render_page(doc, 1, settings).image
+        monkeypatch.setattr(render, "render_scale", one_pixel_wider)
+        page = render_page(doc, 1, settings)
+    assert page.image.size == (897, 1344)
+    assert np.array_equal(np.asarray(page.image), np.asarray(expected.resize((897, 1344), Image.Resampling.BICUBIC)))
 
 
 def test_invoice_text_layer(invoice_page):
@@ -195,6 +334,76 @@ def test_invoice_text_layer(invoice_page):
     # words come sorted top to bottom (a line may hold words a few points apart)
     bottoms = [w.y1 for w in page.words]
     assert all(b >= a - 5 for a, b in zip(bottoms, bottoms[1:]))
+
+
+def _mixed_layout_pdf() -> bytes:
+    """A page with words of one line on slightly different baselines and sizes,
+    a wrapped paragraph, and two columns."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_text((50, 60), "Total", fontsize=14)
+    page.insert_text((100, 62), "due", fontsize=9)  # 2 pt lower, smaller: the same line
+    page.insert_text((130, 59), "now", fontsize=11)
+    page.insert_textbox(pymupdf.Rect(50, 80, 250, 300), "wrapped paragraph text " * 20, fontsize=10)
+    page.insert_textbox(pymupdf.Rect(320, 80, 545, 200), "right column words " * 12, fontsize=10)
+    page.insert_text((320, 240), "Key:", fontsize=10)
+    page.insert_text((420, 240), "value", fontsize=10)
+    return doc.tobytes()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [builders.invoice_pdf, lambda: builders.multipage_text_pdf(1), _mixed_layout_pdf],
+    ids=["invoice", "text", "mixed"],
+)
+def test_words_come_in_pymupdfs_sorted_order(build):
+    """The words equal PyMuPDF's ``get_text("words", sort=True)``, tuple for tuple:
+    top to bottom, a line (words within 3 pt) left to right, MuPDF's block/line/word numbers."""
+    page = pymupdf.open(stream=build(), filetype="pdf")[0]
+    expected = page.get_text("words", sort=True)
+    assert sort_words(page.get_text("words")) == expected
+    _, words = extract_text_layer(page)
+    assert [(w.x0, w.y0, w.x1, w.y1, w.text, w.block, w.line, w.number) for w in words] == expected
+
+
+def test_word_numbers_locate_the_word_in_its_block_and_line(invoice_page):
+    by_line: dict[tuple[int, int], list] = {}
+    for w in invoice_page.words:
+        by_line.setdefault((w.block, w.line), []).append(w)
+    lines = {" ".join(w.text for w in sorted(ws, key=lambda w: w.number)): ws for ws in by_line.values()}
+    line = lines[f"Invoice no.: {builders.INVOICE_NUMBER}"]
+    assert sorted(w.number for w in line) == [0, 1, 2]
+    assert f"Invoice date: {builders.INVOICE_DATE}" in lines
+    (block,) = {w.block for w in line}
+    # the same block holds the three lines of the right-hand header, numbered 0, 1, 2
+    assert sorted({w.line for w in invoice_page.words if w.block == block}) == [0, 1, 2]
+
+
+def test_text_is_blocks_in_order_with_table_rows_on_one_line(invoice_page):
+    text = invoice_page.text
+    assert text.startswith(f"{builders.INVOICE_VENDOR}\n\nINVOICE\n\n")  # one paragraph per block
+    # the lines of one block stay lines
+    assert f"Invoice no.: {builders.INVOICE_NUMBER}\nInvoice date: {builders.INVOICE_DATE}\n" in text
+    # cells side by side on a row are joined by tabs, each row its own line
+    assert "\t".join(builders.INVOICE_HEADER) in text.splitlines()
+    for row in builders.INVOICE_ROWS:
+        assert "\t".join(row) in text.splitlines()
+    assert text.endswith("IBAN DE89 3704 0044 0532 0130 00.")
+
+
+def test_text_of_a_wrapped_paragraph_and_a_split_line():
+    page = pymupdf.open(stream=_mixed_layout_pdf(), filetype="pdf")[0]
+    text, _ = extract_text_layer(page)
+    paragraphs = text.split("\n\n")
+    (wrapped,) = [par for par in paragraphs if par.startswith("wrapped")]
+    assert len(wrapped.splitlines()) > 5  # the wrapped lines are not glued into one row
+    assert wrapped.split() == ("wrapped paragraph text " * 20).split()
+    # runs side by side on one row (other baselines, sizes, a gap) are one line, tab-separated
+    assert "Total\tdue\tnow" in paragraphs and "Key:\tvalue" in paragraphs
+    # every word of the page is in the text, once per occurrence
+    assert sorted(text.split()) == sorted(w[4] for w in page.get_text("words"))
+    blocks = page.get_text("blocks", sort=True)
+    assert layer_text(blocks, page.get_text("words")) == text
 
 
 def test_invoice_table_is_found_by_pymupdf():
