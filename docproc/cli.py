@@ -4,6 +4,8 @@
                             [--engine auto|text|internvl] [--pages 1-3,7] [--out DIR]
     docproc schemas
     docproc tiny-model DIR
+    docproc up | api | worker | flower       (the service; see docproc/stack.py)
+    docproc keys create --tenant T | revoke HASH | hash KEY
 
 A bad input prints its typed error on one line (``file: code: message``) and
 the command exits non-zero; tracebacks are shown only with ``--debug``.
@@ -47,6 +49,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("directory", type=Path)
     t.add_argument("--seed", type=int, default=0)
+
+    a = sub.add_parser("api", help="run the REST API (uvicorn)")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8000)
+
+    w = sub.add_parser("worker", help="run a Celery worker (solo pool for the gpu queue, prefork otherwise)")
+    w.add_argument("--queues", "-Q", default="intake,render,bulk,webhooks")
+    w.add_argument("--concurrency", "-c", type=int, default=None)
+
+    f = sub.add_parser("flower", help="run Flower (Celery monitoring) on the same broker, with basic auth")
+    f.add_argument("--port", type=int, default=5555)
+    f.add_argument("--basic-auth", default=None, help="user:password (default: $FLOWER_BASIC_AUTH)")
+
+    u = sub.add_parser("up", help="start the whole service locally: redis, API, workers, Flower (Ctrl-C stops)")
+    u.add_argument("--var", type=Path, default=Path("var"), help="where Redis data and local results go")
+    u.add_argument("--port", type=int, default=8000, help="API port")
+    u.add_argument("--redis-port", type=int, default=6390)
+    u.add_argument("--flower-port", type=int, default=5555)
+    u.add_argument("--no-model-worker", action="store_true", help="no gpu-queue worker (text engine only)")
+
+    k = sub.add_parser("keys", help="API keys: create, revoke, hash")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key for a tenant (stored hashed in Redis; printed once)")
+    kc.add_argument("--tenant", required=True)
+    kr = ksub.add_parser("revoke", help="revoke a key by its hash (a prefix of 8+ hex digits)")
+    kr.add_argument("hash_prefix")
+    kh = ksub.add_parser("hash", help="print the sha256 of a key, for DOCPROC_API_KEYS")
+    kh.add_argument("key")
     return parser
 
 
@@ -132,11 +162,78 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from api.app import serve
+
+    serve(args.host, args.port)
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.worker_cli import parse_queues, run_worker
+
+    try:
+        queues = parse_queues(args.queues)
+    except ValueError as exc:
+        print(f"docproc: invalid_request: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    run_worker(queues, concurrency=args.concurrency)
+    return EXIT_OK
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    import os
+
+    from workers.celery_app import app
+
+    auth = args.basic_auth or os.environ.get("FLOWER_BASIC_AUTH")
+    if not auth:
+        print("docproc: configuration_error: Flower needs --basic-auth user:password "
+              "(or FLOWER_BASIC_AUTH); it is never served open", file=sys.stderr)
+        return EXIT_USAGE
+    app.start(["flower", f"--port={args.port}", "--address=127.0.0.1", f"--basic-auth={auth}"])
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from docproc.stack import Stack, run_stack
+
+    stack = Stack(var=args.var, api_port=args.port, redis_port=args.redis_port,
+                  flower_port=args.flower_port, model_worker=not args.no_model_worker)
+    return run_stack(stack)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from docproc.auth import create_key, hash_key, revoke_key
+
+    if args.keys_command == "hash":
+        print(hash_key(args.key))
+        return EXIT_OK
+    from docproc.jobs import connect_redis
+
+    redis = connect_redis(get_settings())
+    if args.keys_command == "create":
+        key, digest = create_key(redis, args.tenant)
+        print(f"tenant {args.tenant}: key {key}  (hash {digest}; the key is shown only now)")
+    else:
+        print(f"revoked {revoke_key(redis, args.hash_prefix)}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"process": cmd_process, "schemas": cmd_schemas, "tiny-model": cmd_tiny_model}[args.command](args)
+        return {
+            "process": cmd_process,
+            "schemas": cmd_schemas,
+            "tiny-model": cmd_tiny_model,
+            "api": cmd_api,
+            "worker": cmd_worker,
+            "flower": cmd_flower,
+            "up": cmd_up,
+            "keys": cmd_keys,
+        }[args.command](args)
     except DocprocError as exc:
         if args.debug:
             traceback.print_exc()

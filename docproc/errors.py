@@ -21,6 +21,14 @@ status for the service. Never match on messages; match on codes.
     |   +-- ModelUnavailable          model_unavailable     503
     |   +-- EngineUnavailable         engine_unavailable    503
     |   +-- InvalidSchemaFile         invalid_schema_file   500
+    +-- ClientError                   (the request, not the document)
+    |   +-- Unauthorized              unauthorized          401
+    |   +-- NotFound                  not_found             404
+    |   +-- IdempotencyConflict       idempotency_conflict  409
+    |   +-- ResultNotReady            result_not_ready      409   (the job or page still runs)
+    |   +-- RateLimited               rate_limited          429   .retry_after (s)
+    +-- ServiceUnavailable            service_unavailable   503   (Redis down ...)
+        +-- StorageError              storage_error         503   .retryable
 
 Page-level outcomes that are not exceptions (a page that needs a model, a model
 output that does not parse) are reported in the page result with the codes in
@@ -129,10 +137,76 @@ class InvalidSchemaFile(ConfigurationError):
     http_status = 500
 
 
+class ClientError(DocprocError):
+    """The request cannot be served as sent (credentials, a missing resource, a conflict, a rate)."""
+
+    code = "client_error"
+    http_status = 400
+
+
+class Unauthorized(ClientError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class NotFound(ClientError):
+    """No such resource, or one that belongs to another tenant (never told apart)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class IdempotencyConflict(ClientError):
+    """An Idempotency-Key reused for a different request."""
+
+    code = "idempotency_conflict"
+    http_status = 409
+
+
+class ResultNotReady(ClientError):
+    """A result asked for before its job (or page) finished; poll the job and ask again."""
+
+    code = "result_not_ready"
+    http_status = 409
+
+
+class RateLimited(ClientError):
+    """Too many requests; ``retry_after`` is the seconds until the window resets."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(DocprocError):
+    """A backing service (Redis, storage) cannot be reached; try again later."""
+
+    code = "service_unavailable"
+    http_status = 503
+
+
+class StorageError(ServiceUnavailable):
+    """Object storage failed. ``retryable`` is True for transient faults (unreachable,
+    throttled, 5xx) and False for ones a retry cannot fix (access denied, missing bucket,
+    a write-once object that exists with other content)."""
+
+    code = "storage_error"
+    http_status = 503
+
+    def __init__(self, message: str, *, retryable: bool = True, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retryable = retryable
+
+
 # Codes a single page can end with while the document as a whole goes on.
 PAGE_ERROR_CODES = {
     "needs_model": "the page has no usable text layer; run it with a model engine",
     "invalid_output": "the model output did not parse or did not match the schema",
     "degenerate_output": "the model output looped (repetition) even after a retry",
     "inference_error": "the engine raised while processing the page",
+    "timeout": "the page ran past the inference timeout or the task time limit",
+    "too_many_attempts": "the page was started more than max_attempts times (its workers were lost)",
 }

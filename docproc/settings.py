@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Tenants name Redis keys and storage paths; key hashes are lowercase sha256 hex.
+TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class Settings(BaseSettings):
@@ -66,6 +71,54 @@ class Settings(BaseSettings):
 
     # --- paths ---------------------------------------------------------------
     schemas_dir: Path = Field(REPO_ROOT / "extraction_schemas")
+
+    # --- service -------------------------------------------------------------
+    # The queued service (api/ + workers/): Redis, storage, auth, time limits.
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis for the Celery broker and the job state (one server)."
+    )
+    storage_url: str = Field(
+        "file://./var/docproc",
+        description='Where inputs and results live: "s3://bucket/prefix" or "file:///abs/dir" '
+        "(a relative file:// path is taken from the working directory).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (moto, MinIO, ...); None: AWS itself."
+    )
+    s3_region: str = "us-east-1"
+    presign_expiry_s: int = Field(300, ge=1, le=604800, description="Lifetime of presigned result URLs.")
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description='tenant -> sha256 hex of its API key (hashed at rest); JSON in the env, '
+        'e.g. DOCPROC_API_KEYS=\'{"acme": "9f86d0..."}\'.',
+    )
+    rate_limit_per_minute: int = Field(600, ge=0, description="Requests per API key per minute (0: no limit).")
+    visibility_timeout_s: int = Field(
+        7200,
+        description="Redis broker: an unacked task is redelivered after this long; keep it above task_time_limit_s.",
+    )
+    task_soft_time_limit_s: int = 1800
+    task_time_limit_s: int = 1900
+    inference_timeout_s: int = Field(
+        1500, description="Own timeout around one engine call (solo pools ignore time limits)."
+    )
+    max_attempts: int = Field(3, ge=1, description="Most deliveries of one job page (poison-document guard).")
+    idempotency_ttl_s: int = Field(86400, ge=1, description="How long an Idempotency-Key keeps answering with its job.")
+    source_buckets: list[str] = Field(
+        default_factory=list,
+        description="S3 buckets a job's source_uri may name (POST /v1/jobs with JSON); empty: none. "
+        'JSON in the env, e.g. DOCPROC_SOURCE_BUCKETS=\'["invoices-in"]\'.',
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_are_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        for tenant, digest in value.items():
+            if not TENANT_RE.fullmatch(tenant):
+                raise ValueError(f"api_keys: tenant {tenant!r} must match {TENANT_RE.pattern}")
+            if not SHA256_RE.fullmatch(digest):
+                raise ValueError(f"api_keys[{tenant!r}] must be the sha256 hex of the key, not the key")
+        return value
 
 
 @lru_cache(maxsize=1)

@@ -82,13 +82,18 @@ def _batches(pages: Iterable[RenderedPage | PageResult], size: int) -> Iterable[
         yield batch
 
 
+def render_or_fail(doc: OpenedDocument, number: int, settings: Settings) -> RenderedPage | PageResult:
+    """Render one page; a page that cannot render becomes a failed result (engine ``render``)."""
+    try:
+        return next(render_pages(doc, [number], settings))
+    except DocprocError as exc:
+        return PageResult(page=number, status="failed", engine="render", error=ErrorInfo(**exc.to_dict()))
+
+
 def _rendered(doc: OpenedDocument, numbers: Sequence[int], settings: Settings) -> Iterable[RenderedPage | PageResult]:
     """Render pages one by one; a page that cannot render becomes a failed result."""
     for number in numbers:
-        try:
-            yield from render_pages(doc, [number], settings)
-        except DocprocError as exc:
-            yield PageResult(page=number, status="failed", engine="render", error=ErrorInfo(**exc.to_dict()))
+        yield render_or_fail(doc, number, settings)
 
 
 def _run_batch(
@@ -171,31 +176,57 @@ def process_document(
             page_count=doc.page_count,
         )
 
-    results.sort(key=lambda r: r.page)
-    status = document_status(results)
-    merged = provenance = None
-    if extraction_schema is not None:
-        from workers.postprocess import merge_pages
+    model_id = engines._internvl.model_id if engines._internvl is not None else None
+    stage_totals = {"intake": intake_ms, **page_stage_totals(results)}
+    stage_totals["total"] = (time.perf_counter() - started) * 1000
+    return assemble_document(
+        info, results, task=task, schema=extraction_schema, engine=engine, model_id=model_id, timings_ms=stage_totals
+    )
 
-        merged, provenance = merge_pages(results, extraction_schema)
-    used = sorted({r.engine for r in results if r.engine in ("text", "internvl")})
-    model = engines._internvl.model_id if engines._internvl is not None and "internvl" in used else None
-    stage_totals: dict[str, float] = {"intake": intake_ms}
+
+def page_stage_totals(results: Iterable[PageResult]) -> dict[str, float]:
+    """Each stage's milliseconds summed over the pages (render, tile, infer, ...)."""
+    totals: dict[str, float] = {}
     for r in results:
         for stage, ms in r.timings_ms.items():
-            stage_totals[stage] = stage_totals.get(stage, 0.0) + ms
-    stage_totals["total"] = (time.perf_counter() - started) * 1000
+            totals[stage] = totals.get(stage, 0.0) + ms
+    return totals
+
+
+def assemble_document(
+    info: DocumentInfo,
+    results: Sequence[PageResult],
+    *,
+    task: Task,
+    schema: ExtractionSchema | None,
+    engine: EngineName,
+    model_id: str | None,
+    timings_ms: dict[str, float],
+) -> DocumentResult:
+    """The document result from its page results: status, merged fields, engines used.
+
+    ``model_id`` is reported only when a page went through the model; ``engine``
+    (the request's) is reported when no page reached an engine.
+    """
+    results = sorted(results, key=lambda r: r.page)
+    status = document_status(results)
+    merged = provenance = None
+    if schema is not None:
+        from workers.postprocess import merge_pages
+
+        merged, provenance = merge_pages(results, schema)
+    used = sorted({r.engine for r in results if r.engine in ("text", "internvl")})
     return DocumentResult(
         document=info,
         task=task,
-        schema=extraction_schema.name if extraction_schema else None,
-        schema_version=extraction_schema.version if extraction_schema else None,
+        schema=schema.name if schema else None,
+        schema_version=schema.version if schema else None,
         engine="+".join(used) if used else engine,
-        model=model,
+        model=model_id if "internvl" in used else None,
         status=status,
         pages=results,
         fields=merged,
         provenance=provenance,
-        timings_ms={k: round(v, 3) for k, v in stage_totals.items()},
+        timings_ms={k: round(v, 3) for k, v in timings_ms.items()},
         error=document_error(results) if status == "failed" else None,
     )

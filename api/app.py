@@ -1,0 +1,82 @@
+"""The docproc REST API: ``create_app(settings)`` builds it, ``serve(...)`` runs it.
+
+Start it with ``python -m api --host 127.0.0.1 --port 8000`` (or ``docproc api``), or
+``uvicorn --factory api.app:create_app``. Settings come from ``DOCPROC_*`` variables.
+
+The app never imports torch: the workers' intake checks it runs on uploads
+(``workers.intake``, ``workers.render``) use PyMuPDF and Pillow only, and tasks go
+to Celery by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.deps import Services
+from api.problems import install_problem_handlers
+from api.routes import health, jobs, schemas
+from docproc.auth import KeyRing
+from docproc.jobs import JobStore, connect_redis
+from docproc.schemas import get_registry
+from docproc.settings import Settings, get_settings
+from docproc.storage import open_storage
+
+DESCRIPTION = """\
+Submit PDFs and scans; get OCR text, tables or schema-valid JSON back.
+
+Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every error is
+`application/problem+json` (RFC 9457) with a machine-readable `code`: match on it.
+"""
+
+
+def open_services(settings: Settings) -> Services:
+    """Everything the routes use, made once: Redis, storage, job store, keys, Celery."""
+    from workers.celery_app import create_app as create_celery_app
+
+    get_registry(settings)  # a bad schema file stops the start-up, not the first request
+    client = connect_redis(settings)
+    return Services(
+        settings=settings,
+        redis=client,
+        storage=open_storage(settings),
+        store=JobStore(client, settings),
+        keyring=KeyRing(settings, client),
+        celery=create_celery_app(settings),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for ``settings`` (default: from the environment); services open at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = open_services(settings or get_settings())
+        app.state.services = services
+        try:
+            yield
+        finally:
+            services.redis.close()
+            services.celery.close()
+
+    app = FastAPI(
+        title="docproc",
+        version="0.1.0",
+        summary="Asynchronous document processing: OCR, tables and field extraction with InternVL.",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(schemas.router)
+    app.include_router(health.router)
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None, **uvicorn_options) -> None:
+    """Run the API with uvicorn until interrupted (Ctrl-C / SIGTERM)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options)

@@ -1,0 +1,160 @@
+"""The API's request and response bodies (what the OpenAPI document shows)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from docproc.jobs import TERMINAL, Job, JobRequest, JobState, PageStatus
+from docproc.results import ErrorInfo
+from docproc.schemas import ExtractionSchema
+
+
+class JobSubmission(JobRequest):
+    """``POST /v1/jobs`` as JSON: a document already in S3 plus the job's fields.
+
+    Unknown fields are refused (422). For an upload, send ``multipart/form-data``
+    with the document in ``file`` and these fields (``metadata`` as a JSON string).
+    """
+
+    source_uri: str = Field(
+        description="s3://bucket/key of the document; the bucket must be on the service's allow-list."
+    )
+
+
+class Progress(BaseModel):
+    total: int | None = Field(description="Pages selected for processing (known once intake ran).")
+    succeeded: int
+    failed: int
+
+
+class Timings(BaseModel):
+    queued_ms: float | None = Field(description="From submission to the start of intake.")
+    running_ms: float | None = Field(description="From the start of intake to the end (or to now).")
+    total_ms: float | None = Field(description="From submission to the end (or to now).")
+
+
+class Links(BaseModel):
+    self: str
+    result: str | None = None
+
+
+class JobSummary(BaseModel):
+    """A job as listed."""
+
+    id: str
+    state: JobState
+    task: str
+    schema_name: str | None = Field(None, alias="schema")
+    filename: str | None
+    page_count: int | None
+    created_at: datetime | None
+    finished_at: datetime | None
+    error: ErrorInfo | None
+    metadata: dict[str, Any]
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+
+class JobView(JobSummary):
+    """A job in full: request, input, progress, per-page status, timings, outcome."""
+
+    request: JobRequest
+    input: dict[str, Any] = Field(description="sha256, size_bytes, media_type of the stored document.")
+    progress: Progress
+    pages: list[PageStatus]
+    started_at: datetime | None
+    timings: Timings
+    schema_version: str | None
+    model: str | None
+    links: Links
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class SchemaSummary(BaseModel):
+    name: str
+    version: str
+    title: str
+    description: str
+
+
+class SchemaView(SchemaSummary):
+    key: str = Field(description="name@version")
+    prompt_hints: list[str]
+    json_schema: dict[str, Any] = Field(description="The JSON Schema the extracted fields follow.")
+
+
+class SchemaList(BaseModel):
+    schemas: list[SchemaSummary]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000.0, 1)
+
+
+def job_links(job: Job) -> Links:
+    base = f"/v1/jobs/{job.id}"
+    return Links(self=base, result=f"{base}/result" if job.result_key else None)
+
+
+def job_summary(job: Job) -> JobSummary:
+    return JobSummary(
+        id=job.id,
+        state=job.state,
+        task=job.request.task,
+        schema_name=job.request.schema_,
+        filename=job.filename,
+        page_count=job.page_count,
+        created_at=job.created_at,
+        finished_at=job.finished_at,
+        error=job.error,
+        metadata=job.request.metadata,
+    )
+
+
+def job_view(job: Job, pages: list[PageStatus], now: datetime) -> JobView:
+    end = job.finished_at if job.state in TERMINAL else now
+    return JobView(
+        **job_summary(job).model_dump(by_alias=False),
+        request=job.request,
+        input={"sha256": job.input_sha256, "size_bytes": job.size_bytes, "media_type": job.media_type},
+        progress=Progress(
+            total=len(job.pages) if job.pages else None, succeeded=job.pages_done, failed=job.pages_failed
+        ),
+        pages=pages,
+        started_at=job.started_at,
+        timings=Timings(
+            queued_ms=_ms(job.created_at, job.started_at or (None if job.state in TERMINAL else now)),
+            running_ms=_ms(job.started_at, end),
+            total_ms=_ms(job.created_at, end),
+        ),
+        schema_version=job.schema_version,
+        model=job.model,
+        links=job_links(job),
+    )
+
+
+def schema_summary(schema: ExtractionSchema) -> SchemaSummary:
+    return SchemaSummary(name=schema.name, version=schema.version, title=schema.title, description=schema.description)
+
+
+def schema_view(schema: ExtractionSchema) -> SchemaView:
+    return SchemaView(
+        **schema_summary(schema).model_dump(),
+        key=schema.key,
+        prompt_hints=list(schema.prompt_hints),
+        json_schema=schema.json_schema,
+    )

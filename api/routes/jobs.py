@@ -1,0 +1,281 @@
+"""``/v1/jobs``: submit, inspect, list, cancel jobs and fetch their results.
+
+Every route is scoped to the caller's tenant: another tenant's job id answers 404,
+exactly like an id that never existed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
+from pydantic import ValidationError
+
+from api.deps import CeleryDep, SettingsDep, StorageDep, StoreDep, TenantDep
+from api.models import JobList, JobSubmission, JobView, job_summary, job_view
+from api.problems import problem_responses
+from api.uploads import read_json, read_multipart
+from docproc.errors import InvalidRequest, NotFound, ResultNotReady
+from docproc.jobs import TERMINAL, JobRequest, JobState
+from docproc.results import DocumentResult, PageResult
+from docproc.settings import Settings
+from docproc.storage import page_result_key
+from docproc.submit import Submitted, read_source, submit_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(description="The job id returned by POST /v1/jobs.", max_length=64)]
+IDEMPOTENCY_KEY_CHARS = 255
+COMMON_ERRORS = (401, 422, 429)  # every route: key, parameters, rate
+
+# The request body of POST /v1/jobs, documented by hand: the route reads it itself
+# (streaming, size-limited), so FastAPI cannot derive it from a parameter. The form
+# fields are JobRequest's, with metadata sent as a JSON string.
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The document (PDF, PNG, JPEG, TIFF, WEBP)."},
+        **JobRequest.model_json_schema(by_alias=True)["properties"],
+        "metadata": {"type": "string", "description": "A JSON object, echoed back on the job (<= 16 KiB)."},
+    },
+    "additionalProperties": False,
+}
+_SUBMIT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        "application/json": {"schema": JobSubmission.model_json_schema(by_alias=True)},
+    },
+}
+
+
+def _invalid_body(exc: ValidationError) -> RequestValidationError:
+    """A body that failed validation, reported like FastAPI's own (loc starts with "body")."""
+    errors = exc.errors(include_input=False, include_url=False)
+    return RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors])
+
+
+def _request_from_form(fields: dict[str, str]) -> JobRequest:
+    values: dict[str, Any] = dict(fields)
+    if "metadata" in values:
+        try:
+            values["metadata"] = json.loads(values["metadata"])
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"the metadata field is not valid JSON: {exc}") from None
+    return JobRequest.model_validate(values)
+
+
+async def _read_submission(request: Request, settings: Settings) -> tuple[JobRequest, bytes, str | None]:
+    """The job fields, document bytes and file name of a multipart upload or a JSON source_uri."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        upload = await read_multipart(request, max_file_bytes=settings.max_file_bytes)
+        try:
+            try:
+                job_request = _request_from_form(upload.fields)
+            except ValidationError as exc:
+                raise _invalid_body(exc) from None
+            return job_request, await run_in_threadpool(upload.read), upload.filename
+        finally:
+            upload.close()
+    if content_type == "application/json":
+        body = await read_json(request)
+        try:
+            submission = JobSubmission.model_validate(body)
+        except ValidationError as exc:
+            raise _invalid_body(exc) from None
+        job_request = JobRequest.model_validate(submission.model_dump(by_alias=True, exclude={"source_uri"}))
+        data, filename = await run_in_threadpool(read_source, submission.source_uri, settings)
+        return job_request, data, filename
+    raise InvalidRequest(
+        "send the document as multipart/form-data (field 'file') or JSON with an s3:// source_uri",
+        content_type=content_type or None,
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobView,
+    summary="Submit a document",
+    description=(
+        "Upload a document (multipart/form-data, field `file`) or name one in S3 (JSON with "
+        "`source_uri`). The document is checked at once: a bad one is refused with its typed "
+        "4xx before any job exists. 202 with the new job and a `Location` header; with an "
+        "`Idempotency-Key` that was used before for the same document and fields, 200 with "
+        "that job; for different ones, 409 `idempotency_conflict`."
+    ),
+    openapi_extra={"requestBody": _SUBMIT_BODY},
+    responses={
+        200: {"description": "Idempotent replay: the job this Idempotency-Key created before.", "model": JobView},
+        **problem_responses(400, *COMMON_ERRORS, 409, 413, 415, 503),
+    },
+)
+async def submit(
+    request: Request,
+    response: Response,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    storage: StorageDep,
+    celery: CeleryDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=IDEMPOTENCY_KEY_CHARS, description="Same key + same request: the same job, never a second one."),
+    ] = None,
+) -> JobView:
+    job_request, data, filename = await _read_submission(request, settings)
+
+    def work() -> tuple[Submitted, JobView]:
+        submitted = submit_job(
+            store=store,
+            storage=storage,
+            celery=celery,
+            settings=settings,
+            tenant=tenant,
+            request=job_request,
+            data=data,
+            filename=filename,
+            idempotency_key=idempotency_key,
+        )
+        job = submitted.job
+        return submitted, job_view(job, store.pages(job.id), datetime.now(timezone.utc))
+
+    submitted, view = await run_in_threadpool(work)
+    response.status_code = 202 if submitted.created else 200
+    response.headers["Location"] = f"/v1/jobs/{view.id}"
+    return view
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List jobs",
+    description="The tenant's jobs, newest first, filtered; follow `next_cursor` for more.",
+    responses=problem_responses(*COMMON_ERRORS),
+)
+def list_jobs(
+    tenant: TenantDep,
+    store: StoreDep,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    schema: Annotated[str | None, Query(description="Only jobs extracting with this schema name.")] = None,
+    created_from: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    created_to: Annotated[datetime | None, Query(description="Created at or before (ISO 8601).")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page.", max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobList:
+    jobs, next_cursor = store.list(
+        tenant,
+        state=state,
+        schema=schema,
+        created_from=created_from,
+        created_to=created_to,
+        cursor=cursor,
+        limit=limit,
+    )
+    return JobList(jobs=[job_summary(job) for job in jobs], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobView,
+    summary="A job's state and progress",
+    responses=problem_responses(*COMMON_ERRORS, 404),
+)
+def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobView:
+    job = store.get(tenant, job_id)
+    return job_view(job, store.pages(job.id), datetime.now(timezone.utc))
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=JobView,
+    summary="Cancel a job",
+    description=(
+        "A queued or running job becomes `canceled`; its queued tasks are revoked and running "
+        "ones stop at their next check. A job that already ended is returned unchanged."
+    ),
+    responses=problem_responses(*COMMON_ERRORS, 404),
+)
+def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, celery: CeleryDep) -> JobView:
+    before = store.get(tenant, job_id)
+    job = store.cancel(tenant, job_id)
+    if before.state not in TERMINAL and job.state == "canceled" and job.task_ids:
+        celery.control.revoke(job.task_ids)
+    return job_view(job, store.pages(job.id), datetime.now(timezone.utc))
+
+
+@router.get(
+    "/{job_id}/result",
+    summary="A finished job's document result",
+    description=(
+        "The document JSON of a job that ended `succeeded`, `partial` or `failed` with a result. "
+        "With `?redirect=true` and S3 storage: 307 to a short-lived presigned URL instead. "
+        "409 `result_not_ready` while the job runs."
+    ),
+    responses={
+        200: {"model": DocumentResult, "description": "The document result."},
+        307: {"description": "Redirect to a presigned URL of the result (redirect=true, S3 storage)."},
+        **problem_responses(*COMMON_ERRORS, 404, 409),
+    },
+)
+def get_result(
+    job_id: JobId,
+    tenant: TenantDep,
+    store: StoreDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    redirect: Annotated[bool, Query(description="307 to a presigned S3 URL instead of the body.")] = False,
+) -> Response:
+    job = store.get(tenant, job_id)
+    if job.result_key is None:
+        if job.state not in TERMINAL:
+            raise ResultNotReady(f"job {job.id} is {job.state}; its result is not ready yet", state=job.state)
+        raise NotFound(f"job {job.id} ended {job.state} without a result", state=job.state)
+    return _stored_json(storage, job.result_key, redirect=redirect, expires_s=settings.presign_expiry_s)
+
+
+@router.get(
+    "/{job_id}/pages/{page}",
+    summary="One page's result",
+    responses={
+        200: {"model": PageResult, "description": "The page result."},
+        307: {"description": "Redirect to a presigned URL of the page result (redirect=true, S3 storage)."},
+        **problem_responses(*COMMON_ERRORS, 404, 409),
+    },
+)
+def get_page(
+    job_id: JobId,
+    page: Annotated[int, Path(ge=1, description="1-based page number in the document.")],
+    tenant: TenantDep,
+    store: StoreDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    redirect: Annotated[bool, Query(description="307 to a presigned S3 URL instead of the body.")] = False,
+) -> Response:
+    job = store.get(tenant, job_id)
+    if job.pages and page not in job.pages:
+        raise NotFound(f"page {page} is not part of job {job.id}", page=page)
+    key = page_result_key(job.id, page)
+    if not storage.exists(key):
+        if job.state in TERMINAL:
+            raise NotFound(f"job {job.id} ended {job.state} without a result for page {page}", page=page)
+        raise ResultNotReady(f"page {page} of job {job.id} is not finished yet", page=page, state=job.state)
+    return _stored_json(storage, key, redirect=redirect, expires_s=settings.presign_expiry_s)
+
+
+def _stored_json(storage: Any, key: str, *, redirect: bool, expires_s: int) -> Response:
+    if redirect:
+        url = storage.presign(key, expires_s)
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+    return Response(storage.get(key), media_type="application/json")
+
+
+__all__ = ["router"]

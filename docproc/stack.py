@@ -1,0 +1,138 @@
+"""``docproc up``: the whole service on this machine, on loopback, one command.
+
+Starts, as child processes sharing one environment:
+
+    redis-server   broker + job state (AOF on, data in <var>/redis)
+    api            the REST API (uvicorn)                       http://127.0.0.1:<port>
+    cpu worker     Celery prefork on the intake, render and bulk queues
+    model worker   Celery solo pool on the gpu queue (loads the model once)
+    flower         Celery monitoring, basic auth                http://127.0.0.1:<flower port>
+
+Results go to local disk (<var>/storage) unless DOCPROC_STORAGE_URL names an S3
+bucket. Ctrl-C (or SIGTERM) stops everything, workers first so they finish or
+return their current task, Redis last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docproc.auth import generate_key, hash_key
+from docproc.errors import ConfigurationError
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+
+
+@dataclass
+class Stack:
+    var: Path
+    api_port: int = 8000
+    redis_port: int = 6390
+    flower_port: int = 5555
+    model_worker: bool = True
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    children: list[Child] = field(default_factory=list)
+    dev_key: str | None = None
+
+    def plan(self) -> list[Child]:
+        redis = shutil.which("redis-server")
+        if redis is None:
+            raise ConfigurationError("redis-server is not installed (apt-get install redis-server)")
+        (self.var / "redis").mkdir(parents=True, exist_ok=True)
+        py = sys.executable
+        celery = [py, "-m", "celery", "-A", "workers.celery_app"]
+        flower_auth = self.env.setdefault("DOCPROC_FLOWER_BASIC_AUTH", f"admin:{secrets.token_urlsafe(12)}")
+        plan = [
+            Child("redis", [redis, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.var / "redis"),
+                            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                            "--maxmemory-policy", "noeviction"]),
+            Child("api", [py, "-m", "api", "--host", "127.0.0.1", "--port", str(self.api_port)]),
+            Child("cpu-worker", [py, "-m", "workers", "--queues", "intake,render,bulk,webhooks", "-c", "2"]),
+        ]
+        if self.model_worker:
+            plan.append(Child("model-worker", [py, "-m", "workers", "--queues", "gpu"]))
+        plan.append(Child("flower", [*celery, "flower", "--address=127.0.0.1", f"--port={self.flower_port}",
+                                     f"--basic-auth={flower_auth}"]))
+        return plan
+
+    def start(self) -> None:
+        if not self.env.get("DOCPROC_API_KEYS"):
+            # A development key for tenant "local", made fresh each time and shown once.
+            self.dev_key = generate_key()
+            self.env["DOCPROC_API_KEYS"] = json.dumps({"local": hash_key(self.dev_key)})
+        self.env.setdefault("DOCPROC_REDIS_URL", f"redis://127.0.0.1:{self.redis_port}/0")
+        self.env.setdefault("DOCPROC_STORAGE_URL", (self.var / "storage").resolve().as_uri())
+        for child in self.plan():
+            child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+            self.children.append(child)
+            if child.name == "redis":
+                wait_for_port(self.redis_port, timeout=10)
+
+    def watch(self) -> int:
+        """Block until a child exits or we are interrupted; returns the exit status."""
+        while True:
+            for child in self.children:
+                code = child.process.poll() if child.process else None
+                if code is not None:
+                    print(f"docproc up: {child.name} exited with {code}; stopping", file=sys.stderr)
+                    return code or 1
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Workers and API first (SIGTERM: warm shutdown), Redis last."""
+        for child in reversed(self.children):
+            if child.process and child.process.poll() is None:
+                os.killpg(child.process.pid, signal.SIGTERM)
+                try:
+                    child.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                    child.process.wait()
+
+
+def wait_for_port(port: int, *, timeout: float, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise ConfigurationError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def run_stack(stack: Stack) -> int:
+    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        stack.start()
+        print(
+            f"docproc up: API http://127.0.0.1:{stack.api_port}/docs  "
+            f"Flower http://127.0.0.1:{stack.flower_port} (user:password {stack.env['DOCPROC_FLOWER_BASIC_AUTH']})  "
+            f"Redis 127.0.0.1:{stack.redis_port}  storage {stack.env['DOCPROC_STORAGE_URL']}  -- Ctrl-C stops",
+            file=sys.stderr,
+        )
+        if stack.dev_key:
+            print(f"docproc up: API key for tenant 'local': {stack.dev_key}\n"
+                  f"  export DOCPROC_KEY={stack.dev_key}", file=sys.stderr)
+        return stack.watch()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()

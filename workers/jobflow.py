@@ -1,0 +1,404 @@
+"""The work of the queued service, as plain functions: intake, one page, finalise.
+
+The Celery tasks in :mod:`workers.tasks` only call these; tests call them with a
+real Redis and storage and no broker. Delivery is at least once (late acks, a
+killed worker's message comes back), so every step is idempotent:
+
+* a page's result is written once (``results/{job}/pages/{n:05d}.json``); a
+  redelivered page that finds it stored records the stored result again;
+* :meth:`JobStore.page_finished` counts a page once, atomically; whoever sees
+  0 pages remaining finalises. A duplicate that finds every page recorded and
+  the job still running (the finaliser died) finalises again, which finds
+  ``document.json`` stored, if it was, and only completes the job's state;
+* every start of a page counts an attempt; a page delivered more than
+  ``settings.max_attempts`` times (retries after transient faults aside) fails
+  with ``too_many_attempts`` instead of crashing workers forever.
+
+Errors: a typed input error ends the job (intake) or the page as ``failed`` with
+its code. A transient fault (a retryable :class:`StorageError`, Redis down)
+propagates so the task retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from docproc.errors import DocprocError, ServiceUnavailable, StorageError
+from docproc.jobs import PAGE_DUPLICATE, TERMINAL, Job, JobStore, PageStatus
+from docproc.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
+from docproc.settings import Settings
+from docproc.storage import Storage, document_result_key, page_result_key
+from workers.celery_app import page_queue
+from workers.engines.text import TEXT_TASKS
+from workers.intake import OpenedDocument, open_document
+from workers.pipeline import Engines, assemble_document, page_stage_totals, render_or_fail, resolve_request, route
+from workers.render import extract_text_layer, is_usable_text, parse_page_range
+
+logger = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, int, str], "str | None"]
+"""``enqueue(job_id, page, queue)`` sends one page task and returns its task id (or None)."""
+
+T = TypeVar("T")
+
+# Page codes this module gives (listed in errors.PAGE_ERROR_CODES).
+TIMEOUT = "timeout"
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+INFERENCE_THREAD = "docproc-inference"
+_abandoned: list[threading.Thread] = []  # engine calls that timed out and still run
+
+
+class InferenceTimeout(Exception):
+    """An engine call ran past ``settings.inference_timeout_s``."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for faults a retry can fix: a retryable StorageError, a backing service down."""
+    if isinstance(exc, StorageError):
+        return exc.retryable
+    return isinstance(exc, ServiceUnavailable)
+
+
+def _error(exc: DocprocError) -> ErrorInfo:
+    return ErrorInfo(code=exc.code, message=exc.message)
+
+
+# ------------------------------------------------------------------ intake
+
+
+def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, settings: Settings) -> str:
+    """The engine page ``number`` will go to, decided without rendering it.
+
+    The same rule as :func:`workers.pipeline.route` (the page task routes the
+    rendered page again): ``auto`` sends ocr/tables pages with a usable text
+    layer to the text engine, everything else to the model. The text layer is
+    read with :func:`extract_text_layer`, as render reads it; no pixels are drawn.
+    A page whose text cannot be read goes to the text engine, whose render will
+    report the page's error without taking a GPU.
+    """
+    if engine != "auto":
+        return engine
+    if task not in TEXT_TASKS or doc.pdf is None:
+        return "internvl"
+    try:
+        text, _ = extract_text_layer(doc.pdf.load_page(number - 1))
+    except Exception:  # noqa: BLE001 - render reports the page's own error
+        return "text"
+    return "text" if is_usable_text(text, settings.min_text_chars) else "internvl"
+
+
+def run_intake(job_id: str, *, settings: Settings, store: JobStore, storage: Storage, enqueue: Enqueue) -> list[int]:
+    """Open the job's document, plan its pages and enqueue one page task per page.
+
+    Returns the pages enqueued: ``[]`` when the job was canceled or finished, or
+    when its input is bad (the job then ends ``failed`` with the error's code).
+    A redelivered intake of a running job enqueues its unfinished pages again.
+    """
+    job = store.load(job_id)
+    if job.state in TERMINAL:
+        logger.info("intake %s: job is %s; nothing to do", job_id, job.state)
+        return []
+    request = job.request
+    try:
+        resolve_request(request.task, request.schema_, request.engine, settings)
+        data = storage.get(job.input_key)
+        with open_document(data, filename=job.filename, settings=settings) as doc:
+            numbers = parse_page_range(request.pages, doc.page_count)
+            queues = {
+                n: page_queue(planned_engine(doc, n, request.task, request.engine, settings), request.priority)
+                for n in numbers
+            }
+            page_count, media_type = doc.page_count, str(doc.media_type)
+    except DocprocError as exc:
+        if is_transient(exc):
+            raise
+        logger.info("intake %s: failed: %s", job_id, exc)
+        store.finish(job_id, "failed", error=_error(exc))
+        return []
+    if job.state == "queued":
+        if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type):
+            logger.info("intake %s: job was canceled before it started", job_id)
+            return []
+    else:  # running: a redelivered intake; the pages already recorded need no task
+        done = {p.page for p in store.pages(job_id) if p.state in ("succeeded", "failed")}
+        numbers = [n for n in numbers if n not in done]
+    ids = [i for i in (enqueue(job_id, n, queues[n]) for n in numbers) if i]
+    if ids:  # kept with the intake's id, for revoking on cancel
+        store.set_task_ids(job_id, list(dict.fromkeys([*job.task_ids, *ids])))
+    return numbers
+
+
+# ------------------------------------------------------------------ pages
+
+
+def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
+    """``fn()`` run in a daemon thread; InferenceTimeout when it is not done in ``timeout_s``.
+
+    Python cannot stop a thread: a timed-out call goes on in the background and
+    its result is dropped. The caller decides what to do with the busy process
+    (:mod:`workers.tasks` shuts a solo worker down once the page is recorded).
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, name=INFERENCE_THREAD, daemon=True)
+    thread.start()
+    if not done.wait(timeout_s):
+        _abandoned.append(thread)
+        raise InferenceTimeout(f"the engine did not finish within {timeout_s} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def inference_still_running() -> bool:
+    """True while an engine call that timed out still runs in this process."""
+    _abandoned[:] = [t for t in _abandoned if t.is_alive()]
+    return bool(_abandoned)
+
+
+INPUT_CACHE_MAX_BYTES = 256 * 1024 * 1024
+_input_cache: dict[str, bytes] = {}  # the last input read by this process, by content key
+
+
+def read_input(storage: Storage, key: str) -> bytes:
+    """The job's input; the last one read is kept, so a worker doing the pages of one
+    document in a row downloads it once. Keys are content-addressed (sha256), so a key
+    always names the same bytes."""
+    data = _input_cache.get(key)
+    if data is None:
+        data = storage.get(key)
+        _input_cache.clear()
+        if len(data) <= INPUT_CACHE_MAX_BYTES:
+            _input_cache[key] = data
+    return data
+
+
+def failed_page(page: int, code: str, message: str, engine: str = "worker") -> PageResult:
+    return PageResult(page=page, status="failed", engine=engine, error=ErrorInfo(code=code, message=message))
+
+
+def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, engines: Engines) -> PageResult:
+    """Render page ``page`` of the job's stored input and run the engine it routes to.
+
+    Page-level failures (render, model output, a typed error, the inference
+    timeout) come back as a failed PageResult; transient faults raise.
+    """
+    request = job.request
+    try:
+        schema = resolve_request(request.task, request.schema_, request.engine, settings)
+        data = read_input(storage, job.input_key)
+        with open_document(data, filename=job.filename, settings=settings) as doc:
+            rendered = render_or_fail(doc, page, settings)
+            if isinstance(rendered, PageResult):
+                return rendered
+            if route(rendered, request.task, request.engine) == "text":
+                result = engines.text.process(doc, [rendered], request.task)[0]
+            else:
+                model = engines.internvl  # loads once per process, outside the timeout
+                try:
+                    result = call_with_timeout(
+                        lambda: model.process([rendered], request.task, schema)[0], settings.inference_timeout_s
+                    )
+                except InferenceTimeout as exc:
+                    result = failed_page(page, TIMEOUT, str(exc), engine="internvl")
+            result.timings_ms = {**rendered.timings_ms, **result.timings_ms}
+            return result
+    except DocprocError as exc:
+        if is_transient(exc):
+            raise
+        return failed_page(page, exc.code, exc.message)
+
+
+def _stored_page(storage: Storage, job_id: str, page: int) -> PageResult | None:
+    key = page_result_key(job_id, page)
+    if not storage.exists(key):
+        return None
+    return PageResult.model_validate_json(storage.get(key))
+
+
+def _write_once(storage: Storage, key: str, data: bytes) -> bytes | None:
+    """Write ``data`` under ``key`` once; returns the bytes another writer stored first, if any."""
+    try:
+        storage.put_result(key, data)
+        return None
+    except StorageError as exc:
+        if exc.retryable or not storage.exists(key):
+            raise
+        return storage.get(key)  # a concurrent or earlier delivery won: its result stands
+
+
+def record_page(
+    job_id: str, result: PageResult, *, attempts: int, settings: Settings, store: JobStore, storage: Storage
+) -> PageResult:
+    """Store the page result (first writer wins), count the page once, finalise on the last.
+
+    Returns the result that is stored (another delivery's, when it got there first).
+    """
+    stored = _write_once(storage, page_result_key(job_id, result.page), result.model_dump_json().encode())
+    if stored is not None:
+        result = PageResult.model_validate_json(stored)
+    status = PageStatus(
+        page=result.page,
+        state=result.status,
+        engine=result.engine,
+        error=result.error,
+        timings_ms=result.timings_ms,
+        attempts=attempts,
+    )
+    remaining = store.page_finished(job_id, status)
+    if remaining == 0 or (remaining == PAGE_DUPLICATE and _every_page_recorded(store, job_id)):
+        # A duplicate finalises too when every page is in but the job is still running:
+        # the delivery that recorded the last page died before finishing the job.
+        finalise_job(job_id, settings=settings, store=store, storage=storage)
+    return result
+
+
+def _every_page_recorded(store: JobStore, job_id: str) -> bool:
+    job = store.load(job_id)
+    return job.state not in TERMINAL and job.pages_done + job.pages_failed >= len(job.pages)
+
+
+def run_page(
+    job_id: str,
+    page: int,
+    *,
+    settings: Settings,
+    store: JobStore,
+    storage: Storage,
+    engines: Engines,
+    retries: int = 0,
+) -> PageResult | None:
+    """Process one page of a job: the body of the ``docproc.page`` task.
+
+    ``retries`` is how many times the task was retried after a transient fault
+    (Celery's ``request.retries``): those starts are bounded by the task's
+    ``max_retries`` and do not count towards the poison guard, whose
+    ``max_attempts`` is for deliveries lost with their worker.
+
+    Returns the page's recorded result, or None when the job was canceled or had
+    already ended (a stale redelivery).
+    """
+    job = store.load(job_id)
+    if job.state in TERMINAL:
+        logger.info("page %s/%d: job is %s; skipped", job_id, page, job.state)
+        return None
+    stored = _stored_page(storage, job_id, page)
+    if stored is not None:  # redelivered after the result was written: just (re)count it
+        logger.info("page %s/%d: result already stored; recording it", job_id, page)
+        return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage)
+    attempts = store.page_started(job_id, page)
+    deliveries = attempts - retries
+    if deliveries > settings.max_attempts:
+        logger.warning("page %s/%d: delivery %d > max_attempts %d; failing the page", job_id, page, deliveries,
+                       settings.max_attempts)
+        result = failed_page(
+            page, TOO_MANY_ATTEMPTS,
+            f"the page was delivered {deliveries} times (max_attempts={settings.max_attempts}); "
+            "every earlier delivery was lost with its worker (killed, out of memory)",
+        )
+    else:
+        started = time.perf_counter()
+        result = process_page(job, page, settings=settings, storage=storage, engines=engines)
+        result.timings_ms.setdefault("page", round((time.perf_counter() - started) * 1000.0, 3))
+    return record_page(job_id, result, attempts=attempts, settings=settings, store=store, storage=storage)
+
+
+def fail_page(
+    job_id: str, page: int, code: str, message: str, *, settings: Settings, store: JobStore, storage: Storage
+) -> PageResult | None:
+    """Record page ``page`` as failed with ``code`` (a task that ended without a result:
+    time limit, retries exhausted), unless a result is stored already."""
+    job = store.load(job_id)
+    if job.state in TERMINAL:
+        return None
+    result = _stored_page(storage, job_id, page) or failed_page(page, code, message)
+    return record_page(job_id, result, attempts=0, settings=settings, store=store, storage=storage)
+
+
+# ------------------------------------------------------------------ finalise
+
+
+def _ms_between(a: datetime | None, b: datetime | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return (b - a).total_seconds() * 1000.0
+
+
+def build_document(job: Job, pages: list[PageResult], *, settings: Settings) -> DocumentResult:
+    """The job's document result from its page results (the same rules as the CLI's)."""
+    request = job.request
+    schema = resolve_request(request.task, request.schema_, request.engine, settings)
+    info = DocumentInfo(
+        filename=job.filename,
+        sha256=job.input_sha256,
+        size_bytes=job.size_bytes,
+        media_type=job.media_type or "application/octet-stream",
+        page_count=job.page_count if job.page_count is not None else len(pages),
+    )
+    now = datetime.now(timezone.utc)
+    timings: dict[str, float] = {}
+    queued = _ms_between(job.created_at, job.started_at)
+    if queued is not None:
+        timings["queued"] = queued
+    timings.update(page_stage_totals(pages))
+    total = _ms_between(job.created_at, now)
+    if total is not None:
+        timings["total"] = total
+    return assemble_document(
+        info, pages, task=request.task, schema=schema, engine=request.engine, model_id=settings.model,
+        timings_ms=timings,
+    )
+
+
+def finalise_job(job_id: str, *, settings: Settings, store: JobStore, storage: Storage) -> DocumentResult | None:
+    """Merge the job's page results into ``results/{job}/document.json`` (written once)
+    and end the job ``succeeded``, ``partial`` or ``failed``.
+
+    Idempotent: when the document is stored already (a crash after writing it),
+    the stored one completes the job. None when the job was canceled meanwhile
+    (or failed because its document could not be built).
+    """
+    job = store.load(job_id)
+    if job.state == "canceled":
+        return None
+    key = document_result_key(job_id)
+    if storage.exists(key):
+        document = DocumentResult.model_validate_json(storage.get(key))
+    else:
+        pages = [PageResult.model_validate_json(storage.get(page_result_key(job_id, n))) for n in job.pages]
+        try:
+            document = build_document(job, pages, settings=settings)
+        except DocprocError as exc:  # e.g. the schema file was removed while the job ran
+            if is_transient(exc):
+                raise
+            store.finish(job_id, "failed", error=_error(exc))
+            return None
+        stored = _write_once(storage, key, document.model_dump_json(by_alias=True).encode())
+        if stored is not None:
+            document = DocumentResult.model_validate_json(stored)
+    if store.finish(
+        job_id,
+        document.status,
+        error=document.error,
+        result_key=key,
+        model=document.model,
+        schema_version=document.schema_version,
+    ):
+        logger.info("job %s: %s (%d pages)", job_id, document.status, len(document.pages))
+    return document

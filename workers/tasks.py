@@ -1,0 +1,234 @@
+"""docproc's Celery tasks: thin wrappers around :mod:`workers.jobflow`.
+
+``docproc.intake(job_id)`` opens a job's document and enqueues its pages;
+``docproc.page(job_id, page)`` processes one page and the last one finalises
+the job. The work, and its idempotency, is in :mod:`workers.jobflow`.
+
+Retries: transient faults (storage unreachable, Redis down, the broker refusing
+a publish) retry with exponential backoff and jitter, capped below the
+visibility timeout (a countdown message past it would be delivered twice).
+Anything else, and retries exhausted, end in ``on_failure``: the job (intake)
+or the page fails with the error's code; a task past its time limit fails the
+page with ``timeout``.
+
+Per process: settings, one Redis client, the JobStore, the storage and the
+engines are made on first use, in the process that uses them (after fork).
+The text engine is always there. The InternVL model is loaded once per
+process, at start, by the ``worker_process_init`` handler below when the
+worker consumes the ``gpu`` queue (solo pool: in the worker itself; prefork:
+in each child); any other process loads it lazily on its first model page.
+A worker that consumes ``gpu`` and cannot load the model stops at start
+rather than failing every queued page.
+
+Inference timeout: the solo pool enforces no time limit, so each engine call
+runs under ``settings.inference_timeout_s`` (:func:`workers.jobflow.call_with_timeout`);
+past it the page fails with ``timeout``. Python cannot stop the stuck call, so
+a solo worker then shuts down warm after recording the page (its supervisor
+starts a fresh one); prefork children are bounded by the pool's time limits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import redis
+from billiard.process import current_process
+from celery import Task, signals
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from kombu.exceptions import OperationalError
+
+from docproc.errors import DocprocError, ServiceUnavailable, StorageError
+from docproc.jobs import JobStore, connect_redis
+from docproc.results import ErrorInfo
+from docproc.settings import Settings, get_settings
+from docproc.storage import Storage, open_storage
+from workers import jobflow
+from workers.celery_app import GPU_QUEUE, INTAKE_TASK, PAGE_TASK, app
+from workers.pipeline import Engines
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    StorageError,  # only retryable ones get here: permanent ones are turned into PermanentFault
+    ServiceUnavailable,
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError (Redis replaying its AOF)
+    redis.exceptions.TimeoutError,
+    OperationalError,  # kombu: the broker refused or lost a publish (enqueueing pages)
+)
+MAX_RETRIES = 10
+RETRY_BACKOFF_MAX_S = max(1, min(600, get_settings().visibility_timeout_s // 2))
+"""Longest retry countdown: 600 s, and always below the visibility timeout."""
+
+
+class PermanentFault(Exception):
+    """A fault a retry cannot fix (e.g. storage access denied), with its docproc code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@contextmanager
+def _permanent_faults_fail_fast() -> Iterator[None]:
+    try:
+        yield
+    except StorageError as exc:
+        if exc.retryable:
+            raise
+        raise PermanentFault(exc.code, exc.message) from exc
+
+
+def failure_error(exc: BaseException, settings: Settings) -> ErrorInfo:
+    """What a task that ended in ``exc`` tells the user."""
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
+        limit = settings.task_soft_time_limit_s
+        return ErrorInfo(code=jobflow.TIMEOUT, message=f"the task ran past its time limit ({limit} s)")
+    if isinstance(exc, PermanentFault | DocprocError):
+        return ErrorInfo(code=exc.code, message=exc.message)
+    return ErrorInfo(code="internal_error", message=f"the worker failed ({type(exc).__name__}); see the worker log")
+
+
+# ------------------------------------------------------------------ per-process resources
+
+
+@dataclass
+class Resources:
+    """What one worker process uses: made lazily, in that process."""
+
+    settings: Settings = field(default_factory=get_settings)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return connect_redis(self.settings)
+
+    @cached_property
+    def store(self) -> JobStore:
+        return JobStore(self.redis, self.settings)
+
+    @cached_property
+    def storage(self) -> Storage:
+        return open_storage(self.settings)
+
+    @cached_property
+    def engines(self) -> Engines:
+        return Engines(self.settings)
+
+
+_resources: Resources | None = None
+_resources_pid: int | None = None
+
+
+def resources() -> Resources:
+    """This process's resources (a forked child makes its own)."""
+    global _resources, _resources_pid
+    if _resources is None or _resources_pid != os.getpid():
+        _resources, _resources_pid = Resources(), os.getpid()
+    return _resources
+
+
+# ------------------------------------------------------------------ worker signals
+
+_consumed_queues: frozenset[str] = frozenset()
+
+
+@signals.worker_init.connect
+def _remember_queues(sender: Any = None, **_: Any) -> None:
+    """Note the queues this worker consumes (``-Q``; all declared queues without it)."""
+    global _consumed_queues
+    queues = sender.app.amqp.queues
+    _consumed_queues = frozenset(queues.consume_from or queues)
+
+
+@signals.worker_process_init.connect
+def _load_model_for_gpu_queue(**_: Any) -> None:
+    """Load the model once in the process that will run ``gpu`` pages, before any task."""
+    if GPU_QUEUE not in _consumed_queues:
+        return
+    try:
+        resources().engines.internvl  # noqa: B018 - the property loads the model
+    except DocprocError as exc:
+        logger.critical("docproc worker: %s; this worker consumes %r and stops", exc, GPU_QUEUE)
+        if current_process().name != "MainProcess":  # a prefork child: stop the whole worker
+            os.kill(os.getppid(), signal.SIGTERM)
+        raise SystemExit(3) from exc
+
+
+def _retire_after_timeout() -> None:
+    """A timed-out engine call still runs in its thread: a solo worker shuts down warm
+    once this task is done (its supervisor restarts it); a prefork child is bounded by
+    the pool's time limits."""
+    if current_process().name == "MainProcess":
+        logger.error("docproc worker: inference timed out and is still running; shutting down after this task")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# ------------------------------------------------------------------ tasks
+
+
+class IntakeTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ARG002 - Celery's signature
+        job_id = args[0] if args else kwargs.get("job_id")
+        r = resources()
+        error = failure_error(exc, r.settings)
+        logger.error("intake %s failed for good: %s", job_id, error.code)
+        try:
+            r.store.finish(job_id, "failed", error=error)
+        except Exception:  # noqa: BLE001 - best effort: Redis may be what failed
+            logger.exception("intake %s: could not record the failure", job_id)
+
+
+class PageTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ARG002 - Celery's signature
+        job_id = args[0] if args else kwargs.get("job_id")
+        page = args[1] if len(args) > 1 else kwargs.get("page")
+        r = resources()
+        error = failure_error(exc, r.settings)
+        logger.error("page %s/%s failed for good: %s", job_id, page, error.code)
+        try:
+            jobflow.fail_page(job_id, page, error.code, error.message, settings=r.settings, store=r.store,
+                              storage=r.storage)
+        except Exception:  # noqa: BLE001 - best effort: Redis or storage may be what failed
+            logger.exception("page %s/%s: could not record the failure", job_id, page)
+
+
+_RETRY = dict(
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,  # 1, 2, 4, ... s
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=MAX_RETRIES,
+)
+
+
+def _enqueue_page(job_id: str, page: int, queue: str) -> str:
+    return page_task.apply_async(args=[job_id, page], queue=queue).id
+
+
+@app.task(name=INTAKE_TASK, bind=True, base=IntakeTask, **_RETRY)
+def intake_task(self: Task, job_id: str) -> int:
+    """Open the job's document, plan its pages, enqueue them; returns the pages enqueued."""
+    r = resources()
+    with _permanent_faults_fail_fast():
+        pages = jobflow.run_intake(job_id, settings=r.settings, store=r.store, storage=r.storage,
+                                   enqueue=_enqueue_page)
+    return len(pages)
+
+
+@app.task(name=PAGE_TASK, bind=True, base=PageTask, **_RETRY)
+def page_task(self: Task, job_id: str, page: int) -> str | None:
+    """Process one page of a job (the last one finalises it); returns the page's status."""
+    r = resources()
+    with _permanent_faults_fail_fast():
+        result = jobflow.run_page(job_id, page, settings=r.settings, store=r.store, storage=r.storage,
+                                  engines=r.engines, retries=self.request.retries)
+    if jobflow.inference_still_running():
+        _retire_after_timeout()
+    return result.status if result is not None else None

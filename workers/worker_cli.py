@@ -1,0 +1,77 @@
+"""Start a docproc Celery worker with the pool its queues need.
+
+``python -m workers --queues intake,render,bulk,webhooks`` (or ``docproc worker``)
+runs ``celery -A workers.celery_app worker`` in this process:
+
+* a worker that consumes ``gpu`` gets the solo pool: one process that loads the
+  model once and owns the GPU (CUDA cannot be re-initialised in a forked child);
+  run one per GPU, with ``CUDA_VISIBLE_DEVICES`` choosing it;
+* CPU-only queues get the prefork pool (``--concurrency`` children, default the
+  CPU count), where Celery's soft/hard time limits apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from workers.celery_app import GPU_QUEUE, QUEUES
+
+CPU_QUEUES = ("intake", "render", "bulk", "webhooks")
+
+
+def parse_queues(spec: str) -> list[str]:
+    """``"intake,render"`` -> ``["intake", "render"]``; ValueError for an unknown or no queue."""
+    queues = [q.strip() for q in spec.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in QUEUES]
+    if unknown or not queues:
+        raise ValueError(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(QUEUES)}")
+    return list(dict.fromkeys(queues))
+
+
+def pool_for(queues: Sequence[str]) -> str:
+    """``solo`` when the worker consumes the gpu queue, else ``prefork``."""
+    return "solo" if GPU_QUEUE in queues else "prefork"
+
+
+def worker_argv(
+    queues: Sequence[str], *, concurrency: int | None = None, hostname: str | None = None, loglevel: str = "INFO"
+) -> list[str]:
+    """The ``celery worker`` arguments for ``queues``."""
+    pool = pool_for(queues)
+    argv = ["worker", "-Q", ",".join(queues), "-P", pool, "--loglevel", loglevel]
+    if pool == "solo":
+        argv += ["-c", "1"]
+    elif concurrency:
+        argv += ["-c", str(concurrency)]
+    argv += ["-n", hostname or ("gpu@%h" if pool == "solo" else "cpu@%h")]
+    return argv
+
+
+def run_worker(queues: Sequence[str], **options) -> None:
+    """Run a worker in this process until it is stopped (SIGTERM: warm shutdown)."""
+    from workers.celery_app import app
+
+    app.worker_main(worker_argv(queues, **options))
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queues", "-Q", default=",".join(CPU_QUEUES),
+                        help=f"comma-separated, from {', '.join(QUEUES)} (default: %(default)s)")
+    parser.add_argument("--concurrency", "-c", type=int, default=None,
+                        help="prefork children (default: the CPU count; solo pools run one task at a time)")
+    parser.add_argument("--hostname", "-n", default=None, help="node name (default: gpu@%%h or cpu@%%h)")
+    parser.add_argument("--loglevel", "-l", default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        queues = parse_queues(args.queues)
+    except ValueError as exc:
+        parser.error(str(exc))
+    run_worker(queues, concurrency=args.concurrency, hostname=args.hostname, loglevel=args.loglevel)
+    return 0
