@@ -60,7 +60,8 @@ class Stack:
         plan = [
             Child("redis", [redis, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.var / "redis"),
                             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                            "--maxmemory-policy", "noeviction"]),
+                            "--maxmemory-policy", "noeviction",
+                            "--logfile", str((self.var / "redis" / "redis.log").resolve())]),
             Child("api", [py, "-m", "api", "--host", "127.0.0.1", "--port", str(self.api_port)]),
             Child("cpu-worker", [py, "-m", "workers", "--queues", "intake,render,bulk,webhooks", "-c", "2"]),
         ]
@@ -84,14 +85,22 @@ class Stack:
                 wait_for_port(self.redis_port, timeout=10)
 
     def watch(self) -> int:
-        """Block until a child exits or we are interrupted; returns the exit status."""
+        """Block until Redis or the API exits (or we are interrupted).
+
+        Workers and Flower are restarted when they exit: a solo model worker
+        deliberately exits after an inference timeout, and a supervisor brings it back.
+        """
         while True:
             for child in self.children:
                 code = child.process.poll() if child.process else None
-                if code is not None:
+                if code is None:
+                    continue
+                if child.name in ("redis", "api"):
                     print(f"docproc up: {child.name} exited with {code}; stopping", file=sys.stderr)
                     return code or 1
-            time.sleep(0.5)
+                print(f"docproc up: {child.name} exited with {code}; restarting it", file=sys.stderr)
+                child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+            time.sleep(1.0)
 
     def stop(self, timeout: float = 20.0) -> None:
         """Workers and API first (SIGTERM: warm shutdown), Redis last."""
