@@ -87,10 +87,14 @@ class Stack:
     def watch(self) -> int:
         """Block until Redis or the API exits (or we are interrupted).
 
-        Workers and Flower are restarted when they exit: a solo model worker
-        deliberately exits after an inference timeout, and a supervisor brings it back.
+        Workers and Flower are restarted when they exit, with a backoff doubling up
+        to a minute: a solo model worker deliberately exits after an inference
+        timeout, and one that cannot load its model exits at start (its log says why).
         """
+        delays: dict[str, float] = {}
+        due: dict[str, float] = {}
         while True:
+            now = time.monotonic()
             for child in self.children:
                 code = child.process.poll() if child.process else None
                 if code is None:
@@ -98,9 +102,14 @@ class Stack:
                 if child.name in ("redis", "api"):
                     print(f"docproc up: {child.name} exited with {code}; stopping", file=sys.stderr)
                     return code or 1
-                print(f"docproc up: {child.name} exited with {code}; restarting it", file=sys.stderr)
-                child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
-            time.sleep(1.0)
+                if child.name not in due:
+                    delays[child.name] = min(60.0, delays.get(child.name, 0.5) * 2)
+                    due[child.name] = now + delays[child.name]
+                    print(f"docproc up: {child.name} exited with {code}; restarting in "
+                          f"{delays[child.name]:.0f} s", file=sys.stderr)
+                elif now >= due.pop(child.name):
+                    child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+            time.sleep(0.5)
 
     def stop(self, timeout: float = 20.0) -> None:
         """Workers and API first (SIGTERM: warm shutdown), Redis last."""

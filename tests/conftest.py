@@ -67,76 +67,11 @@ def tiny_engine(tiny_settings):
 # ---------------------------------------------------------------------------
 
 import os  # noqa: E402
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-
-def free_port() -> int:
-    """A loopback TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server process (AOF on, no RDB snapshots) that can be stopped and started
-    again on the same port and data directory: what a Redis restart looks like to clients."""
-
-    def __init__(self, directory: Path, port: int | None = None) -> None:
-        self.dir = Path(directory)
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 10.0) -> None:
-        import redis
-
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not on PATH (scripts/bootstrap.sh --services installs it)")
-        cmd = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-            "--protected-mode", "no", "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if client.ping():
-                    break
-            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                logfile = self.dir / "redis.log"
-                log = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
-                self.stop()
-                pytest.fail(f"redis-server did not answer PING on port {self.port}:\n{log}")
-            time.sleep(0.02)
-        client.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful shutdown (SIGTERM: the AOF is flushed)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, not a shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+# The servers themselves live in docproc/localservices.py (the benchmarks start them too);
+# these names stay importable from conftest for the tests that use them directly.
+from docproc.localservices import DUMMY_AWS_ENV as _DUMMY_AWS_ENV  # noqa: E402
+from docproc.localservices import MotoS3, RedisServer, free_port, make_bucket  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
@@ -161,45 +96,18 @@ def redis_client(redis_server):
     client.close()
 
 
-_DUMMY_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
-
-
 @pytest.fixture(scope="session")
 def moto_server():
     """moto's S3 over real HTTP on loopback, started once; yields its endpoint URL. Dummy
     AWS credentials are in the environment for the whole session (subprocesses inherit them)."""
-    from moto.server import ThreadedMotoServer
-
     with pytest.MonkeyPatch.context() as mp:
         for name, value in _DUMMY_AWS_ENV.items():
             mp.setenv(name, value)
         mp.delenv("AWS_PROFILE", raising=False)
         mp.delenv("AWS_ENDPOINT_URL", raising=False)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
+        server = MotoS3()
+        yield server.start()
         server.stop()
-
-
-def make_bucket(endpoint_url: str, name: str | None = None) -> str:
-    """Create a fresh bucket on the given (moto) endpoint; returns its name."""
-    import boto3
-
-    name = name or f"docproc-test-{uuid.uuid4().hex[:12]}"
-    boto3.client(
-        "s3", endpoint_url=endpoint_url, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    ).create_bucket(Bucket=name)  # fmt: skip
-    return name
 
 
 @pytest.fixture
@@ -218,3 +126,121 @@ def service_settings(s3_settings, redis_client, redis_server) -> Settings:
 
 
 # --- end of service block ----------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# service processes: the API in a thread, workers and Flower as subprocesses
+# (tests/test_api.py, tests/test_worker.py, tests/test_e2e.py)
+# ---------------------------------------------------------------------------
+
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Any  # noqa: E402
+
+from docproc.settings import REPO_ROOT  # noqa: E402
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Run the ASGI ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            pytest.fail("the API server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+WORKER_SETTINGS = ("redis_url", "storage_url", "s3_endpoint_url", "s3_region", "model", "device",
+                   "max_new_tokens_ocr", "max_new_tokens_tables", "max_new_tokens_extract", "visibility_timeout_s")
+
+
+def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
+    """The environment a worker (or Flower) process needs to see ``settings``: this process's
+    environment plus the DOCPROC_* variables of WORKER_SETTINGS, then of ``extra``."""
+    env = dict(os.environ)
+    for name in WORKER_SETTINGS:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"DOCPROC_{name.upper()}"] = str(value)
+    env.update({f"DOCPROC_{k.upper()}": str(v) for k, v in extra.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ServiceProcess:
+    """A subprocess (a Celery worker, Flower) in its own process group, run from the
+    repository root, its output in a log file."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = Path(log)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(list(argv), cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, chars: int = 3000) -> str:
+        return f"--- {self.log_path.name} (last {chars} chars) ---\n{self.log()[-chars:]}"
+
+    def children(self) -> list[int]:
+        found = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            found += [int(p) for p in (task / "children").read_text().split()]
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL to the process and its children: a machine lost, not a shutdown."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM (a Celery worker's warm shutdown), SIGKILL after 20 s."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               processes: Sequence[ServiceProcess] = (), interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); AssertionError on
+    timeout or when one of ``processes`` exits, with their log tails in the message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        for p in processes:
+            if p.proc.poll() is not None:
+                raise AssertionError(f"{p.log_path.stem} exited ({p.proc.returncode}) while waiting for {what}:\n"
+                                     f"{p.tail()}")
+        time.sleep(interval)
+    tails = "\n".join(p.tail() for p in processes)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}".rstrip())
+
+
+# --- end of service processes block -------------------------------------------

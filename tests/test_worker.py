@@ -14,18 +14,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import boto3
 import builders
 import pytest
+from conftest import ServiceProcess, settings_env, wait_until
 
 from docproc.jobs import TERMINAL, Job, JobRequest, JobStore
 from docproc.results import DocumentResult
-from docproc.settings import REPO_ROOT, Settings
+from docproc.settings import Settings
 from docproc.storage import document_result_key, open_storage, page_result_key
 from docproc.submit import submit_job
 from workers.celery_app import create_app
@@ -35,69 +34,21 @@ pytestmark = pytest.mark.worker
 TENANT = "acme"
 
 
-def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment a worker process needs to see ``settings`` (DOCPROC_* variables)."""
-    env = dict(os.environ)
-    names = ("redis_url", "storage_url", "s3_endpoint_url", "s3_region", "model", "device",
-             "max_new_tokens_ocr", "max_new_tokens_tables", "max_new_tokens_extract", "visibility_timeout_s")
-    for name in names:
-        value = getattr(settings, name)
-        if value is not None:
-            env[f"DOCPROC_{name.upper()}"] = str(value)
-    env.update({f"DOCPROC_{k.upper()}": str(v) for k, v in extra.items()})
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class Worker:
-    """A worker subprocess in its own process group, its output in a log file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def children(self) -> list[int]:
-        found = []
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            found += [int(p) for p in (task / "children").read_text().split()]
-        return found
-
-    def kill(self) -> None:
-        """SIGKILL to the worker and its children: a machine lost, not a shutdown."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-
 @pytest.fixture
 def workers(tmp_path):
     """Start workers with ``workers(argv, env)``; all are stopped at the end, their logs
     printed when the test failed."""
-    started: list[Worker] = []
+    started: list[ServiceProcess] = []
 
-    def start(argv: list[str], env: dict[str, str]) -> Worker:
-        worker = Worker(argv, env, tmp_path / f"worker{len(started)}.log")
+    def start(argv: list[str], env: dict[str, str]) -> ServiceProcess:
+        worker = ServiceProcess(argv, env, tmp_path / f"worker{len(started)}.log")
         started.append(worker)
         return worker
 
     yield start
     for worker in started:
         worker.stop()
-        sys.stdout.write(f"--- {worker.log_path.name} (last 3000 chars) ---\n{worker.log()[-3000:]}\n")
+        sys.stdout.write(f"{worker.tail()}\n")
 
 
 @pytest.fixture
@@ -115,20 +66,6 @@ def submit(settings: Settings, store: JobStore, data: bytes, filename: str, **re
     finally:
         celery.close()
     return submitted.job
-
-
-def wait_until(predicate, timeout: float, what: str, workers: list[Worker] = ()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        for w in workers:
-            if w.proc.poll() is not None:
-                tail = w.log()[-3000:]
-                raise AssertionError(f"a worker exited ({w.proc.returncode}) while waiting for {what}:\n{tail}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def s3_keys(settings: Settings, prefix: str) -> list[str]:
