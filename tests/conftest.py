@@ -134,10 +134,13 @@ def service_settings(s3_settings, redis_client, redis_server) -> Settings:
 # ---------------------------------------------------------------------------
 
 import signal  # noqa: E402
-import sys  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from docproc.settings import REPO_ROOT  # noqa: E402

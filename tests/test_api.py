@@ -14,10 +14,8 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -25,10 +23,10 @@ import boto3
 import httpx
 import pytest
 import redis
-import uvicorn
-from fastapi import FastAPI
 
 import builders
+from conftest import serving
+
 from api.app import create_app
 from docproc.auth import hash_key
 from docproc.settings import Settings
