@@ -215,10 +215,20 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finish_token', ARGV[2], unpack(AR
 return 1
 """
 
-# KEYS: job; ARGV: field/value pairs... -> 1 set, 0 missing
-_SET_IF_EXISTS = """
+# KEYS: job; ARGV: task ids... -> 1 added, 0 missing. Appends the ids not yet listed to
+# the JSON list in field task_ids, in one step (the API and the intake both add ids).
+_ADD_TASK_IDS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+local raw = redis.call('HGET', KEYS[1], 'task_ids')
+local ids = {}
+local seen = {}
+if raw and raw ~= 'null' and raw ~= '[]' then
+  for _, id in ipairs(cjson.decode(raw)) do ids[#ids + 1] = id; seen[id] = true end
+end
+for _, id in ipairs(ARGV) do
+  if not seen[id] then ids[#ids + 1] = id; seen[id] = true end
+end
+if #ids > 0 then redis.call('HSET', KEYS[1], 'task_ids', cjson.encode(ids)) end
 return 1
 """
 
@@ -336,7 +346,7 @@ class JobStore:
         self._page_started = redis_client.register_script(_PAGE_STARTED)
         self._page_finished = redis_client.register_script(_PAGE_FINISHED)
         self._finish = redis_client.register_script(_FINISH)
-        self._set_if_exists = redis_client.register_script(_SET_IF_EXISTS)
+        self._add_task_ids = redis_client.register_script(_ADD_TASK_IDS)
 
     # --- keys --------------------------------------------------------------
     @staticmethod
@@ -615,8 +625,9 @@ class JobStore:
         )
 
     @_service_errors
-    def set_task_ids(self, job_id: str, ids: list[str]) -> None:
-        if not self._set_if_exists(keys=[self._job_key(job_id)], args=_pairs({"task_ids": list(ids)})):
+    def add_task_ids(self, job_id: str, ids: list[str]) -> None:
+        """Record Celery task ids of the job (for revoking on cancel); atomic, duplicates ignored."""
+        if not self._add_task_ids(keys=[self._job_key(job_id)], args=list(ids)):
             raise NotFound(f"no job {job_id!r}")
 
 

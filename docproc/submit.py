@@ -84,7 +84,7 @@ def enqueue_intake(celery: Celery, store: JobStore, job: Job) -> str:
     from workers.celery_app import INTAKE_TASK, intake_queue
 
     result = celery.send_task(INTAKE_TASK, args=[job.id], queue=intake_queue(job.request.priority))
-    store.set_task_ids(job.id, [result.id])
+    store.add_task_ids(job.id, [result.id])
     return result.id
 
 

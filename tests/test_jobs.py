@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -363,12 +365,18 @@ def test_a_bytes_client_works_the_same(redis_client, redis_server):
     assert [j.id for j in store.list("acme", cursor=None)[0]] == [job.id]
 
 
-def test_task_ids(store):
+def test_task_ids_are_appended_atomically(store):
     job, _ = make(store)
-    store.set_task_ids(job.id, ["t-1", "t-2"])
-    assert store.load(job.id).task_ids == ["t-1", "t-2"]
+    store.add_task_ids(job.id, ["t-1", "t-2"])
+    store.add_task_ids(job.id, ["t-2", "t-3"])
+    assert store.load(job.id).task_ids == ["t-1", "t-2", "t-3"]
+    # the API and the intake add ids at the same time: none is lost
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.add_task_ids(job.id, [f"c-{i}"]), range(40)))
+    ids = store.load(job.id).task_ids
+    assert ids[:3] == ["t-1", "t-2", "t-3"] and sorted(ids[3:]) == sorted(f"c-{i}" for i in range(40))
     with pytest.raises(NotFound):
-        store.set_task_ids(new_job_id(), ["t"])
+        store.add_task_ids(new_job_id(), ["t"])
 
 
 def test_redis_down_is_service_unavailable(redis_server):

@@ -131,7 +131,7 @@ def run_intake(job_id: str, *, settings: Settings, store: JobStore, storage: Sto
         numbers = [n for n in numbers if n not in done]
     ids = [i for i in (enqueue(job_id, n, queues[n]) for n in numbers) if i]
     if ids:  # kept with the intake's id, for revoking on cancel
-        store.set_task_ids(job_id, list(dict.fromkeys([*job.task_ids, *ids])))
+        store.add_task_ids(job_id, ids)
     return numbers
 
 

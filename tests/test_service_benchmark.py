@@ -1,0 +1,111 @@
+"""benchmarks/service.py, run as users run it: a small load through the whole stack, and
+Ctrl-C in the middle of a run, after which none of the services it started may be left.
+
+Starts real redis-server, API and Celery worker subprocesses: marked ``worker``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from docproc.settings import REPO_ROOT
+
+pytestmark = pytest.mark.worker
+
+BENCHMARK = REPO_ROOT / "benchmarks" / "service.py"
+
+
+def start_benchmark(*args: str) -> subprocess.Popen:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(BENCHMARK), *args], cwd=REPO_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, their children...)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                continue
+            for kid in kids:
+                if kid not in found:
+                    found.add(kid)
+                    todo.append(kid)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_a_small_run_reports_every_job_succeeded_and_cleans_up() -> None:
+    proc = start_benchmark("--jobs", "6", "--workers", "1", "--concurrency", "3", "--warmup", "1")
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert "jobs: 6 submitted, 6 accepted, 6 succeeded; failed 0" in out, out
+    assert "result checks: all 6 jobs listed succeeded" in out, out
+    throughput = re.search(r"throughput: ([0-9.]+) jobs/s \(6 jobs in ([0-9.]+) s", out)
+    assert throughput and float(throughput[1]) > 0, out
+    for label in ("server (created_at -> finished_at)", "client (POST start -> seen done)"):
+        line = next(l for l in out.splitlines() if label in l)
+        p50, p99 = (float(re.search(rf"p{q} +([0-9.]+)", line)[1]) for q in (50, 99))
+        assert 0 < p50 <= p99, line
+    assert re.search(r"plumbing cost per page, workers: [0-9.]+ - [0-9.]+ = -?[0-9.]+ CPU ms", out), out
+    var = Path(re.search(r"logs in (\S+?)\)", out)[1])
+    assert not var.exists(), "the temp dir of a successful run is removed"
+
+
+def test_ctrl_c_mid_run_stops_every_service_it_started() -> None:
+    # Paced at 10 jobs/s, 300 jobs would take 30 s: the interrupt lands mid-run.
+    proc = start_benchmark("--jobs", "300", "--rate", "10", "--workers", "1", "--warmup", "1")
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any(line.startswith("stack up") for line in lines):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        services = descendants(proc.pid)
+        # redis-server, the API, the worker and its prefork child
+        assert len(services) >= 4, (services, "".join(lines))
+        time.sleep(3)  # into the warm-up / the measured run
+        os.kill(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out = "".join(lines) + out
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "stopping the stack" in out, out
+    assert not [pid for pid in services if alive(pid)], out
+    var = Path(re.search(r"service logs kept in (\S+)", out)[1])
+    assert (var / "worker.log").exists()  # kept for a look after a failed or interrupted run
+    shutil.rmtree(var)
