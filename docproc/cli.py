@@ -14,7 +14,6 @@ the command exits non-zero; tracebacks are shown only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import traceback

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -33,6 +34,19 @@ DUMMY_AWS_ENV: dict[str, str] = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 """Fake AWS credentials and no config files: boto3 signs requests, and only moto answers."""
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a child started with ``start_new_session=True`` and everything it forked:
+    SIGTERM to its process group (a Celery worker's warm shutdown), SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def free_port() -> int:

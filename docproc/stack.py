@@ -29,6 +29,7 @@ from pathlib import Path
 
 from docproc.auth import generate_key, hash_key
 from docproc.errors import ConfigurationError
+from docproc.localservices import stop_group
 
 
 @dataclass
@@ -107,20 +108,16 @@ class Stack:
                     due[child.name] = now + delays[child.name]
                     print(f"docproc up: {child.name} exited with {code}; restarting in "
                           f"{delays[child.name]:.0f} s", file=sys.stderr)
-                elif now >= due.pop(child.name):
+                elif now >= due[child.name]:
+                    del due[child.name]
                     child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
             time.sleep(0.5)
 
     def stop(self, timeout: float = 20.0) -> None:
         """Workers and API first (SIGTERM: warm shutdown), Redis last."""
         for child in reversed(self.children):
-            if child.process and child.process.poll() is None:
-                os.killpg(child.process.pid, signal.SIGTERM)
-                try:
-                    child.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.process.pid, signal.SIGKILL)
-                    child.process.wait()
+            if child.process:
+                stop_group(child.process, timeout)
 
 
 def wait_for_port(port: int, *, timeout: float, host: str = "127.0.0.1") -> None:

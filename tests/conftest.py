@@ -71,7 +71,7 @@ import os  # noqa: E402
 # The servers themselves live in docproc/localservices.py (the benchmarks start them too);
 # these names stay importable from conftest for the tests that use them directly.
 from docproc.localservices import DUMMY_AWS_ENV as _DUMMY_AWS_ENV  # noqa: E402
-from docproc.localservices import MotoS3, RedisServer, free_port, make_bucket  # noqa: E402, F401
+from docproc.localservices import MotoS3, RedisServer, free_port, make_bucket, stop_group  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
@@ -218,13 +218,7 @@ class ServiceProcess:
 
     def stop(self) -> None:
         """SIGTERM (a Celery worker's warm shutdown), SIGKILL after 20 s."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, 20)
         self._log.close()
 
 

@@ -82,8 +82,8 @@ def test_a_small_run_reports_every_job_succeeded_and_cleans_up() -> None:
 
 
 def test_ctrl_c_mid_run_stops_every_service_it_started() -> None:
-    # Paced at 10 jobs/s, 300 jobs would take 30 s: the interrupt lands mid-run.
-    proc = start_benchmark("--jobs", "300", "--rate", "10", "--workers", "1", "--warmup", "1")
+    # Paced at 4 jobs/s, 60 jobs would take 15 s: the interrupt lands mid-run.
+    proc = start_benchmark("--jobs", "60", "--rate", "4", "--workers", "1", "--warmup", "1")
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 120
