@@ -108,7 +108,7 @@ def run_intake(job_id: str, *, settings: Settings, store: JobStore, storage: Sto
     request = job.request
     try:
         resolve_request(request.task, request.schema_, request.engine, settings)
-        data = storage.get(job.input_key)
+        data = read_input(storage, job.input_key)
         with open_document(data, filename=job.filename, settings=settings) as doc:
             numbers = parse_page_range(request.pages, doc.page_count)
             queues = {
