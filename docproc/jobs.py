@@ -567,22 +567,29 @@ class JobStore:
             raise InvalidRequest(f"page {status.page} is not a selected page of job {job_id}")
         return result
 
-    @_service_errors
     def pages(self, job_id: str) -> list[PageStatus]:
         """Every selected page's status, in page order (queued / running / finished)."""
-        job = self.load(job_id)
-        raw = {_text(k): _text(v) for k, v in self._r.hgetall(self._pages_key(job_id)).items()}
-        out: list[PageStatus] = []
-        for page in job.pages:
-            attempts = int(raw.get(f"attempts:{page}", 0))
-            record = raw.get(f"page:{page}")
-            if record is not None:
-                status = PageStatus.model_validate_json(record)
-                status.attempts = max(status.attempts, attempts)
-            else:
-                status = PageStatus(page=page, state="running" if attempts else "queued", attempts=attempts)
-            out.append(status)
-        return out
+        return self._load_with_pages(job_id)[1]
+
+    def get_with_pages(self, tenant: str, job_id: str) -> tuple[Job, list[PageStatus]]:
+        """``get`` and ``pages`` together, in one Redis round trip."""
+        job, pages = self._load_with_pages(job_id)
+        if job.tenant != tenant:
+            raise NotFound(f"no job {job_id!r}")
+        return job, pages
+
+    @_service_errors
+    def _load_with_pages(self, job_id: str) -> tuple[Job, list[PageStatus]]:
+        if not _is_job_id(job_id):
+            raise NotFound(f"no job {job_id!r}")
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self._job_key(job_id))
+        pipe.hgetall(self._pages_key(job_id))
+        raw_job, raw_pages = pipe.execute()
+        if not raw_job:
+            raise NotFound(f"no job {job_id!r}")
+        job = _job_from_hash(raw_job)
+        return job, _page_statuses(job, raw_pages)
 
     @_service_errors
     def finish(
@@ -634,6 +641,21 @@ class JobStore:
 def _check_tenant(tenant: str) -> None:
     if not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant):
         raise InvalidRequest(f"invalid tenant name {tenant!r}")
+
+
+def _page_statuses(job: Job, raw_pages: dict) -> list[PageStatus]:
+    raw = {_text(k): _text(v) for k, v in raw_pages.items()}
+    out: list[PageStatus] = []
+    for page in job.pages:
+        attempts = int(raw.get(f"attempts:{page}", 0))
+        record = raw.get(f"page:{page}")
+        if record is not None:
+            status = PageStatus.model_validate_json(record)
+            status.attempts = max(status.attempts, attempts)
+        else:
+            status = PageStatus(page=page, state="running" if attempts else "queued", attempts=attempts)
+        out.append(status)
+    return out
 
 
 def _job_from_hash(raw: dict) -> Job:

@@ -205,9 +205,10 @@ class S3Storage:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_input(self, data: bytes) -> str:
-        key = input_key(hashlib.sha256(data).hexdigest())
+        digest = hashlib.sha256(data).digest()
+        key = input_key(digest.hex())
         if not self.exists(key):  # skip the upload of a document already stored
-            self._put_once(key, data, "application/octet-stream")
+            self._put_once(key, data, "application/octet-stream", digest)
         return key
 
     def put_result(self, key: str, data: bytes, content_type: str = "application/json") -> None:
@@ -252,9 +253,9 @@ class S3Storage:
                 err = StorageError(f"bucket {self.bucket!r} does not exist", retryable=False)
             raise err from exc
 
-    def _put_once(self, key: str, data: bytes, content_type: str) -> None:
+    def _put_once(self, key: str, data: bytes, content_type: str, sha256: bytes | None = None) -> None:
         full = self._full(key)
-        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+        checksum = base64.b64encode(sha256 or hashlib.sha256(data).digest()).decode("ascii")
         try:
             self._s3.put_object(
                 Bucket=self.bucket,

@@ -19,6 +19,7 @@ No FastAPI here, and no torch: the worker modules imported are the torch-free on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -159,7 +160,7 @@ def read_source(uri: str, settings: Settings) -> tuple[bytes, str]:
     object over the limit is FileTooLarge, decided from its size before any byte is read.
     """
     bucket, key = parse_source_uri(uri, settings)
-    client = _s3_client(settings)
+    client = _s3_client(settings.s3_endpoint_url, settings.s3_region)
     limit = settings.max_file_bytes
     try:
         head = client.head_object(Bucket=bucket, Key=key)
@@ -179,18 +180,21 @@ def read_source(uri: str, settings: Settings) -> tuple[bytes, str]:
     return data, key.rsplit("/", 1)[-1]
 
 
-def _s3_client(settings: Settings) -> Any:
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint_url: str | None, region: str) -> Any:
+    """One client per endpoint and region, made on first use and shared (boto3 clients are
+    thread-safe); making one loads the S3 service model, too slow to repeat per request."""
     import boto3
     from botocore.config import Config
 
     config = Config(
-        region_name=settings.s3_region,
+        region_name=region,
         retries={"max_attempts": 3, "mode": "standard"},
         connect_timeout=5,
         read_timeout=60,
-        s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
+        s3={"addressing_style": "path"} if endpoint_url else {},
     )
-    return boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def _source_error(exc: BaseException, uri: str) -> Exception:

@@ -7,10 +7,11 @@ exactly like an id that never existed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
@@ -21,7 +22,7 @@ from api.models import JobList, JobSubmission, JobView, job_summary, job_view
 from api.problems import problem_responses
 from api.uploads import read_json, read_multipart
 from docproc.errors import InvalidRequest, NotFound, ResultNotReady
-from docproc.jobs import TERMINAL, JobRequest, JobState
+from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
 from docproc.results import DocumentResult, PageResult
 from docproc.settings import Settings
 from docproc.storage import page_result_key
@@ -53,6 +54,39 @@ _SUBMIT_BODY = {
         "application/json": {"schema": JobSubmission.model_json_schema(by_alias=True)},
     },
 }
+
+
+class StoredJson:
+    """A route's answer with a stored JSON object: its body, or with ``?redirect=true`` and
+    S3 storage a 307 to a short-lived presigned URL of it."""
+
+    def __init__(
+        self,
+        storage: StorageDep,
+        settings: SettingsDep,
+        redirect: Annotated[bool, Query(description="307 to a presigned S3 URL instead of the body.")] = False,
+    ) -> None:
+        self.storage = storage
+        self.expires_s = settings.presign_expiry_s
+        self.redirect = redirect
+
+    def response(self, key: str, *, missing: Callable[[], Exception] | None = None) -> Response:
+        """The object at ``key``; if it is not stored, ``missing()`` is raised (given) or NotFound."""
+        try:
+            if self.redirect:
+                url = self.storage.presign(key, self.expires_s)
+                if url is not None:
+                    if missing is not None and not self.storage.exists(key):
+                        raise NotFound(f"no stored object {key!r}")
+                    return RedirectResponse(url, status_code=307)
+            return Response(self.storage.get(key), media_type="application/json")
+        except NotFound:
+            if missing is None:
+                raise
+            raise missing() from None
+
+
+StoredJsonDep = Annotated[StoredJson, Depends()]
 
 
 def _invalid_body(exc: ValidationError) -> RequestValidationError:
@@ -144,8 +178,7 @@ async def submit(
             filename=filename,
             idempotency_key=idempotency_key,
         )
-        job = submitted.job
-        return submitted, job_view(job, store.pages(job.id), datetime.now(timezone.utc))
+        return submitted, _view(store, submitted.job)
 
     submitted, view = await run_in_threadpool(work)
     response.status_code = 202 if submitted.created else 200
@@ -189,8 +222,8 @@ def list_jobs(
     responses=problem_responses(*COMMON_ERRORS, 404),
 )
 def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobView:
-    job = store.get(tenant, job_id)
-    return job_view(job, store.pages(job.id), datetime.now(timezone.utc))
+    job, pages = store.get_with_pages(tenant, job_id)  # one Redis round trip
+    return job_view(job, pages, datetime.now(timezone.utc))
 
 
 @router.delete(
@@ -208,6 +241,10 @@ def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, celery: Celery
     job = store.cancel(tenant, job_id)
     if before.state not in TERMINAL and job.state == "canceled" and job.task_ids:
         celery.control.revoke(job.task_ids)
+    return _view(store, job)
+
+
+def _view(store: JobStore, job: Job) -> JobView:
     return job_view(job, store.pages(job.id), datetime.now(timezone.utc))
 
 
@@ -225,20 +262,13 @@ def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, celery: Celery
         **problem_responses(*COMMON_ERRORS, 404, 409),
     },
 )
-def get_result(
-    job_id: JobId,
-    tenant: TenantDep,
-    store: StoreDep,
-    storage: StorageDep,
-    settings: SettingsDep,
-    redirect: Annotated[bool, Query(description="307 to a presigned S3 URL instead of the body.")] = False,
-) -> Response:
+def get_result(job_id: JobId, tenant: TenantDep, store: StoreDep, stored: StoredJsonDep) -> Response:
     job = store.get(tenant, job_id)
     if job.result_key is None:
         if job.state not in TERMINAL:
             raise ResultNotReady(f"job {job.id} is {job.state}; its result is not ready yet", state=job.state)
         raise NotFound(f"job {job.id} ended {job.state} without a result", state=job.state)
-    return _stored_json(storage, job.result_key, redirect=redirect, expires_s=settings.presign_expiry_s)
+    return stored.response(job.result_key)
 
 
 @router.get(
@@ -255,27 +285,18 @@ def get_page(
     page: Annotated[int, Path(ge=1, description="1-based page number in the document.")],
     tenant: TenantDep,
     store: StoreDep,
-    storage: StorageDep,
-    settings: SettingsDep,
-    redirect: Annotated[bool, Query(description="307 to a presigned S3 URL instead of the body.")] = False,
+    stored: StoredJsonDep,
 ) -> Response:
     job = store.get(tenant, job_id)
     if job.pages and page not in job.pages:
         raise NotFound(f"page {page} is not part of job {job.id}", page=page)
-    key = page_result_key(job.id, page)
-    if not storage.exists(key):
+
+    def missing() -> Exception:
         if job.state in TERMINAL:
-            raise NotFound(f"job {job.id} ended {job.state} without a result for page {page}", page=page)
-        raise ResultNotReady(f"page {page} of job {job.id} is not finished yet", page=page, state=job.state)
-    return _stored_json(storage, key, redirect=redirect, expires_s=settings.presign_expiry_s)
+            return NotFound(f"job {job.id} ended {job.state} without a result for page {page}", page=page)
+        return ResultNotReady(f"page {page} of job {job.id} is not finished yet", page=page, state=job.state)
 
-
-def _stored_json(storage: Any, key: str, *, redirect: bool, expires_s: int) -> Response:
-    if redirect:
-        url = storage.presign(key, expires_s)
-        if url is not None:
-            return RedirectResponse(url, status_code=307)
-    return Response(storage.get(key), media_type="application/json")
+    return stored.response(page_result_key(job.id, page), missing=missing)
 
 
 __all__ = ["router"]
