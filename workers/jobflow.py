@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from docproc.errors import DocprocError, ServiceUnavailable, StorageError
+from docproc.errors import DocprocError, NotFound, ServiceUnavailable, StorageError
 from docproc.jobs import PAGE_DUPLICATE, TERMINAL, Job, JobStore, PageStatus
 from docproc.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
 from docproc.settings import Settings
@@ -225,11 +225,17 @@ def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, e
         return failed_page(page, exc.code, exc.message)
 
 
-def _stored_page(storage: Storage, job_id: str, page: int) -> PageResult | None:
-    key = page_result_key(job_id, page)
-    if not storage.exists(key):
+def _get_or_none(storage: Storage, key: str) -> bytes | None:
+    """The stored object, or None when there is none (one GET, no HEAD first)."""
+    try:
+        return storage.get(key)
+    except NotFound:
         return None
-    return PageResult.model_validate_json(storage.get(key))
+
+
+def _stored_page(storage: Storage, job_id: str, page: int) -> PageResult | None:
+    data = _get_or_none(storage, page_result_key(job_id, page))
+    return None if data is None else PageResult.model_validate_json(data)
 
 
 def _write_once(storage: Storage, key: str, data: bytes) -> bytes | None:
@@ -238,9 +244,12 @@ def _write_once(storage: Storage, key: str, data: bytes) -> bytes | None:
         storage.put_result(key, data)
         return None
     except StorageError as exc:
-        if exc.retryable or not storage.exists(key):
+        if exc.retryable:
             raise
-        return storage.get(key)  # a concurrent or earlier delivery won: its result stands
+        stored = _get_or_none(storage, key)
+        if stored is None:
+            raise
+        return stored  # a concurrent or earlier delivery won: its result stands
 
 
 def record_page(
@@ -250,9 +259,10 @@ def record_page(
 
     Returns the result that is stored (another delivery's, when it got there first).
     """
-    stored = _write_once(storage, page_result_key(job_id, result.page), result.model_dump_json().encode())
+    data = result.model_dump_json().encode()
+    stored = _write_once(storage, page_result_key(job_id, result.page), data)
     if stored is not None:
-        result = PageResult.model_validate_json(stored)
+        result, data = PageResult.model_validate_json(stored), stored
     status = PageStatus(
         page=result.page,
         state=result.status,
@@ -265,7 +275,8 @@ def record_page(
     if remaining == 0 or (remaining == PAGE_DUPLICATE and _every_page_recorded(store, job_id)):
         # A duplicate finalises too when every page is in but the job is still running:
         # the delivery that recorded the last page died before finishing the job.
-        finalise_job(job_id, settings=settings, store=store, storage=storage)
+        finalise_job(job_id, settings=settings, store=store, storage=storage, written={result.page: data},
+                     first=remaining == 0)
     return result
 
 
@@ -366,22 +377,40 @@ def build_document(job: Job, pages: list[PageResult], *, settings: Settings) -> 
     )
 
 
-def finalise_job(job_id: str, *, settings: Settings, store: JobStore, storage: Storage) -> DocumentResult | None:
+def finalise_job(
+    job_id: str,
+    *,
+    settings: Settings,
+    store: JobStore,
+    storage: Storage,
+    written: dict[int, bytes] | None = None,
+    first: bool = False,
+) -> DocumentResult | None:
     """Merge the job's page results into ``results/{job}/document.json`` (written once)
     and end the job ``succeeded``, ``partial`` or ``failed``.
 
     Idempotent: when the document is stored already (a crash after writing it),
     the stored one completes the job. None when the job was canceled meanwhile
     (or failed because its document could not be built).
+
+    ``written``: the stored bytes of page results this process has in hand (not read
+    back). ``first``: the caller counted the job's last page (``page_finished`` gave 0),
+    so no finaliser ran before and the document is not looked up; one that runs
+    concurrently is still caught by the write-once.
     """
     job = store.load(job_id)
     if job.state == "canceled":
         return None
     key = document_result_key(job_id)
-    if storage.exists(key):
-        document = DocumentResult.model_validate_json(storage.get(key))
+    stored = None if first else _get_or_none(storage, key)
+    if stored is not None:
+        document = DocumentResult.model_validate_json(stored)
     else:
-        pages = [PageResult.model_validate_json(storage.get(page_result_key(job_id, n))) for n in job.pages]
+        written = written or {}
+        pages = [
+            PageResult.model_validate_json(written.get(n) or storage.get(page_result_key(job_id, n)))
+            for n in job.pages
+        ]
         try:
             document = build_document(job, pages, settings=settings)
         except DocprocError as exc:  # e.g. the schema file was removed while the job ran
