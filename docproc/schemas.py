@@ -122,6 +122,10 @@ class ExtractionSchema:
 
     def model_schema_json(self) -> str:
         """:meth:`model_schema` serialised compactly (what xgrammar and ``response_format`` take)."""
+        return self._model_schema_json
+
+    @cached_property
+    def _model_schema_json(self) -> str:  # serialised once: the prompt and the grammar cache key use it per page
         return json.dumps(self.model_schema(), ensure_ascii=False, separators=(",", ":"))
 
     @cached_property

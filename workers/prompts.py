@@ -20,7 +20,6 @@ slots or end its own turn.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -162,7 +161,7 @@ def task_instruction(task: "Task", schema: "ExtractionSchema | None" = None) -> 
             what=what,
             fields=schema.field_guide(),
             rules="\n".join(f"- {r}" for r in rules),
-            schema=json.dumps(schema.model_schema(), ensure_ascii=False, separators=(",", ":")),
+            schema=schema.model_schema_json(),
         )
     raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
@@ -225,14 +224,18 @@ def render_prompt(
     messages: list[dict[str, Any]],
     image_seq_length: int,
     tiles_per_image: Sequence[int],
+    *,
+    tokens: tuple[str, str, str] | None = None,
 ) -> str:
     """The prompt text: the chat template applied (with the generation prompt), and the
     i-th image placeholder expanded to ``image_seq_length * tiles_per_image[i]`` image tokens.
 
     The ``-hf`` templates write ``<IMG_CONTEXT>`` per image item (older conversions
     ``<image>``); either is accepted, and the count must equal ``len(tiles_per_image)``.
+    ``tokens``: :func:`image_tokens` of ``tokenizer`` when the caller already has them
+    (looking them up reads the whole vocabulary).
     """
-    start, context, end = image_tokens(tokenizer)
+    start, context, end = tokens or image_tokens(tokenizer)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if not isinstance(text, str):  # some tokenizers return a list for a single chat
         text = text[0]

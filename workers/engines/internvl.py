@@ -340,6 +340,7 @@ class InternVLEngine:
         self.dtype: Any = None
         self.attn_implementation: str | None = None
         self.image_seq_length = 0
+        self._image_tokens: tuple[str, str, str] | None = None  # (<img>, <IMG_CONTEXT>, </img>) of the tokenizer
         self.tile_size = self.settings.tile_size
         self._constraint: Any = None
         self._constraint_failed = False
@@ -403,9 +404,10 @@ class InternVLEngine:
     def _attach(self, model: Any, tokenizer: Any) -> None:
         config = model.config
         try:
-            _, context, _ = image_tokens(tokenizer)
+            tokens = image_tokens(tokenizer)
         except ValueError as exc:
             raise ModelUnavailable(f"DOCPROC_MODEL={self.settings.model!r}: {exc}", model=self.model_id) from exc
+        context = tokens[1]
         context_id = tokenizer.convert_tokens_to_ids(context)
         if context_id != config.image_token_id:
             raise ModelUnavailable(
@@ -429,6 +431,7 @@ class InternVLEngine:
                            size, self.settings.tile_size, size)
         self.model = model
         self.tokenizer = tokenizer
+        self._image_tokens = tokens
         self.image_seq_length = int(config.image_seq_length)
         self.tile_size = int(size)
         self.device = str(model.device)
@@ -481,7 +484,8 @@ class InternVLEngine:
         self._require_loaded()
         messages = build_prompt(task, tiles_per_image=tiles_per_image, schema=schema, text_hint=text_hint,
                                 text_hint_max_chars=self.settings.text_hint_max_chars)
-        return render_prompt(self.tokenizer, messages, self.image_seq_length, tiles_per_image)
+        return render_prompt(self.tokenizer, messages, self.image_seq_length, tiles_per_image,
+                             tokens=self._image_tokens)
 
     def prompt_text(self, request: GenerationRequest) -> str:
         """The request's full prompt."""
@@ -585,7 +589,7 @@ class InternVLEngine:
                     stop_token_ids=self.eos_token_ids)
             grammars = []
             for r in requests:
-                grammars.append(self._constraint.compile(r.schema.model_schema())
+                grammars.append(self._constraint.compile(r.schema.model_schema_json())
                                 if r.task == "extract" and r.schema is not None else None)
             return grammars
         except Exception as exc:  # noqa: BLE001 - fall back to free decoding + validation
