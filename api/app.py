@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from api.deps import Services
 from api.problems import install_problem_handlers
 from api.routes import health, jobs, schemas
+from docproc import lifecycle
 from docproc.auth import KeyRing
 from docproc.jobs import JobStore, connect_redis
 from docproc.schemas import get_registry
@@ -38,13 +39,20 @@ def open_services(settings: Settings) -> Services:
 
     get_registry(settings)  # a bad schema file stops the start-up, not the first request
     client = connect_redis(settings)
+    store = JobStore(client, settings)
+    celery = create_celery_app(settings)
+
+    def send(name: str, args: list, queue: str) -> None:
+        celery.send_task(name, args=args, queue=queue)
+
     return Services(
         settings=settings,
         redis=client,
         storage=open_storage(settings),
-        store=JobStore(client, settings),
+        store=store,
         keyring=KeyRing(settings, client),
-        celery=create_celery_app(settings),
+        celery=celery,
+        lifecycle=lifecycle.Context(settings=settings, redis=client, store=store, send=send),
     )
 
 

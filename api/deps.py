@@ -16,6 +16,7 @@ from celery import Celery
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from docproc import lifecycle
 from docproc.auth import KeyRing, check_rate, hash_key
 from docproc.errors import Unauthorized
 from docproc.jobs import JobStore
@@ -33,6 +34,7 @@ class Services:
     store: JobStore
     keyring: KeyRing
     celery: Celery
+    lifecycle: lifecycle.Context
 
 
 def get_services(request: Request) -> Services:

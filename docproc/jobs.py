@@ -14,6 +14,9 @@ Redis layout (one server with the Celery broker)::
                                        attempts:{n} -> deliveries, seen:{n} -> who recorded it
     docproc:tenant:{t}:jobs     zset   job ids scored by creation time (ms)
     docproc:idem:{t}:{key}      string {"job_id", "fingerprint"}, expires after idempotency_ttl_s
+    docproc:outbox:ended        zset   job id -> ended at (ms): entered atomically with the
+                                       terminal state, left once docproc.lifecycle ran the
+                                       job's after-end steps (webhook event, batch count)
 
 Every transition that can race (two deliveries of one page, a finish against a cancel) is
 one Lua script, so Redis decides it atomically. redis-py may resend a command after a
@@ -50,6 +53,7 @@ MAX_IDEMPOTENCY_KEY = 255
 MAX_LIST_LIMIT = 1000
 MAX_LIST_SCAN = 10_000  # jobs examined per list call; past it the page ends early with a cursor
 PAGE_DUPLICATE = -1  # page_finished: this page was already recorded; do not finalise
+ENDED_OUTBOX = "docproc:outbox:ended"  # zset: job id -> ended at (ms), until its after-end steps ran
 
 _JOB_ID_LEN = 32
 _HEX = frozenset("0123456789abcdef")
@@ -203,7 +207,9 @@ redis.call('HSET', KEYS[2], 'seen:' .. ARGV[1], ARGV[4] .. ' ' .. remaining)
 return remaining
 """
 
-# KEYS: job; ARGV: state, token, field/value pairs... -> 1 finished, 0 already terminal, -1 missing
+# KEYS: job, ended outbox; ARGV: state, token, now ms, job id, field/value pairs...
+# -> 1 finished, 0 already terminal, -1 missing. The job enters the outbox in the same
+# step, so its after-end steps (docproc.lifecycle) cannot be lost with the finisher.
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s then return -1 end
@@ -211,7 +217,8 @@ if s == 'succeeded' or s == 'partial' or s == 'failed' or s == 'canceled' then
   if redis.call('HGET', KEYS[1], 'finish_token') == ARGV[2] then return 1 end
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finish_token', ARGV[2], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finish_token', ARGV[2], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 1
 """
 
@@ -607,29 +614,44 @@ class JobStore:
         if state not in TERMINAL:
             raise ValueError(f"finish() needs a terminal state, not {state!r}")
         fields = {
-            "finished_at": _now(),
             "error": error.model_dump() if error is not None else None,
             "result_key": result_key,
             "model": model,
             "schema_version": schema_version,
         }
-        result = self._finish(keys=[self._job_key(job_id)], args=[state, uuid.uuid4().hex, *_pairs(fields)])
+        result = self._finish_script(job_id, state, fields)
         if result == -1:
             raise NotFound(f"no job {job_id!r}")
         return result == 1
 
-    def cancel(self, tenant: str, job_id: str) -> Job:
-        """queued/running -> canceled; a terminal job is returned unchanged."""
+    def _finish_script(self, job_id: str, state: str, fields: dict[str, Any]) -> int:
+        now = _now()
+        return self._finish(
+            keys=[self._job_key(job_id), ENDED_OUTBOX],
+            args=[state, uuid.uuid4().hex, _ms(now), job_id, *_pairs({"finished_at": now, **fields})],
+        )
+
+    def cancel(self, tenant: str, job_id: str) -> tuple[Job, bool]:
+        """queued/running -> canceled; a terminal job is returned unchanged.
+        Returns the job and whether this call canceled it."""
         self.get(tenant, job_id)
-        self._cancel(job_id)
-        return self.load(job_id)
+        canceled = self._cancel(job_id)
+        return self.load(job_id), canceled
 
     @_service_errors
-    def _cancel(self, job_id: str) -> None:
-        self._finish(
-            keys=[self._job_key(job_id)],
-            args=["canceled", uuid.uuid4().hex, *_pairs({"finished_at": _now()})],
-        )
+    def _cancel(self, job_id: str) -> bool:
+        return self._finish_script(job_id, "canceled", {}) == 1
+
+    # --- the ended outbox (docproc.lifecycle) --------------------------------
+    @_service_errors
+    def ended_pending(self, older_than_ms: int, limit: int = 500) -> list[str]:
+        """Jobs ended at or before ``older_than_ms`` whose after-end steps are not done."""
+        return list(self._r.zrangebyscore(ENDED_OUTBOX, "-inf", older_than_ms, start=0, num=limit))
+
+    @_service_errors
+    def ended_handled(self, job_id: str) -> None:
+        """The job's after-end steps all ran: it leaves the outbox."""
+        self._r.zrem(ENDED_OUTBOX, job_id)
 
     @_service_errors
     def add_task_ids(self, job_id: str, ids: list[str]) -> None:

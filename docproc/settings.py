@@ -110,6 +110,27 @@ class Settings(BaseSettings):
         'JSON in the env, e.g. DOCPROC_SOURCE_BUCKETS=\'["invoices-in"]\'.',
     )
 
+    # --- housekeeping (workers/periodic.py, run by `celery beat`) ----------------
+    periodic_interval_s: float = Field(
+        15.0, gt=0, description="How often the scheduler (celery beat) sends each housekeeping tick."
+    )
+    ended_sweep_after_s: float = Field(
+        60.0, gt=0, description="A job ended this long ago whose after-end steps (webhook, batch count) "
+        "did not complete (its worker died) gets them run again by the sweep.",
+    )
+
+    # --- webhooks (docproc/webhooks.py, workers/webhook_tasks.py) ----------------
+
+    # --- batches and re-processing (docproc/batches.py, docproc/reprocess.py) ----
+
+    # --- observability (docproc/metrics.py, docproc/logs.py, docproc/tracing.py) --
+
+    # --- model worker: cross-job batching, memory guard, page leases -------------
+
+    # --- OpenAI-compatible engine (workers/engines/openai.py) --------------------
+
+    # --- reliability (docproc/watchdog.py) ---------------------------------------
+
     @field_validator("api_keys")
     @classmethod
     def _api_keys_are_hashes(cls, value: dict[str, str]) -> dict[str, str]:

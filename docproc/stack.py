@@ -4,7 +4,8 @@ Starts, as child processes sharing one environment:
 
     redis-server   broker + job state (AOF on, data in <var>/redis)
     api            the REST API (uvicorn)                       http://127.0.0.1:<port>
-    cpu worker     Celery prefork on the intake, render and bulk queues
+    cpu worker     Celery prefork on the intake, render, bulk, webhooks and periodic queues
+    scheduler      celery beat: sends the housekeeping ticks (workers.periodic)
     model worker   Celery solo pool on the gpu queue (loads the model once)
     flower         Celery monitoring, basic auth                http://127.0.0.1:<flower port>
 
@@ -64,7 +65,9 @@ class Stack:
                             "--maxmemory-policy", "noeviction",
                             "--logfile", str((self.var / "redis" / "redis.log").resolve())]),
             Child("api", [py, "-m", "api", "--host", "127.0.0.1", "--port", str(self.api_port)]),
-            Child("cpu-worker", [py, "-m", "workers", "--queues", "intake,render,bulk,webhooks", "-c", "2"]),
+            Child("cpu-worker", [py, "-m", "workers", "--queues", "intake,render,bulk,webhooks,periodic", "-c", "2"]),
+            Child("scheduler", [*celery, "beat", "--loglevel", "INFO",
+                                "--schedule", str((self.var / "beat-schedule").resolve())]),
         ]
         if self.model_worker:
             plan.append(Child("model-worker", [py, "-m", "workers", "--queues", "gpu"]))

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from docproc.errors import IdempotencyConflict, InvalidRequest, NotFound, ServiceUnavailable
 from docproc.jobs import (
+    ENDED_OUTBOX,
     PAGE_DUPLICATE,
     TERMINAL,
     JobRequest,
@@ -295,9 +296,10 @@ def test_a_resent_script_call_gets_its_own_first_answer(store):
     assert store._page_finished(keys=keys, args=args) == 0
     assert store._page_finished(keys=keys, args=args) == 0  # the resend
     assert store._page_finished(keys=keys, args=[*args[:3], "token-b"]) == PAGE_DUPLICATE  # a redelivery
-    finish_args = ["succeeded", "finish-token"]
-    assert store._finish(keys=keys[:1], args=finish_args) == 1
-    assert store._finish(keys=keys[:1], args=finish_args) == 1  # the resend
+    finish_keys = [keys[0], ENDED_OUTBOX]
+    finish_args = ["succeeded", "finish-token", int(time.time() * 1000), job.id]
+    assert store._finish(keys=finish_keys, args=finish_args) == 1
+    assert store._finish(keys=finish_keys, args=finish_args) == 1  # the resend
     assert store.finish(job.id, "failed") is False
 
 
@@ -315,15 +317,17 @@ def test_finish_only_from_non_terminal(store):
 
 def test_cancel_wins_over_a_later_finish(store):
     job = started(store)
-    canceled = store.cancel("acme", job.id)
+    canceled, did_cancel = store.cancel("acme", job.id)
+    assert did_cancel is True
     assert canceled.state == "canceled" and canceled.finished_at is not None
     assert store.finish(job.id, "succeeded") is False
     assert store.load(job.id).state == "canceled"
-    assert store.cancel("acme", job.id).state == "canceled"  # canceling again: unchanged
+    assert store.cancel("acme", job.id)[0].state == "canceled"  # canceling again: unchanged
+    assert store.cancel("acme", job.id)[1] is False
 
     done = started(store)
     store.finish(done.id, "partial")
-    assert store.cancel("acme", done.id).state == "partial"  # terminal jobs stay as they are
+    assert store.cancel("acme", done.id)[0].state == "partial"  # terminal jobs stay as they are
     assert TERMINAL == {"succeeded", "partial", "failed", "canceled"}
 
 
@@ -339,7 +343,7 @@ def test_racing_finish_and_cancel_leave_one_outcome(store):
 
         def canceler(job_id=job.id, outcome=outcome, barrier=barrier):
             barrier.wait()
-            outcome["state"] = store.cancel("acme", job_id).state
+            outcome["state"] = store.cancel("acme", job_id)[0].state
 
         threads = [threading.Thread(target=finisher), threading.Thread(target=canceler)]
         for t in threads:
@@ -394,3 +398,17 @@ def test_redis_down_is_service_unavailable(redis_server):
     finally:
         redis_server.start()
     assert store.load(job.id).id == job.id
+
+
+def test_every_terminal_transition_enters_the_ended_outbox_once(store):
+    """finish/cancel put the job in the outbox in the same step; ended_handled takes it out."""
+    finished, canceled, queued = started(store), started(store), started(store)
+    assert store.finish(finished.id, "succeeded") is True
+    assert store.cancel("acme", canceled.id)[1] is True
+    assert store.finish(finished.id, "failed") is False  # no second transition, no second entry
+    now_ms = int(time.time() * 1000) + 1
+    pending = store.ended_pending(now_ms)
+    assert finished.id in pending and canceled.id in pending and queued.id not in pending
+    assert finished.id not in store.ended_pending(int(finished.created_at.timestamp() * 1000) - 1)
+    store.ended_handled(finished.id)
+    assert finished.id not in store.ended_pending(now_ms) and canceled.id in store.ended_pending(now_ms)

@@ -13,6 +13,11 @@ Queues::
     gpu       docproc.page for pages the model reads                  (one solo worker per GPU)
     webhooks  webhook deliveries                                      (CPU workers)
     bulk      intake and text pages of priority=bulk jobs             (their own CPU workers)
+    periodic  housekeeping ticks sent by the scheduler (celery beat):  (CPU workers)
+              the ended-jobs sweep, webhook retries that are due, the stuck-job watchdog
+
+The scheduler is one ``celery -A workers.celery_app beat`` process per deployment
+(``docproc up`` starts it); it only sends the ticks in :func:`beat_schedule`.
 
 There is no result backend: a job's state lives in docproc's JobStore (Redis),
 written by the plain functions in :mod:`workers.jobflow`.
@@ -30,10 +35,19 @@ RENDER_QUEUE = "render"
 GPU_QUEUE = "gpu"
 WEBHOOKS_QUEUE = "webhooks"
 BULK_QUEUE = "bulk"
-QUEUES: tuple[str, ...] = (INTAKE_QUEUE, RENDER_QUEUE, GPU_QUEUE, WEBHOOKS_QUEUE, BULK_QUEUE)
+PERIODIC_QUEUE = "periodic"
+QUEUES: tuple[str, ...] = (INTAKE_QUEUE, RENDER_QUEUE, GPU_QUEUE, WEBHOOKS_QUEUE, BULK_QUEUE, PERIODIC_QUEUE)
 
 INTAKE_TASK = "docproc.intake"
 PAGE_TASK = "docproc.page"
+# Housekeeping ticks (workers.periodic), sent by the scheduler every settings.periodic_interval_s.
+SWEEP_ENDED_TASK = "docproc.periodic.sweep_ended"
+WEBHOOKS_DUE_TASK = "docproc.periodic.webhooks_due"
+WATCHDOG_TASK = "docproc.periodic.watchdog"
+PERIODIC_TASKS: tuple[str, ...] = (SWEEP_ENDED_TASK, WEBHOOKS_DUE_TASK, WATCHDOG_TASK)
+
+# Modules whose tasks a worker registers (each imports its engines and stores lazily).
+TASK_MODULES: tuple[str, ...] = ("workers.tasks", "workers.periodic")
 
 MODEL_LOAD_TIMEOUT_S = 900.0
 """How long a prefork child may spend in ``worker_process_init`` (loading the model
@@ -105,7 +119,9 @@ def configure(app: Celery, settings: Settings) -> Celery:
             INTAKE_TASK: {"queue": INTAKE_QUEUE},  # bulk jobs: queue=bulk at send time
             PAGE_TASK: {"queue": RENDER_QUEUE},  # gpu/bulk pages: queue given at send time
             "docproc.webhook*": {"queue": WEBHOOKS_QUEUE},
+            "docproc.periodic.*": {"queue": PERIODIC_QUEUE},
         },
+        beat_schedule=beat_schedule(settings),
         # --- misc ----------------------------------------------------------------------
         enable_utc=True,
         timezone="UTC",
@@ -113,9 +129,20 @@ def configure(app: Celery, settings: Settings) -> Celery:
     return app
 
 
+def beat_schedule(settings: Settings) -> dict[str, dict]:
+    """The scheduler's ticks: each housekeeping task every ``periodic_interval_s``; a tick
+    not taken before the next one is due expires (a backed-up queue gets no pile of them)."""
+    interval = settings.periodic_interval_s
+    return {
+        name.rsplit(".", 1)[-1]: {"task": name, "schedule": interval,
+                                  "options": {"queue": PERIODIC_QUEUE, "expires": interval}}
+        for name in PERIODIC_TASKS
+    }
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """A docproc Celery app configured from ``settings`` (default: the environment)."""
-    app = Celery("docproc", include=["workers.tasks"])
+    app = Celery("docproc", include=list(TASK_MODULES))
     return configure(app, settings or get_settings())
 
 

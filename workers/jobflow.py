@@ -70,6 +70,21 @@ def _error(exc: DocprocError) -> ErrorInfo:
     return ErrorInfo(code=exc.code, message=exc.message)
 
 
+OnEnded = Callable[[str], object]
+"""``on_ended(job_id)``: the job just became terminal; run its after-end steps
+(:func:`docproc.lifecycle.job_ended`). None: leave them to the periodic sweep."""
+
+
+def end_job(job_id: str, state: str, *, store: JobStore, on_ended: OnEnded | None, **fields: Any) -> bool:
+    """The one way a worker ends a job: :meth:`JobStore.finish`, then, if this call ended
+    it, the job's after-end steps. False when the job was terminal already."""
+    if not store.finish(job_id, state, **fields):
+        return False
+    if on_ended is not None:
+        on_ended(job_id)
+    return True
+
+
 # ------------------------------------------------------------------ intake
 
 
@@ -94,7 +109,10 @@ def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, set
     return "text" if is_usable_text(text, settings.min_text_chars) else "internvl"
 
 
-def run_intake(job_id: str, *, settings: Settings, store: JobStore, storage: Storage, enqueue: Enqueue) -> list[int]:
+def run_intake(
+    job_id: str, *, settings: Settings, store: JobStore, storage: Storage, enqueue: Enqueue,
+    on_ended: OnEnded | None = None,
+) -> list[int]:
     """Open the job's document, plan its pages and enqueue one page task per page.
 
     Returns the pages enqueued: ``[]`` when the job was canceled or finished, or
@@ -120,7 +138,7 @@ def run_intake(job_id: str, *, settings: Settings, store: JobStore, storage: Sto
         if is_transient(exc):
             raise
         logger.info("intake %s: failed: %s", job_id, exc)
-        store.finish(job_id, "failed", error=_error(exc))
+        end_job(job_id, "failed", store=store, on_ended=on_ended, error=_error(exc))
         return []
     if job.state == "queued":
         if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type):
@@ -253,7 +271,8 @@ def _write_once(storage: Storage, key: str, data: bytes) -> bytes | None:
 
 
 def record_page(
-    job_id: str, result: PageResult, *, attempts: int, settings: Settings, store: JobStore, storage: Storage
+    job_id: str, result: PageResult, *, attempts: int, settings: Settings, store: JobStore, storage: Storage,
+    on_ended: OnEnded | None = None,
 ) -> PageResult:
     """Store the page result (first writer wins), count the page once, finalise on the last.
 
@@ -276,7 +295,7 @@ def record_page(
         # A duplicate finalises too when every page is in but the job is still running:
         # the delivery that recorded the last page died before finishing the job.
         finalise_job(job_id, settings=settings, store=store, storage=storage, written={result.page: data},
-                     first=remaining == 0)
+                     first=remaining == 0, on_ended=on_ended)
     return result
 
 
@@ -294,6 +313,7 @@ def run_page(
     storage: Storage,
     engines: Engines,
     retries: int = 0,
+    on_ended: OnEnded | None = None,
 ) -> PageResult | None:
     """Process one page of a job: the body of the ``docproc.page`` task.
 
@@ -312,7 +332,8 @@ def run_page(
     stored = _stored_page(storage, job_id, page)
     if stored is not None:  # redelivered after the result was written: just (re)count it
         logger.info("page %s/%d: result already stored; recording it", job_id, page)
-        return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage)
+        return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage,
+                           on_ended=on_ended)
     attempts = store.page_started(job_id, page)
     deliveries = attempts - retries
     if deliveries > settings.max_attempts:
@@ -327,11 +348,13 @@ def run_page(
         started = time.perf_counter()
         result = process_page(job, page, settings=settings, storage=storage, engines=engines)
         result.timings_ms.setdefault("page", round((time.perf_counter() - started) * 1000.0, 3))
-    return record_page(job_id, result, attempts=attempts, settings=settings, store=store, storage=storage)
+    return record_page(job_id, result, attempts=attempts, settings=settings, store=store, storage=storage,
+                       on_ended=on_ended)
 
 
 def fail_page(
-    job_id: str, page: int, code: str, message: str, *, settings: Settings, store: JobStore, storage: Storage
+    job_id: str, page: int, code: str, message: str, *, settings: Settings, store: JobStore, storage: Storage,
+    on_ended: OnEnded | None = None,
 ) -> PageResult | None:
     """Record page ``page`` as failed with ``code`` (a task that ended without a result:
     time limit, retries exhausted), unless a result is stored already."""
@@ -339,7 +362,8 @@ def fail_page(
     if job.state in TERMINAL:
         return None
     result = _stored_page(storage, job_id, page) or failed_page(page, code, message)
-    return record_page(job_id, result, attempts=0, settings=settings, store=store, storage=storage)
+    return record_page(job_id, result, attempts=0, settings=settings, store=store, storage=storage,
+                       on_ended=on_ended)
 
 
 # ------------------------------------------------------------------ finalise
@@ -385,6 +409,7 @@ def finalise_job(
     storage: Storage,
     written: dict[int, bytes] | None = None,
     first: bool = False,
+    on_ended: OnEnded | None = None,
 ) -> DocumentResult | None:
     """Merge the job's page results into ``results/{job}/document.json`` (written once)
     and end the job ``succeeded``, ``partial`` or ``failed``.
@@ -416,14 +441,16 @@ def finalise_job(
         except DocprocError as exc:  # e.g. the schema file was removed while the job ran
             if is_transient(exc):
                 raise
-            store.finish(job_id, "failed", error=_error(exc))
+            end_job(job_id, "failed", store=store, on_ended=on_ended, error=_error(exc))
             return None
         stored = _write_once(storage, key, document.model_dump_json(by_alias=True).encode())
         if stored is not None:
             document = DocumentResult.model_validate_json(stored)
-    if store.finish(
+    if end_job(
         job_id,
         document.status,
+        store=store,
+        on_ended=on_ended,
         error=document.error,
         result_key=key,
         model=document.model,

@@ -44,6 +44,7 @@ from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from docproc import lifecycle
 from docproc.errors import DocprocError, ServiceUnavailable, StorageError
 from docproc.jobs import JobStore, connect_redis
 from docproc.results import ErrorInfo
@@ -121,6 +122,19 @@ class Resources:
     def engines(self) -> Engines:
         return Engines(self.settings)
 
+    @cached_property
+    def lifecycle(self) -> lifecycle.Context:
+        return lifecycle.Context(settings=self.settings, redis=self.redis, store=self.store, send=send_task)
+
+    def job_ended(self, job_id: str) -> None:
+        """Run a job's after-end steps (it just became terminal here)."""
+        lifecycle.job_ended(job_id, self.lifecycle)
+
+
+def send_task(name: str, args: list[Any], queue: str) -> None:
+    """Enqueue a task by name (docproc.lifecycle's ``send``)."""
+    app.send_task(name, args=args, queue=queue)
+
 
 _resources: Resources | None = None
 _resources_pid: int | None = None
@@ -180,7 +194,7 @@ class IntakeTask(Task):
         error = failure_error(exc, r.settings)
         logger.error("intake %s failed for good: %s", job_id, error.code)
         try:
-            r.store.finish(job_id, "failed", error=error)
+            jobflow.end_job(job_id, "failed", store=r.store, on_ended=r.job_ended, error=error)
         except Exception:  # noqa: BLE001 - best effort: Redis may be what failed
             logger.exception("intake %s: could not record the failure", job_id)
 
@@ -194,7 +208,7 @@ class PageTask(Task):
         logger.error("page %s/%s failed for good: %s", job_id, page, error.code)
         try:
             jobflow.fail_page(job_id, page, error.code, error.message, settings=r.settings, store=r.store,
-                              storage=r.storage)
+                              storage=r.storage, on_ended=r.job_ended)
         except Exception:  # noqa: BLE001 - best effort: Redis or storage may be what failed
             logger.exception("page %s/%s: could not record the failure", job_id, page)
 
@@ -218,7 +232,7 @@ def intake_task(self: Task, job_id: str) -> int:
     r = resources()
     with _permanent_faults_fail_fast():
         pages = jobflow.run_intake(job_id, settings=r.settings, store=r.store, storage=r.storage,
-                                   enqueue=_enqueue_page)
+                                   enqueue=_enqueue_page, on_ended=r.job_ended)
     return len(pages)
 
 
@@ -228,7 +242,7 @@ def page_task(self: Task, job_id: str, page: int) -> str | None:
     r = resources()
     with _permanent_faults_fail_fast():
         result = jobflow.run_page(job_id, page, settings=r.settings, store=r.store, storage=r.storage,
-                                  engines=r.engines, retries=self.request.retries)
+                                  engines=r.engines, retries=self.request.retries, on_ended=r.job_ended)
     if jobflow.inference_still_running():
         _retire_after_timeout()
     return result.status if result is not None else None

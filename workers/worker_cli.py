@@ -1,6 +1,6 @@
 """Start a docproc Celery worker with the pool its queues need.
 
-``python -m workers --queues intake,render,bulk,webhooks`` (or ``docproc worker``)
+``python -m workers --queues intake,render,bulk,webhooks,periodic`` (or ``docproc worker``)
 runs ``celery -A workers.celery_app worker`` in this process:
 
 * a worker that consumes ``gpu`` gets the solo pool: one process that loads the
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from workers.celery_app import GPU_QUEUE, QUEUES
 
-CPU_QUEUES = ("intake", "render", "bulk", "webhooks")
+CPU_QUEUES = ("intake", "render", "bulk", "webhooks", "periodic")
 
 
 def parse_queues(spec: str) -> list[str]:

@@ -17,10 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
-from api.deps import CeleryDep, SettingsDep, StorageDep, StoreDep, TenantDep
+from api.deps import CeleryDep, ServicesDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from api.models import JobList, JobSubmission, JobView, job_summary, job_view
 from api.problems import problem_responses
 from api.uploads import read_json, read_multipart
+from docproc import lifecycle
 from docproc.errors import InvalidRequest, NotFound, ResultNotReady
 from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
 from docproc.results import DocumentResult, PageResult
@@ -236,11 +237,14 @@ def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobView:
     ),
     responses=problem_responses(*COMMON_ERRORS, 404),
 )
-def cancel_job(job_id: JobId, tenant: TenantDep, store: StoreDep, celery: CeleryDep) -> JobView:
-    before = store.get(tenant, job_id)
-    job = store.cancel(tenant, job_id)
-    if before.state not in TERMINAL and job.state == "canceled" and job.task_ids:
-        celery.control.revoke(job.task_ids)
+def cancel_job(
+    job_id: JobId, tenant: TenantDep, store: StoreDep, celery: CeleryDep, services: ServicesDep
+) -> JobView:
+    job, canceled = store.cancel(tenant, job_id)
+    if canceled:
+        if job.task_ids:
+            celery.control.revoke(job.task_ids)
+        lifecycle.job_ended(job.id, services.lifecycle)
     return _view(store, job)
 
 

@@ -1,0 +1,28 @@
+"""Housekeeping tasks, sent every ``settings.periodic_interval_s`` by the scheduler
+(``celery beat``, see :func:`workers.celery_app.beat_schedule`) to the ``periodic`` queue.
+
+Each task is a thin wrapper around a plain function that tests call directly:
+
+    docproc.periodic.sweep_ended    docproc.lifecycle.sweep_ended: after-end steps of jobs
+                                    whose finisher died (webhook event, batch count)
+    docproc.periodic.webhooks_due   webhook deliveries whose retry time has come
+    docproc.periodic.watchdog       jobs with no progress past their deadline fail with ``timeout``
+
+A tick that raises is logged and dropped: the next tick does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from docproc import lifecycle
+from workers.celery_app import SWEEP_ENDED_TASK, app
+from workers.tasks import resources
+
+logger = logging.getLogger(__name__)
+
+
+@app.task(name=SWEEP_ENDED_TASK, ignore_result=True)
+def sweep_ended_task() -> int:
+    """Complete the after-end steps of jobs left in the ended outbox."""
+    return lifecycle.sweep_ended(resources().lifecycle)
