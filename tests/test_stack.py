@@ -54,7 +54,7 @@ def test_up_serves_a_job_and_ctrl_c_stops_everything(tmp_path):
         log.seek(0)
         key = re.search(r"DOCPROC_KEY=(dp_\S+)", log.read()).group(1)
         children = _children(proc.pid)
-        assert len(children) == 4  # redis, api, cpu worker, flower
+        assert len(children) == 5  # redis, api, cpu worker, scheduler, flower
 
         headers = {"Authorization": f"Bearer {key}"}
         files = {"file": ("invoice.pdf", builders.invoice_pdf(), "application/pdf")}
