@@ -1,0 +1,292 @@
+"""Bulk re-processing: run a new schema version (task, engine) over documents already stored.
+
+A re-process is a batch of kind ``reprocess`` (:mod:`docproc.batches`) whose documents
+are *selected jobs* of the tenant: the jobs of a batch, a job filter (schema, created
+since/until, state) or the jobs whose stored input key starts with a prefix
+(``inputs/sha256/ab``). Each selected job gets a new job that reads the same stored
+input (same ``input_key``: nothing is uploaded again), linked by ``reprocess_of``; the
+old job and its results are never touched (results are keyed by job id and the new
+job records its schema version). The selection is walked by the ``bulk`` expand task,
+one chunk at a time.
+
+Models: a deployment serves one model (``settings.model``). A re-process may name it
+(recorded on the batch, so a data team sees which model produced the new results);
+any other model is refused with ``model_not_deployed``: run the re-process on a
+deployment that serves that model instead.
+
+The diff report (:func:`diff_report`) compares each re-processed document's result
+with its original's, field by field: the extracted fields for ``extract``, ``text``
+for ``ocr``, ``tables`` for ``tables``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from docproc.batches import Batch, BatchServices, Chunk, Item, create_job, new_batch, reject_or_raise
+from docproc.errors import DocprocError, ModelNotDeployed, NotFound
+from docproc.jobs import MAX_LIST_LIMIT, Job, JobRequest, JobState
+from docproc.results import DocumentResult, EngineName, Task
+
+if TYPE_CHECKING:
+    from docproc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DIFF_LIST_DEFAULT = 100
+
+
+class Selector(BaseModel):
+    """Which stored documents to re-process (every given condition must hold)."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    batch_id: str | None = Field(None, max_length=64, description="The jobs of this batch (or re-process).")
+    schema_: str | None = Field(None, alias="schema", max_length=128,
+                                description='Jobs that used this schema: "invoice" (any version) or "invoice@1".')
+    state: JobState | None = Field(None, description="Jobs that ended in this state (default: succeeded or partial).")
+    since: datetime | None = Field(None, description="Jobs created at or after this time.")
+    until: datetime | None = Field(None, description="Jobs created at or before this time (default: now).")
+    input_prefix: str | None = Field(None, max_length=512,
+                                     description='Jobs whose stored input key starts with this ("inputs/sha256/ab").')
+
+    def matches(self, job: Job) -> bool:
+        if self.state is not None:
+            if job.state != self.state:
+                return False
+        elif job.state not in ("succeeded", "partial"):
+            return False
+        if self.schema_ is not None:
+            used = job.request.schema_ or ""
+            if "@" in self.schema_ and used != self.schema_:
+                return False
+            if "@" not in self.schema_ and used.partition("@")[0] != self.schema_:
+                return False
+        if self.since is not None and job.created_at < _utc(self.since):
+            return False
+        if self.until is not None and job.created_at > _utc(self.until):
+            return False
+        return self.input_prefix is None or job.input_key.startswith(self.input_prefix)
+
+
+class ReprocessRequest(BaseModel):
+    """``POST /v1/reprocess``: a selector and what to run instead."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    selector: Selector
+    task: Task | None = Field(None, description='Default: "extract" when a schema is given, else each job\'s own task.')
+    schema_: str | None = Field(None, alias="schema", max_length=128, description='The new schema, e.g. "invoice@2".')
+    engine: EngineName | None = Field(None, description="Default: each job's own engine.")
+    model: str | None = Field(None, max_length=512, description="Must be the deployed model (recorded on the batch).")
+    webhook_url: str | None = Field(None, max_length=2048, description="Gets reprocess.completed.")
+    dry_run: bool = Field(False, description="Only count the documents that would be re-processed.")
+
+    @model_validator(mode="after")
+    def _something_to_select(self) -> ReprocessRequest:
+        s = self.selector
+        if not any((s.batch_id, s.schema_, s.state, s.since, s.until, s.input_prefix)):
+            raise ValueError("the selector is empty: give a batch_id, schema, state, since/until or input_prefix")
+        if self.webhook_url is not None and not self.webhook_url.lower().startswith(("https://", "http://")):
+            raise ValueError("webhook_url must be an http(s) URL")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        task = self.task or ("extract" if self.schema_ else None)
+        return {"task": task, "schema": self.schema_, "engine": self.engine}
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def new_request(original: JobRequest, changes: dict[str, Any]) -> JobRequest:
+    """The original job's request with the re-process's changes; bulk, no per-job webhook."""
+    task = changes.get("task") or original.task
+    schema = changes.get("schema") if task == "extract" else None
+    if task == "extract" and schema is None:
+        schema = original.schema_
+    engine = changes.get("engine") or original.engine
+    if task == "extract" and engine == "text" and not changes.get("engine"):
+        engine = "auto"  # an ocr job read by the text engine, now extracted: the model reads it
+    return original.model_copy(update={
+        "task": task, "schema_": schema, "engine": engine, "priority": "bulk", "webhook_url": None,
+    })
+
+
+def check_request(req: ReprocessRequest, settings: Settings) -> None:
+    """Refuse at once what no selected job could run: an unknown schema, a bad task/engine
+    pair, another model than the deployed one (``model_not_deployed``)."""
+    from workers.pipeline import resolve_request
+
+    if req.model is not None and req.model != settings.model:
+        raise ModelNotDeployed(
+            f"this deployment serves {settings.model!r}, not {req.model!r}; re-process on a deployment "
+            "that serves it", model=req.model, deployed=settings.model)
+    changes = req.changes()
+    if changes["task"] is not None:
+        resolve_request(changes["task"], changes["schema"], changes["engine"] or "auto", settings)
+
+
+# ---------------------------------------------------------------------------
+# the selection
+# ---------------------------------------------------------------------------
+
+
+def _selected(svc: BatchServices, tenant: str, selector: Selector, cursor: str | None,
+              size: int) -> Iterator[tuple[list[Job], str | None, bool]]:
+    """(matching jobs, cursor after them, last?) pages of the tenant's selected jobs."""
+    if selector.batch_id is not None:
+        svc.batches.get(tenant, selector.batch_id)  # another tenant's batch: NotFound
+        after = int(cursor) if cursor else -1
+        while True:
+            rows = svc.batches.job_page(selector.batch_id, after=after, limit=size)
+            jobs = []
+            for _, job_id in rows:
+                try:
+                    job = svc.store.load(job_id)
+                except NotFound:
+                    continue
+                if job.tenant == tenant and selector.matches(job):
+                    jobs.append(job)
+            after = rows[-1][0] if rows else after
+            yield jobs, str(after), len(rows) < size
+            if len(rows) < size:
+                return
+    while True:
+        page, cursor = svc.store.list(tenant, state=selector.state, created_from=selector.since,
+                                      created_to=selector.until, cursor=cursor, limit=min(size, MAX_LIST_LIMIT))
+        yield [job for job in page if selector.matches(job)], cursor, cursor is None
+        if cursor is None:
+            return
+
+
+def count_selected(svc: BatchServices, tenant: str, selector: Selector) -> int:
+    """How many documents a re-process with ``selector`` would run (the dry run)."""
+    if selector.until is None:
+        selector = selector.model_copy(update={"until": datetime.now(UTC)})
+    return sum(len(jobs) for jobs, _, _ in _selected(svc, tenant, selector, None, svc.settings.batch_chunk_size))
+
+
+def selection_chunks(svc: BatchServices, batch: Batch, cursor: str | None, index: int) -> Iterator[Chunk]:
+    """The expand task's chunks of a re-process: the selected original jobs, in order."""
+    selector = Selector.model_validate(batch.selector["selector"])
+    for jobs, next_cursor, last in _selected(svc, batch.tenant, selector, cursor, svc.settings.batch_chunk_size):
+        items = [Item(index=index + i, original=job) for i, job in enumerate(jobs)]
+        index += len(items)
+        yield items, next_cursor, last
+
+
+def reprocess_job(svc: BatchServices, batch: Batch, index: int, original: Job) -> Job | None:
+    """The new job of one selected document: its stored input, the new request, linked
+    ``reprocess_of`` the original; idempotent per (batch, index)."""
+    from workers.pipeline import resolve_request
+
+    request = new_request(original.request, batch.selector["changes"])
+    try:
+        resolve_request(request.task, request.schema_, request.engine, svc.settings)
+    except DocprocError as exc:
+        reject_or_raise(svc, batch, index, original.id, exc)
+        return None
+    return create_job(svc, batch, index, request, input_key=original.input_key, input_sha256=original.input_sha256,
+                      size_bytes=original.size_bytes, filename=original.filename, media_type=original.media_type,
+                      reprocess_of=original.id)
+
+
+def submit_reprocess(svc: BatchServices, tenant: str, req: ReprocessRequest) -> tuple[Batch | None, int | None]:
+    """Check the request; a dry run returns (None, how many), else (the new re-process batch,
+    None) whose selection the ``bulk`` expand task walks."""
+    from docproc.batches import start_expansion
+
+    from docproc.webhooks import check_webhook
+
+    check_request(req, svc.settings)
+    check_webhook(req.webhook_url, tenant, svc.settings)
+    if req.selector.batch_id is not None:
+        svc.batches.get(tenant, req.selector.batch_id)  # 404 now, not in the task
+    if req.dry_run:
+        return None, count_selected(svc, tenant, req.selector)
+    now = datetime.now(UTC)
+    until = min(_utc(req.selector.until), now) if req.selector.until is not None else now
+    selector = req.selector.model_copy(update={"until": until})  # the jobs this makes are never selected
+    changes = req.changes()
+    schema = changes["schema"] if changes["task"] == "extract" else None
+    template = JobRequest(task=changes["task"] or "ocr", schema=schema, engine=changes["engine"] or "auto")
+    batch = new_batch(tenant, source="jobs", request=template, webhook_url=req.webhook_url, kind="reprocess",
+                      selector={"selector": selector.model_dump(mode="json", by_alias=True), "changes": changes},
+                      model=svc.settings.model)
+    svc.batches.create(batch)
+    start_expansion(svc, batch)
+    logger.info("reprocess %s created (%s)", batch.id, changes, extra={"batch_id": batch.id, "tenant": tenant})
+    return batch, None
+
+
+# ---------------------------------------------------------------------------
+# the diff report
+# ---------------------------------------------------------------------------
+
+
+def comparable_fields(document: DocumentResult) -> dict[str, Any]:
+    """What a diff compares: extract -> each top-level field; ocr -> ``text``; tables -> ``tables``."""
+    out: dict[str, Any] = {}
+    if document.fields is not None:
+        out.update(document.fields)
+    if document.task == "ocr":
+        out["text"] = "\n\n".join(p.text or "" for p in document.pages)
+    if document.task == "tables":
+        out["tables"] = [t.markdown for p in document.pages for t in (p.tables or [])]
+    return out
+
+
+class FieldDiff(BaseModel):
+    changed: int = 0
+    unchanged: int = 0
+    changes: list[dict[str, Any]] = Field(default_factory=list, description="job_id, reprocess_of, old, new.")
+
+
+class DiffReport(BaseModel):
+    reprocess_id: str
+    state: str
+    compared: int = Field(description="Documents whose old and new results were both stored.")
+    pending: int = Field(description="Re-processed documents without a result yet (or none at all).")
+    fields: dict[str, FieldDiff]
+
+
+def diff_report(svc: BatchServices, batch: Batch, *, limit: int = DIFF_LIST_DEFAULT) -> DiffReport:
+    """Per field: how many documents changed value and (up to ``limit`` per field) which.
+
+    Reads one old/new pair at a time from storage (memory grows only with the listed changes)."""
+    fields: dict[str, FieldDiff] = {}
+    compared = pending = 0
+    for _, job_id in svc.batches.job_ids(batch.id):
+        try:
+            job = svc.store.load(job_id)
+            original = svc.store.load(job.reprocess_of) if job.reprocess_of else None
+        except NotFound:
+            pending += 1
+            continue
+        if original is None or job.result_key is None or original.result_key is None:
+            pending += 1
+            continue
+        new = comparable_fields(DocumentResult.model_validate_json(svc.storage.get(job.result_key)))
+        old = comparable_fields(DocumentResult.model_validate_json(svc.storage.get(original.result_key)))
+        compared += 1
+        for name in sorted(set(old) | set(new)):
+            diff = fields.setdefault(name, FieldDiff())
+            if old.get(name) == new.get(name):
+                diff.unchanged += 1
+                continue
+            diff.changed += 1
+            if len(diff.changes) < limit:
+                diff.changes.append({"job_id": job.id, "reprocess_of": original.id,
+                                     "old": old.get(name), "new": new.get(name)})
+    state = svc.batches.counts(batch.id).state
+    return DiffReport(reprocess_id=batch.id, state=state, compared=compared, pending=pending, fields=fields)
+
+
+__all__ = ["ReprocessRequest", "Selector", "DiffReport", "submit_reprocess", "diff_report", "count_selected"]
