@@ -71,3 +71,174 @@ HTTP_REQUEST_SECONDS = Histogram(
 QUEUE_DEPTH_NAME = "docproc_queue_depth"  # gauge {queue}: messages waiting
 QUEUE_OLDEST_AGE_NAME = "docproc_queue_oldest_age_seconds"  # gauge {queue}: age of the oldest waiting message
 JOBS_RUNNING_NAME = "docproc_jobs_in_state"  # gauge {state}: jobs queued / running now
+
+
+# ---------------------------------------------------------------------------
+# exposure
+# ---------------------------------------------------------------------------
+# The API serves ``/metrics`` (api/routes/metrics.py): this process's metrics (or, when
+# PROMETHEUS_MULTIPROC_DIR is set, e.g. ``python -m api --workers N``, every process's)
+# plus the gauges read from Redis at scrape time (RedisStateCollector). A Celery worker
+# runs prometheus_client in multiprocess mode (workers.observability sets
+# PROMETHEUS_MULTIPROC_DIR before this module is imported) and its main process serves
+# the sum over its pool children on ``settings.worker_metrics_port``.
+
+import logging  # noqa: E402
+import os  # noqa: E402
+from collections.abc import Callable, Iterable, Iterator  # noqa: E402
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest  # noqa: E402
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.registry import Collector  # noqa: E402
+
+_log = logging.getLogger(__name__)
+
+JOB_STATES_COUNTED = ("queued", "running")
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when this process runs in multiprocess mode."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class _LiveMultiProcessCollector(Collector):
+    """prometheus_client's MultiProcessCollector that first forgets the live gauges of
+    processes that are gone (a pool child killed without its shutdown hook)."""
+
+    def __init__(self, path: str) -> None:
+        from prometheus_client import multiprocess
+
+        self._path = path
+        self._inner = multiprocess.MultiProcessCollector(None, path=path)
+
+    def collect(self) -> Iterator:
+        mark_dead_processes(self._path)
+        return self._inner.collect()
+
+
+def mark_dead_processes(path: str | None = None) -> list[int]:
+    """``multiprocess.mark_process_dead`` for every pid with files in ``path`` that no longer
+    runs; returns those pids. (Counters and histograms of dead processes stay: they are sums.)"""
+    from prometheus_client import multiprocess
+
+    path = path or multiprocess_dir()
+    if not path or not os.path.isdir(path):
+        return []
+    dead: set[int] = set()
+    for name in os.listdir(path):
+        stem = name.rsplit(".", 1)[0]
+        try:
+            pid = int(stem.rsplit("_", 1)[-1])
+        except ValueError:
+            continue
+        if pid not in dead and not _alive(pid):
+            dead.add(pid)
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _DefaultRegistry(Collector):
+    """This process's default registry, as one collector of a scrape registry."""
+
+    def collect(self) -> Iterator:
+        return REGISTRY.collect()
+
+
+def scrape_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    """A registry for one scrape: every process's metrics in multiprocess mode, else this
+    process's default registry; then ``extra`` collectors (read at scrape time)."""
+    registry = CollectorRegistry(auto_describe=False)
+    path = multiprocess_dir()
+    registry.register(_LiveMultiProcessCollector(path) if path else _DefaultRegistry())
+    for collector in extra:
+        registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The Prometheus text exposition of ``registry`` and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class RedisStateCollector(Collector):
+    """Gauges read from Redis when scraped: queue depth and oldest-message age per queue
+    (:func:`docproc.queues.queue_stats`) and jobs queued / running (``count_active``:
+    :meth:`docproc.jobs.JobStore.count_active`). With Redis out of reach it yields
+    ``docproc_redis_up 0`` and nothing else."""
+
+    def __init__(self, client, queues: Iterable[str], count_active: Callable[[], dict[str, int]]) -> None:
+        self._client = client
+        self._queues = tuple(queues)
+        self._count_active = count_active
+
+    def collect(self) -> Iterator:
+        from docproc.queues import queue_stats
+
+        up = GaugeMetricFamily("docproc_redis_up", "1 when the API could read Redis for this scrape.")
+        try:
+            stats = queue_stats(self._client, self._queues)
+            states = self._count_active()
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer even with Redis down
+            _log.warning("metrics: Redis unreadable: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily(QUEUE_DEPTH_NAME, "Messages waiting in each Celery queue.", labels=["queue"])
+        age = GaugeMetricFamily(QUEUE_OLDEST_AGE_NAME, "Age of the oldest waiting message per queue, seconds "
+                                "(0 when the queue is empty).", labels=["queue"])
+        for s in stats:
+            depth.add_metric([s.name], s.depth)
+            if s.oldest_age_s is not None:
+                age.add_metric([s.name], s.oldest_age_s)
+        yield depth
+        yield age
+        jobs = GaugeMetricFamily(JOBS_RUNNING_NAME, "Jobs not yet ended, by state.", labels=["state"])
+        for state in JOB_STATES_COUNTED:
+            jobs.add_metric([state], states.get(state, 0))
+        yield jobs
+
+
+# ---------------------------------------------------------------------------
+# recording helpers (used by the instrumented modules; never raise into the work)
+# ---------------------------------------------------------------------------
+
+# PageResult.timings_ms keys -> stage label. The text engine's "text" is its inference;
+# "text_layer" (reading a PDF page's text while rendering) belongs to render; "page"
+# (the whole page) is not a stage.
+TIMING_STAGES = {"render": "render", "text_layer": "render", "tile": "tile", "infer": "infer",
+                 "text": "infer", "postprocess": "postprocess", "intake": "intake", "store": "store"}
+
+
+def observe_stages(timings_ms: dict[str, float]) -> None:
+    """One stage-histogram observation per stage of a page, from its ``timings_ms``."""
+    seconds: dict[str, float] = {}
+    for key, ms in timings_ms.items():
+        stage = TIMING_STAGES.get(key)
+        if stage is not None and ms is not None:
+            seconds[stage] = seconds.get(stage, 0.0) + float(ms) / 1000.0
+    for stage, value in seconds.items():
+        STAGE_SECONDS.labels(stage=stage).observe(max(0.0, value))
+
+
+def schema_label(schema: str | None) -> str:
+    """The ``schema`` label: the schema name, or "" for ocr/tables jobs."""
+    return schema or ""
+
+
+def count_job_finished(job, state: str) -> None:
+    """``docproc_jobs_finished_total`` +1 for ``job`` (a :class:`docproc.jobs.Job`), ended
+    ``state`` by the caller's own :meth:`JobStore.finish` (which says True exactly once)."""
+    JOBS_FINISHED.labels(state=state, task=job.request.task, schema=schema_label(job.request.schema_)).inc()

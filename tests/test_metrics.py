@@ -1,0 +1,182 @@
+"""Metrics after a real end-to-end job: the API's /metrics and a prefork worker's endpoint.
+
+The stack (tests/obs_stack.py): the session's redis-server, a fresh moto S3 bucket,
+the API on a loopback port, a ``python -m workers -c 2`` subprocess with its
+metrics endpoint on. Both endpoints are scraped before and after one 3-page job
+and the counters/histograms must have moved by exactly what that job did. The
+queue gauges are read from Redis at scrape time: a bulk job's intake waits in the
+``bulk`` queue, which this worker does not consume.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import builders
+import pytest
+import redis
+from conftest import make_bucket
+from obs_stack import delta, scrape, text_stack, value
+
+from docproc.auth import hash_key
+from docproc.queues import PUBLISHED_AT_HEADER, priority_keys, queue_stats
+from docproc.settings import Settings
+from workers.celery_app import BULK_QUEUE, PERIODIC_QUEUE, QUEUES, create_app
+
+pytestmark = pytest.mark.worker
+
+TENANT = "metrics-tenant"
+API_KEY = "dp_metrics-test-key-000000000000000000000000"
+PAGES = 3
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, moto_server, tmp_path_factory):
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushdb()
+    settings = Settings(
+        _env_file=None, redis_url=redis_server.url, storage_url=f"s3://{make_bucket(moto_server)}/",
+        s3_endpoint_url=moto_server, s3_region="us-east-1", api_keys={TENANT: hash_key(API_KEY)},
+    )
+    with text_stack(settings, tmp_path_factory.mktemp("metrics-logs"), API_KEY) as running:
+        yield running
+
+
+def test_an_end_to_end_job_moves_the_counters_and_histograms_by_its_own_amounts(stack) -> None:
+    api_before, worker_before = scrape(f"{stack.api_url}/metrics"), scrape(stack.worker_metrics_url)
+
+    # one 3-page text job, followed to its end
+    pdf = builders.multipage_text_pdf(PAGES)
+    response = stack.api.post("/v1/jobs", files={"file": ("doc.pdf", pdf, "application/pdf")},
+                              data={"task": "ocr", "engine": "text"})
+    assert response.status_code == 202, response.text
+    stack.polls = 0
+    view = stack.wait_for_job(response.json()["id"])
+    assert view["state"] == "succeeded", view
+    # a refused upload: an error code, counted once
+    refused = stack.api.post("/v1/jobs", files={"file": ("x.bin", b"\x7fELF....", "application/octet-stream")})
+    assert refused.status_code == 415 and refused.json()["code"] == "unsupported_type"
+
+    api_after, worker_after = scrape(f"{stack.api_url}/metrics"), scrape(stack.worker_metrics_url)
+
+    # API: submitted, HTTP requests by route template, error codes
+    assert delta(api_before, api_after, "docproc_jobs_submitted_total", task="ocr", schema="", priority="normal") == 1
+    assert delta(api_before, api_after, "docproc_http_requests_total",
+                 route="/v1/jobs", method="POST", status="202") == 1
+    assert delta(api_before, api_after, "docproc_http_requests_total",
+                 route="/v1/jobs/{job_id}", method="GET", status="200") == stack.polls
+    assert delta(api_before, api_after, "docproc_http_request_seconds_count",
+                 route="/v1/jobs/{job_id}", method="GET") == stack.polls
+    assert delta(api_before, api_after, "docproc_errors_total", code="unsupported_type", stage="api") == 1
+    # the worker (two prefork children, summed): finished, pages, stage histograms
+    assert delta(worker_before, worker_after, "docproc_jobs_finished_total",
+                 state="succeeded", task="ocr", schema="") == 1
+    assert delta(worker_before, worker_after, "docproc_pages_processed_total", engine="text", status="succeeded") == PAGES
+    for stage, observations in (("intake", 1), ("render", PAGES), ("infer", PAGES), ("store", PAGES)):
+        assert delta(worker_before, worker_after, "docproc_stage_seconds_count", stage=stage) == observations, stage
+        assert delta(worker_before, worker_after, "docproc_stage_seconds_sum", stage=stage) > 0, stage
+        assert delta(worker_before, worker_after, "docproc_stage_seconds_bucket", stage=stage, le="+Inf") \
+            == observations, stage
+    assert delta(worker_before, worker_after, "docproc_stage_seconds_count", stage="tile") == 0  # no model page
+    # nothing waits any more; no job is queued or running
+    for queue in QUEUES:
+        assert value(api_after, "docproc_queue_depth", queue=queue) == 0, queue
+        assert value(api_after, "docproc_queue_oldest_age_seconds", queue=queue) == 0, queue
+    assert value(api_after, "docproc_jobs_in_state", state="queued") == 0
+    assert value(api_after, "docproc_jobs_in_state", state="running") == 0
+    assert value(api_after, "docproc_redis_up") == 1
+    # no tenant name or job id in any label
+    body = stack.api.get("/metrics").text
+    assert TENANT not in body and view["id"] not in body
+
+
+def test_a_job_waiting_in_an_unconsumed_queue_shows_in_depth_age_and_jobs_queued(stack) -> None:
+    before = time.time()
+    response = stack.api.post("/v1/jobs", files={"file": ("doc.pdf", builders.multipage_text_pdf(1), "application/pdf")},
+                              data={"task": "ocr", "engine": "text", "priority": "bulk"})
+    assert response.status_code == 202, response.text
+    try:
+        samples = scrape(f"{stack.api_url}/metrics")
+        assert value(samples, "docproc_queue_depth", queue=BULK_QUEUE) == 1
+        age = value(samples, "docproc_queue_oldest_age_seconds", queue=BULK_QUEUE)
+        assert 0 <= age <= time.time() - before
+        assert value(samples, "docproc_jobs_in_state", state="queued") == 1
+        assert value(samples, "docproc_jobs_in_state", state="running") == 0
+    finally:
+        canceled = stack.api.delete(f"/v1/jobs/{response.json()['id']}")
+        assert canceled.status_code == 200
+        with redis.Redis.from_url(stack.settings.redis_url) as client:
+            client.delete(*priority_keys(BULK_QUEUE))
+    samples = scrape(f"{stack.api_url}/metrics")
+    assert value(samples, "docproc_jobs_in_state", state="queued") == 0
+
+
+def test_the_worker_endpoint_has_no_queue_gauges_and_the_api_survives_redis_down(stack, redis_server) -> None:
+    worker = scrape(stack.worker_metrics_url)
+    assert not [k for k in worker if k[0].startswith("docproc_queue_")]  # only the API reads Redis for them
+    redis_server.stop()
+    try:
+        samples = scrape(f"{stack.api_url}/metrics")
+        assert value(samples, "docproc_redis_up") == 0
+        assert not [k for k in samples if k[0] == "docproc_queue_depth"]
+    finally:
+        redis_server.start()
+
+
+# --------------------------------------------------------------------------- queue_stats
+
+
+def test_queue_stats_reads_depth_and_the_oldest_message_of_each_queue(redis_client, redis_server) -> None:
+    """Real publishes through Celery (nobody consumes them): the oldest is the right end."""
+    app = create_app(Settings(_env_file=None, redis_url=redis_server.url))
+    try:
+        t0 = time.time()
+        app.send_task("docproc.periodic.sweep_ended", queue=PERIODIC_QUEUE)
+        time.sleep(0.05)
+        app.send_task("docproc.periodic.sweep_ended", queue=PERIODIC_QUEUE)
+        app.send_task("docproc.periodic.sweep_ended", queue=PERIODIC_QUEUE, priority=5)  # a priority sibling
+        t1 = time.time()
+    finally:
+        app.close()
+    oldest = json.loads(redis_client.lindex(PERIODIC_QUEUE, -1))["headers"][PUBLISHED_AT_HEADER]
+    newest = json.loads(redis_client.lindex(PERIODIC_QUEUE, 0))["headers"][PUBLISHED_AT_HEADER]
+    assert t0 <= oldest < newest <= t1  # kombu LPUSHes: the right end is the oldest
+
+    stats = {s.name: s for s in queue_stats(redis_client, QUEUES, now=t1 + 10)}
+    assert stats[PERIODIC_QUEUE].depth == 3
+    assert stats[PERIODIC_QUEUE].oldest_age_s == pytest.approx(t1 + 10 - oldest)
+    assert stats[BULK_QUEUE].depth == 0 and stats[BULK_QUEUE].oldest_age_s == 0.0
+
+    redis_client.lpush(BULK_QUEUE, json.dumps({"headers": {}, "body": ""}))  # another client's message
+    assert queue_stats(redis_client, [BULK_QUEUE])[0].oldest_age_s is None
+
+
+def test_a_killed_processes_live_gauges_are_dropped_and_its_counters_kept(tmp_path) -> None:
+    """Multiprocess mode as in a worker: a child that dies without its shutdown hook."""
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from docproc.metrics import mark_dead_processes
+
+    child = ("from docproc import metrics; import os; "
+             "metrics.GPU_MEMORY_BYTES.labels(device='cuda:0', kind='allocated').set(123); "
+             "metrics.PAGES_PROCESSED.labels(engine='text', status='succeeded').inc(2); os._exit(0)")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", child], env=env, check=True, timeout=60)
+    assert any(p.name.startswith("gauge_liveall_") for p in tmp_path.iterdir())
+
+    dead = mark_dead_processes(str(tmp_path))
+    assert len(dead) == 1
+    assert not any(p.name.startswith("gauge_liveall_") for p in tmp_path.iterdir())
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'docproc_pages_processed_total{engine="text",status="succeeded"} 2.0' in text
+    assert "docproc_gpu_memory_bytes{" not in text
