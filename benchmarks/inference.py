@@ -13,9 +13,12 @@ timed ``--repeats`` times (alternating; the median run is reported):
 (a) seed: one ``model.chat``-like call per page, batch 1, as in the InternVL model
     card: ``load_image`` (``dynamic_preprocess`` + the per-tile ``build_transform``
     + ``torch.stack``, benchmarks/reference_internvl.py), the prompt, ``generate``;
-(b) docproc: ``InternVLEngine``: ``tile_image`` per page, then batched generation
-    (left padding, one vectorised normalisation and one vision pass per batch,
-    batches of similar pages within ``--batch-size`` and ``--tile-budget``).
+(b) docproc: what the model worker (workers/model_worker.py) does with the pages
+    it pulled from the gpu queue, pages of ``--jobs`` different jobs interleaved:
+    ``tile_image`` per page, then one batched call over all of them (left padding,
+    one vectorised normalisation and one vision pass per batch, batches of similar
+    pages within ``--batch-size`` and ``--tile-budget``, the memory guard's tile
+    budget on CUDA, splitting on out-of-memory).
 
 Reported: pages/s and generated tokens/s of each path and their ratio; then the
 outputs are compared token for token. In float32 they must be identical (the
@@ -115,9 +118,18 @@ def seed_loop(engine: InternVLEngine, pages: list[RenderedPage], task: str) -> l
 
 
 def docproc_path(engine: InternVLEngine, pages: list[RenderedPage], task: str) -> list[list[int]]:
-    """(b) docproc: tile each page, then batched generation."""
+    """(b) docproc: the model worker's cross-job path: tile each page (the pages of all
+    jobs, as pulled from the queue), then batched generation over all of them."""
     requests = [engine.request_for_page(p, task) for p in pages]
     return [g.token_ids for g in engine.generate_outputs(requests, retry_degenerate=False)]
+
+
+def interleave_jobs(pages: list[RenderedPage], jobs: int) -> list[RenderedPage]:
+    """The pages as ``jobs`` documents whose page messages arrive interleaved on the queue
+    (job 1 page 1, job 2 page 1, ...): the order the model worker sees them in."""
+    size = -(-len(pages) // max(1, jobs))
+    docs = [pages[i:i + size] for i in range(0, len(pages), size)]
+    return [doc[k] for k in range(max(len(d) for d in docs)) for doc in docs if k < len(doc)]
 
 
 def timed(fn, device: str) -> tuple[float, list[list[int]]]:
@@ -153,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--pages", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=4, help="the pages belong to this many jobs (path b)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tile-budget", type=int, default=64)
     parser.add_argument("--max-tiles", type=int, default=12)
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="docproc-bench-") as tmp:
         engine = build_engine(args, Path(tmp))
-        pages = make_pages(args.pages, seed=args.seed)
+        pages = interleave_jobs(make_pages(args.pages, seed=args.seed), args.jobs)
         tiles = [int(engine.tile(p.image).shape[0]) for p in pages]
         device = engine.device
         print(f"model: {args.model_size} ({engine.model_id}), "
@@ -175,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pages: {len(pages)}, tiles per page: {tiles} (total {sum(tiles)}), "
               f"image tokens per tile: {engine.image_seq_length}, task: {args.task}, "
               f"max new tokens per page: {args.max_new_tokens}, batch size {args.batch_size}, "
-              f"tile budget {args.tile_budget}")
+              f"tile budget {args.tile_budget} (memory guard: {engine.tile_budget()}), jobs {args.jobs}")
 
         # warm-up: one page through each path
         seed_loop(engine, pages[:1], args.task)
