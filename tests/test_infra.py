@@ -1,0 +1,500 @@
+"""Deployment files (infra/, docker/) checked against the code they deploy.
+
+No Kubernetes or Docker here, so the files are parsed and cross-checked: every YAML and
+JSON parses; every metric the Grafana dashboard and the alert rules query is one that
+docproc/metrics.py defines (or the API's scrape-time collector yields, read from a real
+Redis), with label names the metric has; KEDA triggers name real Celery queues, exactly
+the ones their Deployment consumes; every container command starts something that exists
+(``python -m workers|api``, ``celery -A workers.celery_app``) with arguments its parser
+accepts; healthchecks are wired; Flower never runs without basic auth; the scheduler is
+one; Redis is durable; no real-looking secret is in the repository.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import ServiceProcess, settings_env, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.routes.metrics import prometheus_metrics
+from docproc import metrics
+from docproc.jobs import JobStore
+from docproc.localservices import free_port
+from docproc.settings import REPO_ROOT, Settings
+from workers.celery_app import QUEUES
+
+INFRA = REPO_ROOT / "infra"
+DOCKER = REPO_ROOT / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+DASHBOARD = INFRA / "grafana" / "docproc.json"
+
+# Labels every scraped series may carry besides its own (target labels, histogram buckets).
+TARGET_LABELS = {"le", "job", "instance", "pod", "namespace", "container", "node"}
+PROMETHEUS_OWN = {"up": {"job", "instance", "pod", "namespace", "container"}}
+
+
+def infra_docs() -> list[tuple[Path, dict]]:
+    """Every YAML document of infra/ (path, document)."""
+    docs = []
+    for path in sorted(INFRA.rglob("*.yaml")):
+        docs += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    return docs
+
+
+def k8s_objects(kind: str | None = None) -> list[dict]:
+    return [d for p, d in infra_docs() if p.name != "kustomization.yaml" and (kind is None or d["kind"] == kind)]
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def pod_containers() -> Iterator[tuple[dict, dict]]:
+    """(workload, container) for every container of infra's Deployments and StatefulSets."""
+    for obj in k8s_objects():
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                yield obj, container
+
+
+def dockerfile_instructions(path: Path, name: str) -> list[str]:
+    """The text of every ``name`` instruction (continuation lines joined)."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    return [line[len(name):].strip() for line in text.splitlines() if line.startswith(name + " ")]
+
+
+# ---------------------------------------------------------------------------
+# parsing
+# ---------------------------------------------------------------------------
+
+
+def test_every_yaml_and_json_parses_and_kustomize_lists_them():
+    files = sorted(INFRA.rglob("*.yaml")) + [COMPOSE]
+    assert len(files) >= 8
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc is None or isinstance(doc, dict), path
+    for path in INFRA.rglob("*.json"):
+        json.loads(path.read_text())
+    for obj in k8s_objects():
+        assert obj.get("apiVersion") and obj.get("kind") and obj["metadata"].get("name"), obj
+
+    kustomization = yaml.safe_load((INFRA / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in INFRA.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
+    for generator in kustomization["configMapGenerator"]:
+        for name in generator["files"]:
+            assert (INFRA / name).is_file(), name
+    images = {i["name"] for i in kustomization["images"]}
+    assert {c["image"] for _, c in pod_containers() if c["image"].startswith("docproc")} == images
+
+
+# ---------------------------------------------------------------------------
+# metrics: the dashboard and the alerts query only what the code exports
+# ---------------------------------------------------------------------------
+
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+             "offset", "inf", "nan"}
+
+
+def promql_selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric name, label names matched) for every series selector in a PromQL expression.
+
+    Strings, durations and grouping lists are removed first; an identifier followed by
+    ``(`` is a function; what is left is a metric name, with its ``{...}`` matchers.
+    """
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals (label values)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range durations and subqueries
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    found = []
+    for match in re.finditer(r"(?<![\w.])([a-zA-Z_:][\w:]*)\s*(\{[^}]*\})?(\s*\()?", expr):
+        name, matchers, call = match.group(1), match.group(2), match.group(3)
+        if call or name.lower() in _KEYWORDS:
+            continue
+        labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers or ""))
+        found.append((name, labels))
+    return found
+
+
+def test_promql_selector_parsing():
+    """The checker below sees metric names and label names, not functions, keywords or values."""
+    expr = ('histogram_quantile(0.95, sum by (le, stage) (rate(docproc_stage_seconds_bucket{stage!="infer"}[5m])))'
+            ' / on() group_left sum(up{pod=~"api-.*"}) and absent(docproc_x) > 0.5')
+    assert promql_selectors(expr) == [("docproc_stage_seconds_bucket", {"stage"}), ("up", {"pod"}),
+                                      ("docproc_x", set())]
+
+
+@pytest.fixture
+def exported(redis_client) -> dict[str, set[str]]:
+    """Sample name -> label names, for every series docproc exports: the metric objects of
+    docproc/metrics.py (counters as ``_total``, histograms as ``_bucket/_sum/_count``) and
+    what the API's ``GET /metrics`` serves, read from a real Redis."""
+    names: dict[str, set[str]] = {}
+    for value in vars(metrics).values():
+        kind, name = getattr(value, "_type", None), getattr(value, "_name", None)
+        if not name or kind is None or not hasattr(value, "_labelnames"):
+            continue
+        labels = set(value._labelnames)
+        if kind == "counter":
+            names[f"{name}_total"] = labels
+        elif kind == "histogram":
+            names.update({f"{name}_bucket": labels | {"le"}, f"{name}_sum": labels, f"{name}_count": labels})
+        else:
+            names[name] = labels
+    scraped = prometheus_metrics(redis_client, JobStore(redis_client, Settings(_env_file=None))).body.decode()
+    for family in text_string_to_metric_families(scraped):
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).update(sample.labels)
+    assert {"docproc_jobs_finished_total", "docproc_stage_seconds_bucket", metrics.QUEUE_DEPTH_NAME,
+            metrics.QUEUE_OLDEST_AGE_NAME} <= names.keys()
+    return names
+
+
+def dashboard_exprs() -> list[str]:
+    def walk(panels: list[dict]) -> Iterator[str]:
+        for panel in panels:
+            yield from (t["expr"] for t in panel.get("targets", []))
+            yield from walk(panel.get("panels", []))
+
+    return list(walk(json.loads(DASHBOARD.read_text())["panels"]))
+
+
+def alert_rules() -> list[dict]:
+    (rules,) = k8s_objects("PrometheusRule")
+    return [r for group in rules["spec"]["groups"] for r in group["rules"]]
+
+
+def unknown_series(exprs: list[str], exported: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for expr in exprs:
+        for name, labels in promql_selectors(expr):
+            known = exported.get(name, PROMETHEUS_OWN.get(name))
+            if known is None:
+                problems.append(f"{name}: not exported ({expr})")
+            elif labels - known - TARGET_LABELS:
+                problems.append(f"{name}: no label(s) {sorted(labels - known - TARGET_LABELS)} ({expr})")
+    return problems
+
+
+def test_the_dashboard_uses_only_exported_metrics_and_covers_the_service(exported):
+    exprs = dashboard_exprs()
+    assert unknown_series(exprs, exported) == []
+    used = {name for e in exprs for name, _ in promql_selectors(e)}
+    assert {
+        "docproc_jobs_submitted_total", "docproc_jobs_finished_total", "docproc_queue_depth",
+        "docproc_queue_oldest_age_seconds", "docproc_stage_seconds_bucket", "docproc_pages_processed_total",
+        "docproc_tokens_generated_total", "docproc_model_batch_pages_bucket", "docproc_gpu_memory_bytes",
+        "docproc_webhook_attempts_total", "docproc_webhook_dead_letters_total", "docproc_errors_total",
+    } <= used
+    assert unknown_series(['rate(docproc_pages_total[5m])', 'docproc_queue_depth{stage="x"}'], exported) != []
+
+
+def test_alert_rules_use_only_exported_metrics_and_cover_the_pages(exported):
+    rules = alert_rules()
+    assert unknown_series([r["expr"] for r in rules], exported) == []
+    by_metric = {name: r["alert"] for r in rules for name, _ in promql_selectors(r["expr"])}
+    for needed in ("docproc_queue_oldest_age_seconds", "docproc_jobs_finished_total",
+                   "docproc_webhook_dead_letters_total", "docproc_model_workers", "up"):
+        assert needed in by_metric, f"no alert on {needed}"
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+
+
+# ---------------------------------------------------------------------------
+# KEDA
+# ---------------------------------------------------------------------------
+
+
+def worker_queues(container: dict) -> list[str]:
+    from workers.worker_cli import build_parser, parse_queues
+
+    argv = container["command"] + container.get("args", [])
+    assert argv[:3] == ["python", "-m", "workers"], argv
+    return parse_queues(build_parser().parse_args(argv[3:]).queues)
+
+
+def test_keda_scales_each_worker_on_exactly_the_queues_it_consumes():
+    deployments = {d["metadata"]["name"]: d for d in k8s_objects("Deployment")}
+    auths = {a["metadata"]["name"] for a in k8s_objects("TriggerAuthentication")}
+    scaled = k8s_objects("ScaledObject")
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == {"docproc-worker-cpu", "docproc-worker-gpu"}
+    every_queue: set[str] = set()
+    for obj in scaled:
+        target = deployments[obj["spec"]["scaleTargetRef"]["name"]]
+        (container,) = target["spec"]["template"]["spec"]["containers"]
+        lists = set()
+        for trigger in obj["spec"]["triggers"]:
+            assert trigger["type"] == "redis" and trigger["authenticationRef"]["name"] in auths
+            assert trigger["metadata"]["listName"] in QUEUES
+            assert trigger["metadata"]["address"].startswith("docproc-redis.")
+            assert int(trigger["metadata"]["listLength"]) > 0
+            lists.add(trigger["metadata"]["listName"])
+        assert lists == set(worker_queues(container)), obj["metadata"]["name"]
+        assert obj["spec"]["minReplicaCount"] >= 1  # webhooks, ticks and the model alert need one
+        every_queue |= lists
+    assert every_queue == set(QUEUES)  # no queue without a consumer
+
+
+# ---------------------------------------------------------------------------
+# commands and healthchecks
+# ---------------------------------------------------------------------------
+
+
+def check_command(argv: list[str]) -> str:
+    """What ``argv`` starts ("api", "workers", "celery <sub>"), after checking it exists."""
+    if argv[:2] == ["python", "-m"]:
+        module = argv[2]
+        assert importlib.util.find_spec(f"{module}.__main__") is not None, argv
+        if module == "workers":
+            from workers.worker_cli import build_parser, parse_queues
+
+            parse_queues(build_parser().parse_args(argv[3:]).queues)  # raises for a bad queue
+        else:
+            assert module == "api" and "--host" in argv and "--port" in argv, argv
+        return module
+    assert argv[:3] == ["celery", "-A", "workers.celery_app"], argv
+    from workers import celery_app
+
+    assert celery_app.app.main == "docproc"
+    assert argv[3] in ("worker", "beat", "flower", "inspect"), argv
+    return f"celery {argv[3]}"
+
+
+def test_every_container_command_starts_something_that_exists():
+    started = []
+    for obj, container in pod_containers():
+        if container["image"].startswith("docproc"):
+            argv = [re.sub(r"\$\((\w+)\)", r"\1", a) for a in container["command"]]
+            started.append(check_command(argv))
+    for name, service in compose()["services"].items():
+        if "build" in service:
+            started.append(check_command(service["command"]))
+    for dockerfile in DOCKER.glob("Dockerfile.*"):
+        (cmd,) = dockerfile_instructions(dockerfile, "CMD")
+        started.append(check_command(json.loads(cmd)))
+    assert set(started) == {"api", "workers", "celery beat", "celery flower"}
+
+
+def test_healthchecks_are_wired():
+    # compose: API ready = /readyz; CPU worker pings its own node name; Flower /healthcheck
+    services = compose()["services"]
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    worker = services["cpu-worker"]
+    assert worker["command"][worker["command"].index("--hostname") + 1] == "cpu@%h"
+    assert 'inspect ping -d "cpu@$$HOSTNAME"' in worker["healthcheck"]["test"][1]
+    assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    # images: the API's liveness /healthz; the model worker's metrics say the model is loaded
+    assert "/healthz" in dockerfile_instructions(DOCKER / "Dockerfile.cpu", "HEALTHCHECK")[0]
+    assert "docproc_model_workers" in dockerfile_instructions(DOCKER / "Dockerfile.gpu", "HEALTHCHECK")[0]
+    # Kubernetes
+    containers = {obj["metadata"]["name"]: c for obj, c in pod_containers()}
+    api = containers["docproc-api"]
+    assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == ("/readyz", "/healthz")
+    cpu = containers["docproc-worker-cpu"]
+    assert cpu["command"][cpu["command"].index("--hostname") + 1] == "cpu@$(POD_NAME)"
+    assert 'inspect ping -d "cpu@$POD_NAME"' in cpu["livenessProbe"]["exec"]["command"][-1]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in cpu["env"]
+    assert containers["docproc-flower"]["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
+    assert containers["docproc-worker-gpu"]["readinessProbe"]["httpGet"]["port"] == "metrics"
+
+
+def test_gpu_workers_get_one_gpu_each_on_gpu_nodes():
+    (gpu,) = [d for d in k8s_objects("Deployment") if d["metadata"]["name"] == "docproc-worker-gpu"]
+    pod = gpu["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert worker_queues(container) == ["gpu"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def test_flower_never_runs_without_basic_auth():
+    flowers = [c for _, c in pod_containers() if "flower" in c["command"]]
+    assert len(flowers) == 1
+    for container in flowers:
+        env = {e["name"]: e for e in container["env"]}
+        ref = env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
+        assert ref.get("optional") is False and ref["name"] in {s["metadata"]["name"] for s in k8s_objects("Secret")}
+        assert not any(a.startswith("--basic-auth") for a in container["command"])  # not on a command line
+    (service,) = [s for s in k8s_objects("Service") if s["metadata"]["name"] == "docproc-flower"]
+    assert service["spec"]["type"] == "ClusterIP"
+
+    composed = [s for s in compose()["services"].values() if "flower" in s.get("command", [])]
+    assert len(composed) == 1
+    for service in composed:
+        assert service["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")  # required
+        assert all(p.startswith("127.0.0.1:") for p in service["ports"])
+
+
+def test_one_scheduler_and_a_durable_redis():
+    beats = [obj for obj, c in pod_containers() if "beat" in c["command"]]
+    assert len(beats) == 1 and beats[0]["spec"]["replicas"] == 1 and beats[0]["spec"]["strategy"]["type"] == "Recreate"
+    assert [n for n, s in compose()["services"].items() if "beat" in s.get("command", [])] == ["scheduler"]
+
+    conf = next(c for c in k8s_objects("ConfigMap") if c["metadata"]["name"] == "docproc-redis-conf")
+    settings = dict(line.split(None, 1) for line in conf["data"]["redis.conf"].splitlines() if line.strip())
+    assert (settings["appendonly"], settings["appendfsync"], settings["maxmemory-policy"]) == (
+        "yes", "everysec", "noeviction")
+    (redis,) = k8s_objects("StatefulSet")
+    assert redis["spec"]["replicas"] == 1 and redis["spec"]["volumeClaimTemplates"]
+    command = " ".join(compose()["services"]["redis"]["command"])
+    for flag in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction"):
+        assert flag in command
+
+
+def test_the_settings_in_the_manifests_name_real_settings_and_parse(monkeypatch):
+    """Every DOCPROC_* variable the ConfigMap, the Secrets, the pods and compose set is a
+    field of docproc.settings.Settings (a typo would be silently ignored), and the values
+    parse (JSON lists and maps included)."""
+    env: dict[str, str] = {}
+    for obj in k8s_objects("ConfigMap") + k8s_objects("Secret"):
+        env.update(obj.get("data", {}) if obj["kind"] == "ConfigMap" else obj["stringData"])
+    for _, container in pod_containers():
+        env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    env["DOCPROC_REDIS_URL"] = env["DOCPROC_REDIS_URL"].replace("$(REDIS_PASSWORD)", "hex")
+    composed = {k: str(v) for k, v in compose()["x-docproc-env"].items() if not str(v).startswith("${")}
+    names = {k for k in env | composed if k.startswith("DOCPROC_")}
+    fields = {f"DOCPROC_{name.upper()}" for name in Settings.model_fields}
+    assert names - fields == set()
+    assert {"DOCPROC_REDIS_URL", "DOCPROC_STORAGE_URL", "DOCPROC_WORKER_METRICS_PORT"} <= names
+    for source in (env, composed):
+        for name in fields:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in source.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings(_env_file=None)
+        assert settings.worker_metrics_port == 9808 and settings.redis_url.startswith("redis://")
+
+
+# ---------------------------------------------------------------------------
+# secrets
+# ---------------------------------------------------------------------------
+
+SECRET_PATTERNS = {
+    "AWS access key": r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    "private key": r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    "webhook secret": r"\bwhsec_[A-Za-z0-9+/=]{16,}",
+    "docproc API key": r"\bdp_[A-Za-z0-9_-]{20,}",
+    "GitHub token": r"\bgh[pousr]_[A-Za-z0-9]{30,}",
+    "Slack token": r"\bxox[abprs]-[A-Za-z0-9-]{10,}",
+}
+# Published examples, not secrets: the Standard Webhooks specification's example secret.
+PUBLISHED_EXAMPLES = {"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+
+
+def looks_fake(token: str) -> bool:
+    """A test value: says so (test, example, fake, dummy) or pads with one repeated character."""
+    return (token in PUBLISHED_EXAMPLES or re.search(r"(.)\1{5,}", token) is not None
+            or re.search(r"test|example|fake|dummy|placeholder", token, re.I) is not None)
+
+
+def test_no_real_looking_secret_in_the_repository():
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
+                            capture_output=True, text=True).stdout.split()
+    found = []
+    for name in listed:
+        path = REPO_ROOT / name
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        text = path.read_text(errors="ignore")
+        for what, pattern in SECRET_PATTERNS.items():
+            found += [f"{name}: {what} {m[:12]}..." for m in re.findall(pattern, text) if not looks_fake(m)]
+    assert found == []
+    assert looks_fake("dp_test-key-of-tenant-a-0000") and not looks_fake("dp_" + "Zx81kQp2LmN7vR4sT9wY3bC6")
+
+    # the Secrets in infra/ hold placeholders only
+    for secret in k8s_objects("Secret"):
+        for key, value in secret["stringData"].items():
+            assert value in ("{}", "CHANGE_ME") or value.endswith(":CHANGE_ME"), f"{secret['metadata']['name']}.{key}"
+    # compose takes every secret from the operator's environment, with no default
+    env = compose()["x-docproc-env"]
+    for key in ("AWS_SECRET_ACCESS_KEY", "DOCPROC_API_KEYS"):
+        assert re.fullmatch(r"\$\{\w+:\?[^}]*\}", env[key]), key
+
+
+def test_the_compose_file_is_shell_safe():
+    """Healthcheck shell strings parse (a stray quote would only show when Docker runs them)."""
+    for name, service in compose()["services"].items():
+        test = service.get("healthcheck", {}).get("test", [])
+        if test[:1] == ["CMD-SHELL"]:
+            shlex.split(test[1])
+        entry = service.get("entrypoint", [])
+        if entry[:2] == ["sh", "-c"]:
+            shlex.split(entry[2])
+
+
+# ---------------------------------------------------------------------------
+# the CPU worker's healthcheck, run for real
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.worker
+def test_the_worker_healthchecks_ping_the_node_the_worker_command_names(redis_server, redis_client, tmp_path):
+    """The compose worker command, started as written, answers the compose healthcheck and
+    the Kubernetes liveness command (its pod name being the hostname); a probe naming
+    another node fails."""
+    host = socket.gethostname()
+    env = settings_env(Settings(_env_file=None, redis_url=redis_server.url))
+    env.update(HOSTNAME=host, PATH=f"{Path(sys.executable).parent}:{env['PATH']}")  # `celery` as in the image
+    service = compose()["services"]["cpu-worker"]
+    worker = ServiceProcess([sys.executable, *service["command"][1:]], env, tmp_path / "worker.log")
+    compose_probe = service["healthcheck"]["test"][1].replace("$$", "$")
+    containers = {obj["metadata"]["name"]: c for obj, c in pod_containers()}
+    k8s_probe = containers["docproc-worker-cpu"]["livenessProbe"]["exec"]["command"]
+
+    def probe(argv: list[str], **extra: str) -> subprocess.Popen:
+        return subprocess.Popen(argv, env={**env, **extra}, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    try:
+        wait_until(lambda: f"cpu@{host} ready" in worker.log(), 60, "the worker to be ready", [worker], interval=0.2)
+        other = [a.replace("--timeout 10", "--timeout 2") for a in k8s_probe]  # no answer comes: wait less
+        assert other != k8s_probe
+        probes = [probe(["sh", "-c", compose_probe]), probe(k8s_probe, POD_NAME=host),
+                  probe(other, POD_NAME="some-other-pod")]  # at once: each is a Celery start-up
+        codes = [p.wait(60) for p in probes]
+        assert codes[:2] == [0, 0] and codes[2] != 0, (codes, worker.tail())
+    finally:
+        worker.stop()
+
+
+@pytest.mark.worker
+def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, redis_client, tmp_path):
+    """infra's Flower command, run with the env its Secret gives it: every page but
+    /healthcheck needs the credentials (Flower reads FLOWER_BASIC_AUTH itself)."""
+    (container,) = [c for _, c in pod_containers() if "flower" in c["command"]]
+    port = free_port()
+    argv = ["--address=127.0.0.1" if a.startswith("--address=") else f"--port={port}" if a.startswith("--port=")
+            else a for a in container["command"]]
+    env = settings_env(Settings(_env_file=None, redis_url=redis_server.url))
+    env.update(FLOWER_BASIC_AUTH="ops:s3cret-for-this-test", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    flower = ServiceProcess(argv, env, tmp_path / "flower.log")
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/healthcheck", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(answers, 60, "Flower to answer /healthcheck", [flower], interval=0.2)
+        for path in ("/", "/workers", "/api/workers", "/api/tasks"):
+            assert httpx.get(f"{url}{path}", timeout=10).status_code == 401, path
+            assert httpx.get(f"{url}{path}", auth=("ops", "wrong"), timeout=10).status_code == 401, path
+        assert httpx.get(f"{url}/workers", auth=("ops", "s3cret-for-this-test"), timeout=10).status_code == 200
+    finally:
+        flower.stop()
