@@ -14,9 +14,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = parser.parse_args(argv)
     if args.workers > 1:
+        import os
+        import tempfile
+
         import uvicorn
 
-        uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers)
+        from docproc import logs
+        from docproc.settings import get_settings
+
+        # /metrics sums every worker process: prometheus_client's multiprocess mode (the
+        # spawned workers import it after this is set)
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="docproc-api-metrics-"))
+        settings = get_settings()
+        uvicorn.run("api.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    log_config=logs.dict_config(settings.log_format, settings.log_level), access_log=False)
     else:
         serve(args.host, args.port)
 

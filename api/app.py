@@ -16,9 +16,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.deps import Services
+from api.middleware import RequestObservability
 from api.problems import install_problem_handlers
-from api.routes import health, jobs, schemas
-from docproc import lifecycle
+from api.routes import batches, health, jobs, schemas
+from api.routes import metrics as metrics_route
+from api.routes import webhooks as webhooks_route
+from docproc import lifecycle, logs, tracing
 from docproc.auth import KeyRing
 from docproc.jobs import JobStore, connect_redis
 from docproc.schemas import get_registry
@@ -62,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = open_services(settings or get_settings())
+        tracing.configure(services.settings)  # spans per stage when otel_enabled
         app.state.services = services
         try:
             yield
@@ -77,9 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.add_middleware(RequestObservability)  # request id, HTTP metrics, access log
     app.include_router(jobs.router)
     app.include_router(schemas.router)
     app.include_router(health.router)
+    app.include_router(batches.router)
+    app.include_router(metrics_route.router)
+    app.include_router(webhooks_route.router)
     return app
 
 
@@ -87,4 +95,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     """Run the API with uvicorn until interrupted (Ctrl-C / SIGTERM)."""
     import uvicorn
 
+    settings = settings or get_settings()
+    uvicorn_options.setdefault("log_config", logs.dict_config(settings.log_format, settings.log_level))
+    uvicorn_options.setdefault("access_log", False)  # api.middleware logs each request (with its request id)
     uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options)

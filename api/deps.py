@@ -75,6 +75,7 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey"
 
 
 def get_tenant(
+    request: Request,
     services: ServicesDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     api_key: Annotated[str | None, Security(_api_key)],
@@ -87,6 +88,7 @@ def get_tenant(
     if not key:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
     tenant = services.keyring.authenticate(key)
+    request.state.tenant = tenant  # for the access log line (api.middleware)
     check_rate(services.redis, hash_key(key), services.settings.rate_limit_per_minute)
     return tenant
 

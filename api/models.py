@@ -68,6 +68,8 @@ class JobView(JobSummary):
     started_at: datetime | None
     timings: Timings
     schema_version: str | None
+    batch_id: str | None = Field(None, description="The batch or re-process this job belongs to.")
+    reprocess_of: str | None = Field(None, description="The job whose stored input this re-process job read again.")
     model: str | None
     links: Links
 
@@ -142,6 +144,8 @@ def job_view(job: Job, pages: list[PageStatus], now: datetime) -> JobView:
             total_ms=_ms(job.created_at, end),
         ),
         schema_version=job.schema_version,
+        batch_id=job.batch_id,
+        reprocess_of=job.reprocess_of,
         model=job.model,
         links=job_links(job),
     )

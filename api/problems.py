@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from docproc import metrics
 from docproc.errors import DocprocError
 
 log = logging.getLogger("docproc.api")
@@ -102,6 +103,7 @@ def problem_response(
     for key, value in (extra or {}).items():
         if key not in RESERVED:
             body[key] = value
+    metrics.ERRORS.labels(code=code, stage="api").inc()
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -109,10 +111,13 @@ def problem_for_error(exc: DocprocError) -> JSONResponse:
     """The response for a DocprocError: its status, code, message and details.
 
     ``RateLimited``'s ``retry_after`` and ``Unauthorized`` also set the
-    ``Retry-After`` and ``WWW-Authenticate`` headers.
+    ``Retry-After`` and ``WWW-Authenticate`` headers; any 503 (Redis or storage
+    out of reach) says ``Retry-After: 5``, as the Redis handler below does.
     """
     headers: dict[str, str] = {}
     retry_after = getattr(exc, "retry_after", None)
+    if retry_after is None and exc.http_status == 503:
+        retry_after = 5
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, int(retry_after)))
     if exc.http_status == 401:
@@ -174,11 +179,15 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     instance = new_instance()
+    # Starlette answers this outside the app's middleware: the request id (api.middleware)
+    # is taken from the request's state, for the log line and the response header.
+    request_id = getattr(request.state, "request_id", None)
     log.error(
         "unhandled error on %s %s (%s)", request.method, request.url.path, instance,
-        exc_info=(type(exc), exc, exc.__traceback__),
+        exc_info=(type(exc), exc, exc.__traceback__), extra={"request_id": request_id},
     )
-    return problem_response(500, "internal_error", "internal server error", instance=instance)
+    headers = {"X-Request-Id": request_id} if request_id else None
+    return problem_response(500, "internal_error", "internal server error", instance=instance, headers=headers)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

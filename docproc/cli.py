@@ -1,11 +1,13 @@
 """``docproc``: the command line.
 
     docproc process FILE... [--task ocr|tables|extract] [--schema NAME]
-                            [--engine auto|text|internvl] [--pages 1-3,7] [--out DIR]
+                            [--engine auto|text|internvl|openai] [--pages 1-3,7] [--out DIR]
     docproc schemas
     docproc tiny-model DIR
     docproc up | api | worker | flower       (the service; see docproc/stack.py)
     docproc keys create --tenant T | revoke HASH | hash KEY
+    docproc jobs ls|show|retry|cancel, docproc queues   (operator tools; see docproc/admin.py)
+    docproc reprocess --tenant T --schema invoice@2 [--since DATE] [--dry-run] | reprocess diff ID
 
 A bad input prints its typed error on one line (``file: code: message``) and
 the command exits non-zero; tracebacks are shown only with ``--debug``.
@@ -19,6 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from docproc import admin, reprocess_cli
 from docproc.errors import DocprocError, InputError
 from docproc.settings import get_settings
 
@@ -34,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--task", choices=["ocr", "tables", "extract"], default="ocr")
     p.add_argument("--schema", help="extraction schema for --task extract (see `docproc schemas`)")
-    p.add_argument("--engine", choices=["auto", "text", "internvl"], default="auto")
+    p.add_argument("--engine", choices=["auto", "text", "internvl", "openai"], default="auto")
     p.add_argument("--pages", help='page range, e.g. "1-3,7" (default: all)')
     p.add_argument("--out", type=Path, default=Path("out"), help="directory for the JSON results")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -53,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8000)
 
-    w = sub.add_parser("worker", help="run a Celery worker (solo pool for the gpu queue, prefork otherwise)")
+    w = sub.add_parser("worker", help="run a worker (-Q gpu: the batching model worker; Celery prefork otherwise)")
     w.add_argument("--queues", "-Q", default="intake,render,bulk,webhooks,periodic")
     w.add_argument("--concurrency", "-c", type=int, default=None)
 
@@ -76,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     kr.add_argument("hash_prefix")
     kh = ksub.add_parser("hash", help="print the sha256 of a key, for DOCPROC_API_KEYS")
     kh.add_argument("key")
+
+    admin.add_parsers(sub)  # jobs ls|show|retry|cancel, queues (docproc/admin.py)
+    reprocess_cli.add_parser(sub)  # reprocess [diff] (docproc/reprocess_cli.py)
     return parser
 
 
@@ -232,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             "flower": cmd_flower,
             "up": cmd_up,
             "keys": cmd_keys,
+            "jobs": admin.cmd_jobs,
+            "queues": admin.cmd_queues,
+            "reprocess": reprocess_cli.cmd_reprocess,
         }[args.command](args)
     except DocprocError as exc:
         if args.debug:

@@ -17,18 +17,28 @@ status for the service. Never match on messages; match on codes.
     |   +-- InvalidPageRange          invalid_page_range    422
     |   +-- UnknownSchema             unknown_schema        422
     |   +-- InvalidRequest            invalid_request       422
+    |   +-- ModelNotDeployed          model_not_deployed    422   (re-process with another model)
+    |   +-- WebhookUrlRefused         webhook_url_refused   422   (SSRF guard)
+    |   +-- WebhookNotConfigured      webhook_not_configured 422  (tenant has no signing secret)
+    |   +-- ContentTooLarge           content_too_large     413   (PDF content inflates too far)
     +-- ConfigurationError            (the operator's side)
     |   +-- ModelUnavailable          model_unavailable     503
     |   +-- EngineUnavailable         engine_unavailable    503
     |   +-- InvalidSchemaFile         invalid_schema_file   500
+    |   +-- InferenceServerError      inference_server_error 502  (engine openai: an unusable answer)
+    |       +-- InferenceServerTimeout  timeout             504   (engine openai: no answer in time)
     +-- ClientError                   (the request, not the document)
     |   +-- Unauthorized              unauthorized          401
     |   +-- NotFound                  not_found             404
     |   +-- IdempotencyConflict       idempotency_conflict  409
     |   +-- ResultNotReady            result_not_ready      409   (the job or page still runs)
     |   +-- RateLimited               rate_limited          429   .retry_after (s)
+    |   +-- WebhookSignatureInvalid   webhook_signature_invalid 401 (docproc.webhooks.verify)
+    |   +-- WebhookEndpointDisabled   webhook_endpoint_disabled 409 (endpoint answered 410)
+    |   +-- JobStateConflict          job_state_conflict    409   (admin: retry a running job, cancel an ended one)
     +-- ServiceUnavailable            service_unavailable   503   (Redis down ...)
         +-- StorageError              storage_error         503   .retryable
+        +-- InferenceServerUnavailable inference_server_unavailable 503 (engine openai: down, 429/5xx after retries)
 
 Page-level outcomes that are not exceptions (a page that needs a model, a model
 output that does not parse) are reported in the page result with the codes in
@@ -117,6 +127,33 @@ class InvalidRequest(InputError):
     code = "invalid_request"
 
 
+class ModelNotDeployed(InputError):
+    """A re-process asked for a model other than the one this deployment serves."""
+
+    code = "model_not_deployed"
+
+
+class WebhookUrlRefused(InputError):
+    """A webhook URL docproc will not call: not http(s), or its host resolves to a
+    non-public address (SSRF guard, docproc.ssrf); ``details.reason`` says which check."""
+
+    code = "webhook_url_refused"
+
+
+class WebhookNotConfigured(InputError):
+    """A webhook asked for by a tenant that has no signing secret (settings.webhook_secrets)."""
+
+    code = "webhook_not_configured"
+
+
+class ContentTooLarge(InputError):
+    """A PDF whose page content streams inflate past ``max_content_bytes`` (a Flate bomb):
+    refused at intake, before any page is interpreted."""
+
+    code = "content_too_large"
+    http_status = 413
+
+
 class ConfigurationError(DocprocError):
     """The deployment is missing something (a model, a package, a file)."""
 
@@ -135,6 +172,22 @@ class EngineUnavailable(ConfigurationError):
 class InvalidSchemaFile(ConfigurationError):
     code = "invalid_schema_file"
     http_status = 500
+
+
+class InferenceServerError(ConfigurationError):
+    """The OpenAI-compatible inference server answered, but not with a usable chat
+    completion (a 4xx other than 429, a body that is not one, no choices). Retrying
+    does not help: the page fails with this code."""
+
+    code = "inference_server_error"
+    http_status = 502
+
+
+class InferenceServerTimeout(InferenceServerError):
+    """The inference server did not answer within ``openai_timeout_s`` (the page fails)."""
+
+    code = "timeout"
+    http_status = 504
 
 
 class ClientError(DocprocError):
@@ -181,6 +234,29 @@ class RateLimited(ClientError):
         self.retry_after = retry_after
 
 
+class WebhookSignatureInvalid(ClientError):
+    """A received webhook failed verification (docproc.webhooks.verify): missing headers,
+    a timestamp outside the tolerance, or no signature matching a known secret."""
+
+    code = "webhook_signature_invalid"
+    http_status = 401
+
+
+class WebhookEndpointDisabled(ClientError):
+    """A redelivery to an endpoint disabled by a 410 answer; re-enable it first."""
+
+    code = "webhook_endpoint_disabled"
+    http_status = 409
+
+
+class JobStateConflict(ClientError):
+    """An operator action the job's state does not allow (docproc.admin): retrying a job
+    that has not ended, cancelling one that already has (terminal states never change)."""
+
+    code = "job_state_conflict"
+    http_status = 409
+
+
 class ServiceUnavailable(DocprocError):
     """A backing service (Redis, storage) cannot be reached; try again later."""
 
@@ -199,6 +275,14 @@ class StorageError(ServiceUnavailable):
     def __init__(self, message: str, *, retryable: bool = True, **details: Any) -> None:
         super().__init__(message, **details)
         self.retryable = retryable
+
+
+class InferenceServerUnavailable(ServiceUnavailable):
+    """The OpenAI-compatible inference server cannot be reached, or kept answering 429/5xx
+    through every retry; transient: the page task is tried again later."""
+
+    code = "inference_server_unavailable"
+    http_status = 503
 
 
 # Codes a single page can end with while the document as a whole goes on.

@@ -17,6 +17,10 @@ Redis layout (one server with the Celery broker)::
     docproc:outbox:ended        zset   job id -> ended at (ms): entered atomically with the
                                        terminal state, left once docproc.lifecycle ran the
                                        job's after-end steps (webhook event, batch count)
+    docproc:active              zset   non-terminal job id -> last progress (ms, Redis's own
+                                       clock): set by create, start, page_started and
+                                       page_finished, removed by finish; docproc.watchdog
+                                       reads the oldest ones instead of scanning every job
 
 Every transition that can race (two deliveries of one page, a finish against a cancel) is
 one Lua script, so Redis decides it atomically. redis-py may resend a command after a
@@ -54,6 +58,7 @@ MAX_LIST_LIMIT = 1000
 MAX_LIST_SCAN = 10_000  # jobs examined per list call; past it the page ends early with a cursor
 PAGE_DUPLICATE = -1  # page_finished: this page was already recorded; do not finalise
 ENDED_OUTBOX = "docproc:outbox:ended"  # zset: job id -> ended at (ms), until its after-end steps ran
+ACTIVE_JOBS = "docproc:active"  # zset: non-terminal job id -> last progress (Redis clock, ms); docproc.watchdog
 
 _JOB_ID_LEN = 32
 _HEX = frozenset("0123456789abcdef")
@@ -126,6 +131,10 @@ class Job(BaseModel):
     schema_version: str | None = None
     model: str | None = None
     task_ids: list[str] = Field(default_factory=list)
+    batch_id: str | None = Field(None, description="The batch (or re-process) this job belongs to.")
+    reprocess_of: str | None = Field(None, description="The job whose stored input this re-process job re-reads.")
+    request_id: str | None = Field(None, description="The X-Request-Id of the request that made the job "
+                                   "(logs, task headers and webhooks carry it).")
 
 
 # Fields written after creation, each stored JSON-encoded in its own hash field.
@@ -148,39 +157,54 @@ _COUNTERS = ("pages_done", "pages_failed")
 # Lua
 # ---------------------------------------------------------------------------
 
-# KEYS: job, tenant zset[, idem]; ARGV: id, score, idem value, idem ttl, field/value pairs...
-_CREATE = """
-if #KEYS == 3 then
-  local prev = redis.call('GET', KEYS[3])
+# Prefix of the scripts that record progress: touch_active(active zset, job key, only_listed)
+# sets the job's last progress in ACTIVE_JOBS to Redis's own clock (ms), so the watchdog
+# compares times from one clock; only_listed (ZADD XX) never re-lists an ended job.
+_TOUCH_ACTIVE = """
+local function touch_active(active, job_key, only_listed)
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local id = string.sub(job_key, string.len('docproc:job:') + 1)
+  if only_listed then redis.call('ZADD', active, 'XX', ms, id) else redis.call('ZADD', active, ms, id) end
+end
+"""
+
+# KEYS: job, tenant zset, active[, idem]; ARGV: id, score, idem value, idem ttl, field/value pairs...
+_CREATE = _TOUCH_ACTIVE + """
+if #KEYS == 4 then
+  local prev = redis.call('GET', KEYS[4])
   if prev then return prev end
-  redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+  redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+touch_active(KEYS[3], KEYS[1], false)
 return false
 """
 
-# KEYS: job; ARGV: remaining, field/value pairs... -> 1 started (or already running), 0 refused, -1 missing
-_START = """
+# KEYS: job, active; ARGV: remaining, field/value pairs... -> 1 started (or already running), 0 refused, -1 missing
+_START = _TOUCH_ACTIVE + """
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s then return -1 end
 if s == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'running', 'remaining', ARGV[1], unpack(ARGV, 2))
+  touch_active(KEYS[2], KEYS[1], false)
   return 1
 end
 if s == 'running' then return 1 end
 return 0
 """
 
-# KEYS: job, pages; ARGV: page -> attempts, or -1 when the job is missing
-_PAGE_STARTED = """
+# KEYS: job, pages, active; ARGV: page -> attempts, or -1 when the job is missing
+_PAGE_STARTED = _TOUCH_ACTIVE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+touch_active(KEYS[3], KEYS[1], true)
 return redis.call('HINCRBY', KEYS[2], 'attempts:' .. ARGV[1], 1)
 """
 
-# KEYS: job, pages; ARGV: page, status JSON, page state, token
+# KEYS: job, pages, active; ARGV: page, status JSON, page state, token
 # -> remaining after this record; -1 duplicate; -2 job missing; -3 page not selected
-_PAGE_FINISHED = """
+_PAGE_FINISHED = _TOUCH_ACTIVE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local seen = redis.call('HGET', KEYS[2], 'seen:' .. ARGV[1])
 if seen then
@@ -204,12 +228,14 @@ else
 end
 local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
 redis.call('HSET', KEYS[2], 'seen:' .. ARGV[1], ARGV[4] .. ' ' .. remaining)
+touch_active(KEYS[3], KEYS[1], true)
 return remaining
 """
 
-# KEYS: job, ended outbox; ARGV: state, token, now ms, job id, field/value pairs...
+# KEYS: job, ended outbox, active; ARGV: state, token, now ms, job id, field/value pairs...
 # -> 1 finished, 0 already terminal, -1 missing. The job enters the outbox in the same
-# step, so its after-end steps (docproc.lifecycle) cannot be lost with the finisher.
+# step, so its after-end steps (docproc.lifecycle) cannot be lost with the finisher; it
+# leaves the active-jobs index (the watchdog's) in the same step too.
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s then return -1 end
@@ -219,7 +245,20 @@ if s == 'succeeded' or s == 'partial' or s == 'failed' or s == 'canceled' then
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finish_token', ARGV[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[4])
 return 1
+"""
+
+# KEYS: active; ARGV: first, last index, job key prefix -> {ids seen, queued, running}.
+# Reads the job hashes of a slice of the active-jobs index (their keys derive from it).
+_COUNT_ACTIVE = """
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
+local queued, running = 0, 0
+for _, id in ipairs(ids) do
+  local s = redis.call('HGET', ARGV[3] .. id, 'state')
+  if s == 'queued' then queued = queued + 1 elseif s == 'running' then running = running + 1 end
+end
+return {#ids, queued, running}
 """
 
 # KEYS: job; ARGV: task ids... -> 1 added, 0 missing. Appends the ids not yet listed to
@@ -355,6 +394,11 @@ class JobStore:
         self._finish = redis_client.register_script(_FINISH)
         self._add_task_ids = redis_client.register_script(_ADD_TASK_IDS)
 
+    @property
+    def redis(self) -> redis.Redis:
+        """The Redis client (the page leases, docproc.leases, live beside the jobs)."""
+        return self._r
+
     # --- keys --------------------------------------------------------------
     @staticmethod
     def _job_key(job_id: str) -> str:
@@ -386,6 +430,9 @@ class JobStore:
         idempotency_key: str | None,
         fingerprint: str,
         media_type: str | None = None,
+        batch_id: str | None = None,
+        reprocess_of: str | None = None,
+        request_id: str | None = None,
     ) -> tuple[Job, bool]:
         """A new queued job, or (same Idempotency-Key and fingerprint) the job made before.
 
@@ -412,8 +459,11 @@ class JobStore:
             size_bytes=size_bytes,
             media_type=media_type,
             created_at=now,
+            batch_id=batch_id,
+            reprocess_of=reprocess_of,
+            request_id=request_id,
         )
-        keys = [self._job_key(job.id), self._tenant_key(tenant)]
+        keys = [self._job_key(job.id), self._tenant_key(tenant), ACTIVE_JOBS]
         idem_value = ""
         if idempotency_key is not None:
             keys.append(self._idem_key(tenant, idempotency_key))
@@ -439,7 +489,7 @@ class JobStore:
             try:
                 return self.load(record["job_id"]), False
             except NotFound:  # the key outlived its job: forget it and create anew
-                self._r.delete(keys[2])
+                self._r.delete(keys[3])
         raise ServiceUnavailable("could not create the job (idempotency key contended)")
 
     @_service_errors
@@ -541,7 +591,7 @@ class JobStore:
         """queued -> running with its selected pages. True also when already running (a
         redelivered intake: nothing is reset); False when canceled or otherwise terminal."""
         fields = {"started_at": _now(), "page_count": page_count, "pages": list(pages), "media_type": media_type}
-        result = self._start(keys=[self._job_key(job_id)], args=[len(pages), *_pairs(fields)])
+        result = self._start(keys=[self._job_key(job_id), ACTIVE_JOBS], args=[len(pages), *_pairs(fields)])
         if result == -1:
             raise NotFound(f"no job {job_id!r}")
         return result == 1
@@ -549,7 +599,9 @@ class JobStore:
     @_service_errors
     def page_started(self, job_id: str, page: int) -> int:
         """Count one more delivery of the page; returns its attempts so far (poison guard)."""
-        result = self._page_started(keys=[self._job_key(job_id), self._pages_key(job_id)], args=[int(page)])
+        result = self._page_started(
+            keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS], args=[int(page)]
+        )
         if result == -1:
             raise NotFound(f"no job {job_id!r}")
         return int(result)
@@ -564,7 +616,7 @@ class JobStore:
         token = uuid.uuid4().hex
         result = int(
             self._page_finished(
-                keys=[self._job_key(job_id), self._pages_key(job_id)],
+                keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS],
                 args=[int(status.page), status.model_dump_json(), status.state, token],
             )
         )
@@ -627,7 +679,7 @@ class JobStore:
     def _finish_script(self, job_id: str, state: str, fields: dict[str, Any]) -> int:
         now = _now()
         return self._finish(
-            keys=[self._job_key(job_id), ENDED_OUTBOX],
+            keys=[self._job_key(job_id), ENDED_OUTBOX, ACTIVE_JOBS],
             args=[state, uuid.uuid4().hex, _ms(now), job_id, *_pairs({"finished_at": now, **fields})],
         )
 
@@ -652,6 +704,21 @@ class JobStore:
     def ended_handled(self, job_id: str) -> None:
         """The job's after-end steps all ran: it leaves the outbox."""
         self._r.zrem(ENDED_OUTBOX, job_id)
+
+    def count_active(self, chunk: int = 5000) -> dict[str, int]:
+        """Jobs not yet ended, by state (``{"queued": n, "running": m}``), from the
+        active-jobs index (the API's /metrics). Counted inside Redis, ``chunk`` jobs per
+        script call, so Redis is never held long; a job moving meanwhile may be missed."""
+        script = self._r.register_script(_COUNT_ACTIVE)
+        counts = {"queued": 0, "running": 0}
+        start = 0
+        while True:
+            seen, queued, running = script(keys=[ACTIVE_JOBS], args=[start, start + chunk - 1, "docproc:job:"])
+            counts["queued"] += int(queued)
+            counts["running"] += int(running)
+            if int(seen) < chunk:
+                return counts
+            start += chunk
 
     @_service_errors
     def add_task_ids(self, job_id: str, ids: list[str]) -> None:

@@ -53,7 +53,9 @@ AfterEndStep = Callable[[Job, Context], None]
 
 def _steps() -> tuple[AfterEndStep, ...]:
     """Every after-end step, in order (imported here, so this module stays small)."""
-    return ()
+    from docproc import batches, webhooks
+
+    return (webhooks.job_event_step, batches.count_ended_job)
 
 
 def job_ended(job_id: str, ctx: Context) -> bool:

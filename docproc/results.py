@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 Task = Literal["ocr", "tables", "extract"]
-EngineName = Literal["auto", "text", "internvl"]
+EngineName = Literal["auto", "text", "internvl", "openai"]
 
 
 class ErrorInfo(BaseModel):

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -120,16 +120,150 @@ class Settings(BaseSettings):
     )
 
     # --- webhooks (docproc/webhooks.py, workers/webhook_tasks.py) ----------------
+    webhook_secrets: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="tenant -> its webhook signing secrets (whsec_ + base64), newest first; during a rotation "
+        'two, and every request carries both signatures. JSON in the env, e.g. DOCPROC_WEBHOOK_SECRETS='
+        '\'{"acme": ["whsec_..."]}\'. A tenant without one cannot ask for webhooks (webhook_not_configured).',
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook delivery attempt.")
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
+        min_length=1,
+        description="Delay before each delivery attempt, from the previous one (the first is normally 0); "
+        "after the last attempt fails the event is dead-lettered.",
+    )
+    webhook_retry_jitter: float = Field(
+        0.1, ge=0, le=1, description="Each retry delay is multiplied by a random factor in [1-j, 1+j]."
+    )
+    webhook_retry_after_max_s: float = Field(
+        86400.0, ge=0, description="A receiver's Retry-After is honoured up to this many seconds."
+    )
+    webhook_countdown_max_s: float = Field(
+        60.0, ge=0, description="Retries due within this many seconds are sent as Celery countdowns; later "
+        "ones wait in Redis for the periodic webhooks_due tick (keeps ETAs far below the visibility timeout).",
+    )
+    webhook_lease_s: float = Field(
+        120.0, gt=0, description="A delivery enqueued but not recorded within this long (its worker died) is "
+        "enqueued again by the periodic tick.",
+    )
+    webhook_response_max_bytes: int = Field(
+        1024, ge=0, description="How much of a receiver's response body is kept in the delivery log."
+    )
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="SSRF allow-list for tests and private deployments: host names or CIDRs (127.0.0.1/32) "
+        "webhooks may reach although they are not public. JSON in the env.",
+    )
 
     # --- batches and re-processing (docproc/batches.py, docproc/reprocess.py) ----
+    batch_max_files: int = Field(
+        1000, ge=1, description="Most documents one multipart POST /v1/batches may carry."
+    )
+    batch_json_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest JSON body of POST /v1/batches (a list of source_uris)."
+    )
+    batch_chunk_size: int = Field(
+        200, ge=1, description="Documents the expand task lists, creates and enqueues per step (memory is flat in it)."
+    )
+    batch_expand_threads: int = Field(
+        8, ge=1, description="Documents the expand task reads, checks and stores at once (S3 round trips overlap)."
+    )
+    batch_expand_slice_s: float = Field(
+        300.0, gt=0, description="An expand task hands the rest of a long listing to a fresh task after this long "
+        "(stays well inside the task time limits; the cursor is kept in Redis).",
+    )
 
     # --- observability (docproc/metrics.py, docproc/logs.py, docproc/tracing.py) --
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Service logs (API, workers): JSON lines or plain text; secrets are redacted in both."
+    )
+    log_level: str = Field("INFO", description="Log level of the API process (workers take --loglevel).")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="A worker's main process serves its Prometheus metrics (all pool children "
+        "summed) on this port at /metrics; 0: off. One port per worker on a host.",
+    )
+    worker_metrics_host: str = Field("0.0.0.0", description="Interface of the worker metrics endpoint.")
+    otel_enabled: bool = Field(
+        False, description="OpenTelemetry spans per stage (needs the otel extra); off by default."
+    )
+    otel_service_name: str = Field("docproc", description="service.name of the spans.")
 
     # --- model worker: cross-job batching, memory guard, page leases -------------
+    model_worker_prefetch: int = Field(
+        16, ge=1, description="Page messages the model worker holds at once (from many jobs) and batches "
+        "together; batch_size and the tile budget then cut them into generate calls.",
+    )
+    model_worker_batch_window_s: float = Field(
+        0.05, ge=0, description="After the first page message, wait this long for more before running a batch.",
+    )
+    gpu_memory_guard: bool = Field(
+        True, description="On CUDA, cap each batch's tiles by the GPU's free memory (torch.cuda.mem_get_info) "
+        "/ the per-tile cost; batch_tile_budget stays the upper bound. The CPU uses batch_tile_budget.",
+    )
+    gpu_memory_fraction: float = Field(
+        0.8, gt=0, le=1, description="Share of the free GPU memory a batch may plan to use.",
+    )
+    gpu_tile_cost_bytes: int = Field(
+        0, ge=0, description="GPU memory one tile of a batch costs (vision activations, its image tokens' KV "
+        "cache and prefill activations); 0: estimated from the model config and dtype.",
+    )
+    model_page_attempts: int = Field(
+        2, ge=1, description="Tries of one page alone after its batch failed and was split down to it; "
+        "then the page fails with inference_error (its batch-mates are unaffected).",
+    )
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="Page lease lifetime; the owner renews it every ttl/3 while the page runs, so "
+        "a dead owner's page is taken over by a later delivery within one ttl.",
+    )
 
     # --- OpenAI-compatible engine (workers/engines/openai.py) --------------------
+    openai_base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server (vLLM, LMDeploy api_server), e.g. "
+        "http://gpu-host:8000/v1; required by engine 'openai'.",
+    )
+    openai_api_key: SecretStr | None = Field(
+        None, description="Bearer token for that server (vLLM --api-key); never logged."
+    )
+    openai_model: str | None = Field(
+        None, description="The model name the server serves (its --served-model-name); None: DOCPROC_MODEL."
+    )
+    openai_timeout_s: float = Field(120.0, gt=0, description="Most seconds to wait for one chat completion.")
+    openai_connect_timeout_s: float = Field(5.0, gt=0, description="Most seconds to open a connection.")
+    openai_max_concurrency: int = Field(
+        4, ge=1, description="Most requests one worker process has in flight at once."
+    )
+    openai_max_retries: int = Field(
+        4, ge=0, description="Retries of a request answered 429/5xx or whose connection failed."
+    )
+    openai_backoff_s: float = Field(
+        0.5, ge=0, description="First retry delay; doubles per retry, with jitter (Retry-After wins)."
+    )
+    openai_backoff_max_s: float = Field(
+        30.0, ge=0, description="Longest retry delay; a Retry-After longer than this gives up at once."
+    )
+    openai_image_format: Literal["png", "jpeg"] = Field("png", description="How page images are sent.")
+    openai_image_max_pixels: int = Field(
+        2_500_000, ge=10_000, description="Pages are downscaled to at most this many pixels before sending "
+        "(InternVL sees at most 12 tiles of 448 px = 2.4 Mpx).",
+    )
 
     # --- reliability (docproc/watchdog.py) ---------------------------------------
+    watchdog_stall_s: float = Field(
+        10800.0, gt=0, description="A running job with no progress (a page started or recorded) for this long "
+        "fails with code timeout and its tasks are revoked. Keep it above visibility_timeout_s + "
+        "task_time_limit_s, the longest a lost page takes to come back by itself.",
+    )
+    watchdog_queued_s: float = Field(
+        86400.0, gt=0, description="A job still queued (its intake never ran) this long after it was created "
+        "fails with code timeout; high, so a backed-up queue is not mistaken for a lost job.",
+    )
+    watchdog_batch: int = Field(500, ge=1, description="Most stalled jobs one watchdog tick ends.")
+    max_content_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Most bytes a PDF's page content streams may inflate to, summed "
+        "over its pages (a shared stream counts per page); more is content_too_large (a Flate bomb).",
+    )
 
     @field_validator("api_keys")
     @classmethod

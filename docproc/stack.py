@@ -6,7 +6,7 @@ Starts, as child processes sharing one environment:
     api            the REST API (uvicorn)                       http://127.0.0.1:<port>
     cpu worker     Celery prefork on the intake, render, bulk, webhooks and periodic queues
     scheduler      celery beat: sends the housekeeping ticks (workers.periodic)
-    model worker   Celery solo pool on the gpu queue (loads the model once)
+    model worker   the gpu queue: loads the model once, batches pages across jobs (workers.model_worker)
     flower         Celery monitoring, basic auth                http://127.0.0.1:<flower port>
 
 Results go to local disk (<var>/storage) unless DOCPROC_STORAGE_URL names an S3
@@ -92,7 +92,7 @@ class Stack:
         """Block until Redis or the API exits (or we are interrupted).
 
         Workers and Flower are restarted when they exit, with a backoff doubling up
-        to a minute: a solo model worker deliberately exits after an inference
+        to a minute: the model worker deliberately exits after an inference
         timeout, and one that cannot load its model exits at start (its log says why).
         """
         delays: dict[str, float] = {}

@@ -3,6 +3,8 @@
 The API's ``POST /v1/jobs`` is a thin wrapper around :func:`submit_job`; the CLI and
 bulk re-processing call it too. Order of work, so a bad request costs nothing:
 
+0. a ``webhook_url`` passes the SSRF guard and the tenant has a signing secret
+   (:func:`docproc.webhooks.check_webhook`: ``webhook_url_refused``, ``webhook_not_configured``);
 1. the request (task, engine, schema) is checked (:func:`workers.pipeline.resolve_request`);
 2. the document is opened the way the worker will open it
    (:func:`workers.intake.open_document`): the typed 4xx (``unsupported_type``,
@@ -27,10 +29,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from docproc import logs, metrics
 from docproc.errors import FileTooLarge, InvalidRequest, ServiceUnavailable, StorageError
 from docproc.jobs import Job, JobRequest, JobStore
 from docproc.results import ErrorInfo
 from docproc.settings import Settings
+from docproc.webhooks import check_webhook
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -106,6 +110,7 @@ def submit_job(
     A job whose intake cannot be enqueued (broker down) is marked failed with
     ``service_unavailable`` and the error re-raised, so it never sits queued forever.
     """
+    check_webhook(request.webhook_url, tenant, settings)  # SSRF guard + signing secret: 422 now, not at the end
     checked = check_input(data, request, filename=filename, settings=settings)
     key = storage.put_input(data)
     job, created = store.create(
@@ -118,14 +123,19 @@ def submit_job(
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint(checked.sha256, request),
         media_type=checked.media_type,
+        request_id=logs.request_id(),  # the API request's (api.middleware), for logs and webhooks
     )
     if created:
+        metrics.JOBS_SUBMITTED.labels(task=request.task, schema=metrics.schema_label(request.schema_),
+                                      priority=request.priority).inc()
+        log.info("job %s: submitted", job.id, extra={"job_id": job.id, "tenant": tenant})
         try:
             enqueue_intake(celery, store, job)
         except Exception as exc:
             log.error("job %s: enqueue failed: %s", job.id, type(exc).__name__)
             message = "the job could not be queued (broker unreachable); submit it again with a new Idempotency-Key"
-            store.finish(job.id, "failed", error=ErrorInfo(code="service_unavailable", message=message))
+            if store.finish(job.id, "failed", error=ErrorInfo(code="service_unavailable", message=message)):
+                metrics.count_job_finished(job, "failed")
             raise ServiceUnavailable(message, job_id=job.id) from exc
         job = store.load(job.id)
     return Submitted(job=job, created=created)

@@ -10,6 +10,7 @@ the error codes, and honest reporting of unparseable output.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 import logging
 
@@ -346,7 +347,10 @@ def test_multi_image_request_generates(tiny_engine, pages):
     prompt = tiny_engine.prompt_text(request)
     assert "Image-1: <img>" in prompt and "Image-3: <img>" in prompt
     [out] = tiny_engine.generate_outputs([request], retry_degenerate=False)
-    assert out.error is None and len(out.token_ids) == 20 and out.text.startswith('{"invoice_number"')
+    assert out.error is None and out.text.startswith('{"invoice_number"')
+    # A cap below the schema's closing reserve is raised to it: the JSON always completes.
+    assert len(out.token_ids) > 20
+    request.schema.validator.validate(json.loads(out.text))
 
 
 def test_chat_template_from_processor_file_is_used(tmp_path, tiny_model_dir):

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from docproc.errors import IdempotencyConflict, InvalidRequest, NotFound, ServiceUnavailable
 from docproc.jobs import (
+    ACTIVE_JOBS,
     ENDED_OUTBOX,
     PAGE_DUPLICATE,
     TERMINAL,
@@ -291,12 +292,12 @@ def test_a_resent_script_call_gets_its_own_first_answer(store):
     """redis-py resends a command after a dropped connection; the same call (same token) must
     get its own answer again, not be taken for a duplicate and leave the job unfinalised."""
     job = started(store, pages=(1,))
-    keys = [f"docproc:job:{job.id}", f"docproc:job:{job.id}:pages"]
+    keys = [f"docproc:job:{job.id}", f"docproc:job:{job.id}:pages", ACTIVE_JOBS]
     args = [1, page(1).model_dump_json(), "succeeded", "token-a"]
     assert store._page_finished(keys=keys, args=args) == 0
     assert store._page_finished(keys=keys, args=args) == 0  # the resend
     assert store._page_finished(keys=keys, args=[*args[:3], "token-b"]) == PAGE_DUPLICATE  # a redelivery
-    finish_keys = [keys[0], ENDED_OUTBOX]
+    finish_keys = [keys[0], ENDED_OUTBOX, ACTIVE_JOBS]
     finish_args = ["succeeded", "finish-token", int(time.time() * 1000), job.id]
     assert store._finish(keys=finish_keys, args=finish_args) == 1
     assert store._finish(keys=finish_keys, args=finish_args) == 1  # the resend

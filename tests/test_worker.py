@@ -119,6 +119,7 @@ def test_workers_killed_mid_page_still_finish_the_job_exactly_once(worker_settin
     env = settings_env(
         worker_settings,
         visibility_timeout_s=visibility,
+        lease_ttl_s=2,  # a dead owner's page lease expires soon, and its page is taken over
         # genuinely slow pages: long generations that nothing stops early
         max_new_tokens_ocr=150, max_new_tokens_per_tile=150, repetition_guard_span=0,
     )  # fmt: skip

@@ -29,6 +29,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from docproc.settings import Settings, get_settings
+from workers import observability  # noqa: F401 - connects the publish hook (timestamps, request ids)
 
 INTAKE_QUEUE = "intake"
 RENDER_QUEUE = "render"
@@ -47,7 +48,8 @@ WATCHDOG_TASK = "docproc.periodic.watchdog"
 PERIODIC_TASKS: tuple[str, ...] = (SWEEP_ENDED_TASK, WEBHOOKS_DUE_TASK, WATCHDOG_TASK)
 
 # Modules whose tasks a worker registers (each imports its engines and stores lazily).
-TASK_MODULES: tuple[str, ...] = ("workers.tasks", "workers.periodic")
+TASK_MODULES: tuple[str, ...] = ("workers.tasks", "workers.periodic", "workers.batch_tasks",
+                                  "workers.webhook_tasks")
 
 MODEL_LOAD_TIMEOUT_S = 900.0
 """How long a prefork child may spend in ``worker_process_init`` (loading the model
@@ -120,6 +122,7 @@ def configure(app: Celery, settings: Settings) -> Celery:
             PAGE_TASK: {"queue": RENDER_QUEUE},  # gpu/bulk pages: queue given at send time
             "docproc.webhook*": {"queue": WEBHOOKS_QUEUE},
             "docproc.periodic.*": {"queue": PERIODIC_QUEUE},
+            "docproc.batch.*": {"queue": BULK_QUEUE},  # expanding batch listings (workers.batch_tasks)
         },
         beat_schedule=beat_schedule(settings),
         # --- misc ----------------------------------------------------------------------

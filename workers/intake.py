@@ -12,6 +12,8 @@ this order, and raises the matching :class:`~docproc.errors.InputError`:
                                               recovers no page: CorruptDocument)
 7. more than ``max_pages`` pages           -> TooManyPages
 8. an image declares more than ``max_image_pixels`` -> ImageTooLarge (before decoding)
+9. a PDF's page content streams inflate past ``max_content_bytes`` -> ContentTooLarge
+   (a Flate bomb: counted by inflating each stream once, in chunks, up to the limit)
 
 Decisions:
 
@@ -39,6 +41,8 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
+import re
+import zlib
 import io
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,6 +51,7 @@ import pymupdf
 from PIL import Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
 
 from docproc.errors import (
+    ContentTooLarge,
     CorruptDocument,
     DocprocError,
     EmptyDocument,
@@ -244,6 +249,7 @@ def _open_pdf(data: bytes, settings: Settings) -> pymupdf.Document:
         if count == 0 and doc.is_repaired:
             raise CorruptDocument("the PDF is damaged and no page could be recovered")
         _check_page_count(count, settings)
+        _check_content_size(doc, count, settings.max_content_bytes)
         if doc.is_repaired:
             for index in range(count):
                 try:
@@ -256,6 +262,58 @@ def _open_pdf(data: bytes, settings: Settings) -> pymupdf.Document:
     except BaseException:
         doc.close()
         raise
+
+
+_XREF_RE = re.compile(rb"(\d+)\s+\d+\s+R")
+_INFLATE_CHUNK = 1 << 20
+
+
+def _inflated_size(raw: bytes, limit: int) -> int:
+    """What Flate data ``raw`` inflates to, counted in 1 MiB chunks and only up to just past
+    ``limit`` (the output is never held); damaged data counts as far as it inflates."""
+    inflater = zlib.decompressobj()
+    total = 0
+    try:
+        while raw and total <= limit:
+            total += len(inflater.decompress(raw, _INFLATE_CHUNK))
+            raw = inflater.unconsumed_tail
+        if total <= limit:
+            total += len(inflater.flush())
+    except zlib.error:
+        pass
+    return total
+
+
+def _check_content_size(doc: pymupdf.Document, count: int, limit: int) -> None:
+    """ContentTooLarge when the pages' content streams inflate to more than ``limit`` bytes
+    in all. MuPDF interprets a page's content each time the page is read (text layer at
+    intake, render, text engine), so a stream shared by many pages counts once per page;
+    each distinct stream is inflated once. Streams with other filters count raw."""
+    sizes: dict[int, int] = {}
+    total = 0
+    for index in range(count):
+        try:
+            kind, value = doc.xref_get_key(doc.page_xref(index), "Contents")
+        except Exception:  # noqa: BLE001 - a damaged page tree: the repair checks report it
+            continue
+        if kind not in ("xref", "array"):
+            continue
+        for match in _XREF_RE.finditer(value.encode()):
+            xref = int(match.group(1))
+            if xref not in sizes:
+                try:
+                    raw = doc.xref_stream_raw(xref) or b""
+                    flate = doc.xref_get_key(xref, "Filter")[1] in ("/FlateDecode", "[/FlateDecode]", "/Fl", "[/Fl]")
+                except Exception:  # noqa: BLE001 - not a stream: nothing to inflate
+                    raw, flate = b"", False
+                sizes[xref] = _inflated_size(raw, limit - total) if flate else len(raw)
+            total += sizes[xref]
+            if total > limit:
+                raise ContentTooLarge(
+                    f"the PDF's page content inflates to more than {limit} bytes (page {index + 1}); "
+                    "it looks like a decompression bomb",
+                    limit=limit, page=index + 1,
+                )
 
 
 def read_image_header(data: bytes, media_type: MediaType) -> Image.Image:

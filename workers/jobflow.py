@@ -10,6 +10,10 @@ killed worker's message comes back), so every step is idempotent:
   0 pages remaining finalises. A duplicate that finds every page recorded and
   the job still running (the finaliser died) finalises again, which finds
   ``document.json`` stored, if it was, and only completes the job's state;
+* a delivery runs its page only while it holds the page's lease
+  (:mod:`docproc.leases`, renewed while the page runs, released once it is
+  recorded): a second delivery of a running page (past the visibility timeout)
+  raises ``LeaseHeld`` and is kept for later instead of running it again;
 * every start of a page counts an attempt; a page delivered more than
   ``settings.max_attempts`` times (retries after transient faults aside) fails
   with ``too_many_attempts`` instead of crashing workers forever.
@@ -25,17 +29,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from docproc import metrics, tracing
 from docproc.errors import DocprocError, NotFound, ServiceUnavailable, StorageError
 from docproc.jobs import PAGE_DUPLICATE, TERMINAL, Job, JobStore, PageStatus
+from docproc.leases import Lease, PageLeases
 from docproc.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
+from docproc.schemas import ExtractionSchema
 from docproc.settings import Settings
 from docproc.storage import Storage, document_result_key, page_result_key
 from workers.celery_app import page_queue
 from workers.engines.text import TEXT_TASKS
 from workers.intake import OpenedDocument, open_document
+from workers.pages import RenderedPage
 from workers.pipeline import Engines, assemble_document, page_stage_totals, render_or_fail, resolve_request, route
 from workers.render import extract_text_layer, is_usable_text, parse_page_range
 
@@ -80,9 +89,25 @@ def end_job(job_id: str, state: str, *, store: JobStore, on_ended: OnEnded | Non
     it, the job's after-end steps. False when the job was terminal already."""
     if not store.finish(job_id, state, **fields):
         return False
+    _count_finished(store, job_id, state, fields.get("error"))
     if on_ended is not None:
         on_ended(job_id)
     return True
+
+
+def _count_finished(store: JobStore, job_id: str, state: str, error: ErrorInfo | None) -> None:
+    """Metrics and the log line of a job this process just ended (finish said True: once)."""
+    try:
+        job = store.load(job_id)
+        metrics.count_job_finished(job, state)
+        if error is not None:
+            metrics.ERRORS.labels(code=error.code, stage="job").inc()
+        took = _ms_between(job.created_at, job.finished_at)
+        logger.info("job %s: ended %s", job_id, state,
+                    extra={"job_id": job_id, "tenant": job.tenant, "stage": "job",
+                           "duration_ms": round(took, 3) if took is not None else None})
+    except Exception:  # noqa: BLE001 - observability never fails the job flow
+        logger.warning("job %s: finish not counted in metrics", job_id, exc_info=True)
 
 
 # ------------------------------------------------------------------ intake
@@ -109,6 +134,7 @@ def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, set
     return "text" if is_usable_text(text, settings.min_text_chars) else "internvl"
 
 
+@tracing.staged("intake")
 def run_intake(
     job_id: str, *, settings: Settings, store: JobStore, storage: Storage, enqueue: Enqueue,
     on_ended: OnEnded | None = None,
@@ -211,36 +237,70 @@ def failed_page(page: int, code: str, message: str, engine: str = "worker") -> P
     return PageResult(page=page, status="failed", engine=engine, error=ErrorInfo(code=code, message=message))
 
 
-def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, engines: Engines) -> PageResult:
-    """Render page ``page`` of the job's stored input and run the engine it routes to.
+@dataclass
+class ModelPage:
+    """A rendered page that still needs the model, with its job's task and schema."""
 
-    Page-level failures (render, model output, a typed error, the inference
-    timeout) come back as a failed PageResult; transient faults raise.
+    rendered: RenderedPage
+    task: str
+    schema: ExtractionSchema | None
+
+
+def prepare_page(job: Job, page: int, *, settings: Settings, storage: Storage,
+                 engines: Engines) -> PageResult | ModelPage:
+    """Render page ``page`` of the job's stored input and route it: a PageResult when it is
+    done without the model (text engine, render failure, a typed error), else a ModelPage.
+
+    Transient faults raise (the caller retries).
     """
     request = job.request
     try:
         schema = resolve_request(request.task, request.schema_, request.engine, settings)
         data = read_input(storage, job.input_key)
         with open_document(data, filename=job.filename, settings=settings) as doc:
-            rendered = render_or_fail(doc, page, settings)
+            with tracing.span("render", page=page):
+                rendered = render_or_fail(doc, page, settings)
             if isinstance(rendered, PageResult):
                 return rendered
-            if route(rendered, request.task, request.engine) == "text":
+            if route(rendered, request.task, request.engine) != "text":
+                return ModelPage(rendered, request.task, schema)
+            with tracing.span("infer", engine="text", page=page):
                 result = engines.text.process(doc, [rendered], request.task)[0]
-            else:
-                model = engines.internvl  # loads once per process, outside the timeout
-                try:
-                    result = call_with_timeout(
-                        lambda: model.process([rendered], request.task, schema)[0], settings.inference_timeout_s
-                    )
-                except InferenceTimeout as exc:
-                    result = failed_page(page, TIMEOUT, str(exc), engine="internvl")
             result.timings_ms = {**rendered.timings_ms, **result.timings_ms}
             return result
     except DocprocError as exc:
         if is_transient(exc):
             raise
         return failed_page(page, exc.code, exc.message)
+
+
+def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, engines: Engines) -> PageResult:
+    """Render page ``page`` of the job's stored input and run the engine it routes to.
+
+    Page-level failures (render, model output, a typed error, the inference
+    timeout) come back as a failed PageResult; transient faults raise.
+    """
+    prepared = prepare_page(job, page, settings=settings, storage=storage, engines=engines)
+    if isinstance(prepared, PageResult):
+        return prepared
+    try:
+        name = route(prepared.rendered, prepared.task, job.request.engine)  # internvl or openai
+        model = engines.model(name)  # loads once per process, outside the timeout
+        with tracing.span("engine", engine=name, page=page):
+            try:
+                result = call_with_timeout(
+                    lambda: model.process([prepared.rendered], prepared.task, prepared.schema)[0],
+                    settings.inference_timeout_s,
+                )
+            except InferenceTimeout as exc:
+                result = failed_page(page, TIMEOUT, str(exc), engine=name)
+            tracing.stage_spans(result.timings_ms, page=page)  # tile, infer, postprocess inside the call
+    except DocprocError as exc:
+        if is_transient(exc):
+            raise
+        return failed_page(page, exc.code, exc.message)
+    result.timings_ms = {**prepared.rendered.timings_ms, **result.timings_ms}
+    return result
 
 
 def _get_or_none(storage: Storage, key: str) -> bytes | None:
@@ -279,7 +339,8 @@ def record_page(
     Returns the result that is stored (another delivery's, when it got there first).
     """
     data = result.model_dump_json().encode()
-    stored = _write_once(storage, page_result_key(job_id, result.page), data)
+    with tracing.stage("store", page=result.page):
+        stored = _write_once(storage, page_result_key(job_id, result.page), data)
     if stored is not None:
         result, data = PageResult.model_validate_json(stored), stored
     status = PageStatus(
@@ -291,6 +352,8 @@ def record_page(
         attempts=attempts,
     )
     remaining = store.page_finished(job_id, status)
+    if remaining != PAGE_DUPLICATE:  # counted once per page, not per delivery
+        _count_page(job_id, result)
     if remaining == 0 or (remaining == PAGE_DUPLICATE and _every_page_recorded(store, job_id)):
         # A duplicate finalises too when every page is in but the job is still running:
         # the delivery that recorded the last page died before finishing the job.
@@ -299,9 +362,88 @@ def record_page(
     return result
 
 
+def _count_page(job_id: str, result: PageResult) -> None:
+    """Metrics and the log line of a page recorded for the first time."""
+    try:
+        metrics.PAGES_PROCESSED.labels(engine=result.engine or "unknown", status=result.status).inc()
+        metrics.observe_stages(result.timings_ms)
+        if result.error is not None:
+            metrics.ERRORS.labels(code=result.error.code, stage="page").inc()
+    except Exception:  # noqa: BLE001 - observability never fails the job flow
+        logger.warning("page %s/%d: not counted in metrics", job_id, result.page, exc_info=True)
+    logger.info("page %s/%d: %s (%s)", job_id, result.page, result.status, result.engine,
+                extra={"job_id": job_id, "page": result.page, "stage": "page",
+                       "duration_ms": result.timings_ms.get("page")})
+
+
 def _every_page_recorded(store: JobStore, job_id: str) -> bool:
     job = store.load(job_id)
     return job.state not in TERMINAL and job.pages_done + job.pages_failed >= len(job.pages)
+
+
+@dataclass
+class PageStart:
+    """A delivery that runs its page: the job, the page's attempt count, the held lease."""
+
+    job: Job
+    page: int
+    attempts: int
+    lease: Lease
+
+
+def begin_page(
+    job_id: str, page: int, *, settings: Settings, store: JobStore, storage: Storage, leases: PageLeases,
+    retries: int = 0, on_ended: OnEnded | None = None,
+) -> PageStart | PageResult | None:
+    """The checks before a delivery runs its page; whoever gets a PageStart runs the page,
+    records it and releases ``lease``.
+
+    None: the job was canceled or has ended (a stale delivery). A PageResult: the page
+    needed no run (its result was stored already and is recorded again, or the page
+    was delivered more than ``max_attempts`` times and is recorded failed). Raises
+    :class:`~docproc.leases.LeaseHeld` when a live owner is running the page (a
+    delivery past the visibility timeout): the caller keeps the message for later.
+
+    ``retries`` is how many times the task was retried after a transient fault
+    (Celery's ``request.retries``): those starts are bounded by the task's
+    ``max_retries`` and do not count towards the poison guard, whose
+    ``max_attempts`` is for deliveries lost with their worker.
+    """
+    job = store.load(job_id)
+    if job.state in TERMINAL:
+        logger.info("page %s/%d: job is %s; skipped", job_id, page, job.state)
+        return None
+    stored = _stored_page(storage, job_id, page)
+    if stored is not None:  # redelivered after the result was written: just (re)count it
+        logger.info("page %s/%d: result already stored; recording it", job_id, page)
+        return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage,
+                           on_ended=on_ended)
+    lease = leases.acquire(job_id, page)
+    try:
+        stored = _stored_page(storage, job_id, page)  # the previous owner may have just recorded it
+        if stored is not None:
+            lease.release()
+            return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage,
+                               on_ended=on_ended)
+        attempts = store.page_started(job_id, page)
+        deliveries = attempts - retries
+        if deliveries > settings.max_attempts:
+            logger.warning("page %s/%d: delivery %d > max_attempts %d; failing the page", job_id, page,
+                           deliveries, settings.max_attempts)
+            result = failed_page(
+                page, TOO_MANY_ATTEMPTS,
+                f"the page was delivered {deliveries} times (max_attempts={settings.max_attempts}); "
+                "every earlier delivery was lost with its worker (killed, out of memory)",
+            )
+            try:
+                return record_page(job_id, result, attempts=attempts, settings=settings, store=store,
+                                   storage=storage, on_ended=on_ended)
+            finally:
+                lease.release()
+    except BaseException:
+        lease.release()
+        raise
+    return PageStart(job=job, page=page, attempts=attempts, lease=lease)
 
 
 def run_page(
@@ -314,42 +456,31 @@ def run_page(
     engines: Engines,
     retries: int = 0,
     on_ended: OnEnded | None = None,
+    leases: PageLeases | None = None,
 ) -> PageResult | None:
     """Process one page of a job: the body of the ``docproc.page`` task.
 
-    ``retries`` is how many times the task was retried after a transient fault
-    (Celery's ``request.retries``): those starts are bounded by the task's
-    ``max_retries`` and do not count towards the poison guard, whose
-    ``max_attempts`` is for deliveries lost with their worker.
+    :func:`begin_page` decides whether this delivery runs the page (and takes its
+    lease; :class:`~docproc.leases.LeaseHeld` propagates); the lease is released
+    once the result is recorded. ``leases``: the process's (default: one for this
+    call, on the store's Redis).
 
     Returns the page's recorded result, or None when the job was canceled or had
     already ended (a stale redelivery).
     """
-    job = store.load(job_id)
-    if job.state in TERMINAL:
-        logger.info("page %s/%d: job is %s; skipped", job_id, page, job.state)
-        return None
-    stored = _stored_page(storage, job_id, page)
-    if stored is not None:  # redelivered after the result was written: just (re)count it
-        logger.info("page %s/%d: result already stored; recording it", job_id, page)
-        return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage,
-                           on_ended=on_ended)
-    attempts = store.page_started(job_id, page)
-    deliveries = attempts - retries
-    if deliveries > settings.max_attempts:
-        logger.warning("page %s/%d: delivery %d > max_attempts %d; failing the page", job_id, page, deliveries,
-                       settings.max_attempts)
-        result = failed_page(
-            page, TOO_MANY_ATTEMPTS,
-            f"the page was delivered {deliveries} times (max_attempts={settings.max_attempts}); "
-            "every earlier delivery was lost with its worker (killed, out of memory)",
-        )
-    else:
+    leases = leases or PageLeases.from_settings(store.redis, settings)
+    begun = begin_page(job_id, page, settings=settings, store=store, storage=storage, leases=leases,
+                       retries=retries, on_ended=on_ended)
+    if not isinstance(begun, PageStart):
+        return begun
+    try:
         started = time.perf_counter()
-        result = process_page(job, page, settings=settings, storage=storage, engines=engines)
+        result = process_page(begun.job, page, settings=settings, storage=storage, engines=engines)
         result.timings_ms.setdefault("page", round((time.perf_counter() - started) * 1000.0, 3))
-    return record_page(job_id, result, attempts=attempts, settings=settings, store=store, storage=storage,
-                       on_ended=on_ended)
+        return record_page(job_id, result, attempts=begun.attempts, settings=settings, store=store,
+                           storage=storage, on_ended=on_ended)
+    finally:
+        begun.lease.release()
 
 
 def fail_page(
@@ -396,7 +527,8 @@ def build_document(job: Job, pages: list[PageResult], *, settings: Settings) -> 
     if total is not None:
         timings["total"] = total
     return assemble_document(
-        info, pages, task=request.task, schema=schema, engine=request.engine, model_id=settings.model,
+        info, pages, task=request.task, schema=schema, engine=request.engine,
+        model_id=(settings.openai_model or settings.model) if request.engine == "openai" else settings.model,
         timings_ms=timings,
     )
 

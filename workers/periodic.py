@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 
-from docproc import lifecycle
-from workers.celery_app import SWEEP_ENDED_TASK, app
+from docproc import lifecycle, watchdog, webhooks
+from workers.celery_app import SWEEP_ENDED_TASK, WATCHDOG_TASK, WEBHOOKS_DUE_TASK, app
 from workers.tasks import resources
 
 logger = logging.getLogger(__name__)
@@ -26,3 +26,15 @@ logger = logging.getLogger(__name__)
 def sweep_ended_task() -> int:
     """Complete the after-end steps of jobs left in the ended outbox."""
     return lifecycle.sweep_ended(resources().lifecycle)
+
+
+@app.task(name=WATCHDOG_TASK, ignore_result=True)
+def watchdog_task() -> int:
+    """Fail the jobs that stopped moving (code ``timeout``) and revoke their tasks."""
+    return len(watchdog.fail_stalled(resources().lifecycle, revoke=app.control.revoke))
+
+
+@app.task(name=WEBHOOKS_DUE_TASK, ignore_result=True)
+def webhooks_due_task() -> int:
+    """Send the webhook delivery attempts that are due (long retries wait in Redis, not in ETAs)."""
+    return webhooks.enqueue_due(resources().lifecycle)

@@ -23,9 +23,11 @@ from workers.render import parse_page_range, render_pages
 
 if TYPE_CHECKING:
     from workers.engines.internvl import InternVLEngine
+    from workers.engines.openai import OpenAIEngine
 
 TASKS: tuple[Task, ...] = ("ocr", "tables", "extract")
-ENGINES: tuple[EngineName, ...] = ("auto", "text", "internvl")
+ENGINES: tuple[EngineName, ...] = ("auto", "text", "internvl", "openai")
+MODEL_ENGINES = ("internvl", "openai")
 
 
 @dataclass
@@ -46,6 +48,26 @@ class Engines:
             self._internvl = engine
         return self._internvl
 
+    _openai: "OpenAIEngine | None" = None
+
+    @property
+    def openai(self) -> "OpenAIEngine":
+        """The OpenAI-compatible server client (no model in this process)."""
+        if self._openai is None:
+            from workers.engines.openai import OpenAIEngine
+
+            self._openai = OpenAIEngine(self.settings)
+        return self._openai
+
+    def model(self, name: str) -> "InternVLEngine | OpenAIEngine":
+        """The model engine called ``name`` (``openai``, else ``internvl``)."""
+        return self.openai if name == "openai" else self.internvl
+
+    def model_id(self) -> str | None:
+        """The model of the model engine this process used, if any."""
+        used = self._openai or self._internvl
+        return used.model_id if used is not None else None
+
 
 def resolve_request(task: str, schema: str | None, engine: str, settings: Settings) -> ExtractionSchema | None:
     """Check a request before any document is read; returns the extraction schema, if any."""
@@ -57,7 +79,7 @@ def resolve_request(task: str, schema: str | None, engine: str, settings: Settin
         if not schema:
             raise InvalidRequest("task 'extract' needs a schema (e.g. --schema invoice)")
         if engine == "text":
-            raise InvalidRequest("the text engine cannot extract fields; use --engine internvl or auto")
+            raise InvalidRequest("the text engine cannot extract fields; use --engine internvl, openai or auto")
         return get_registry(settings).get(schema)
     if schema:
         raise InvalidRequest(f"a schema is only used by task 'extract', not {task!r}")
@@ -107,11 +129,11 @@ def _run_batch(
     done = [p for p in batch if isinstance(p, PageResult)]
     rendered = [p for p in batch if isinstance(p, RenderedPage)]
     text_pages = [p for p in rendered if route(p, task, engine) == "text"]
-    model_pages = [p for p in rendered if route(p, task, engine) == "internvl"]
+    model_pages = [p for p in rendered if route(p, task, engine) in MODEL_ENGINES]
     if text_pages:
         done += engines.text.process(doc, text_pages, task)
     if model_pages:
-        done += engines.internvl.process(model_pages, task, schema)
+        done += engines.model(route(model_pages[0], task, engine)).process(model_pages, task, schema)
     by_page = {p.number: p for p in rendered}
     for result in done:
         page = by_page.get(result.page)
@@ -176,7 +198,7 @@ def process_document(
             page_count=doc.page_count,
         )
 
-    model_id = engines._internvl.model_id if engines._internvl is not None else None
+    model_id = engines.model_id()
     stage_totals = {"intake": intake_ms, **page_stage_totals(results)}
     stage_totals["total"] = (time.perf_counter() - started) * 1000
     return assemble_document(
@@ -215,14 +237,14 @@ def assemble_document(
         from workers.postprocess import merge_pages
 
         merged, provenance = merge_pages(results, schema)
-    used = sorted({r.engine for r in results if r.engine in ("text", "internvl")})
+    used = sorted({r.engine for r in results if r.engine in ("text", *MODEL_ENGINES)})
     return DocumentResult(
         document=info,
         task=task,
         schema=schema.name if schema else None,
         schema_version=schema.version if schema else None,
         engine="+".join(used) if used else engine,
-        model=model_id if "internvl" in used else None,
+        model=model_id if set(MODEL_ENGINES) & set(used) else None,
         status=status,
         pages=results,
         fields=merged,

@@ -47,6 +47,7 @@ from kombu.exceptions import OperationalError
 from docproc import lifecycle
 from docproc.errors import DocprocError, ServiceUnavailable, StorageError
 from docproc.jobs import JobStore, connect_redis
+from docproc.leases import LeaseHeld, PageLeases
 from docproc.results import ErrorInfo
 from docproc.settings import Settings, get_settings
 from docproc.storage import Storage, open_storage
@@ -121,6 +122,11 @@ class Resources:
     @cached_property
     def engines(self) -> Engines:
         return Engines(self.settings)
+
+    @cached_property
+    def leases(self) -> PageLeases:
+        """This process's page leases (one heartbeat thread renews the held ones)."""
+        return PageLeases.from_settings(self.redis, self.settings)
 
     @cached_property
     def lifecycle(self) -> lifecycle.Context:
@@ -226,6 +232,24 @@ def _enqueue_page(job_id: str, page: int, queue: str) -> str:
     return page_task.apply_async(args=[job_id, page], queue=queue).id
 
 
+def _defer_page(task: Task, job_id: str, page: int, exc: LeaseHeld) -> str:
+    """A live worker runs this page (this delivery came back past the visibility timeout,
+    or the page's last owner died moments ago and its lease has not expired yet): send
+    the page again for a little later and end this delivery without running it. The
+    later one finds the result stored, or takes the page over once a dead owner's lease
+    expired. The countdown stays well below the visibility timeout, so the deferred
+    message is never handed out twice itself; it is a new message (retries 0), and
+    deferrals count no attempt."""
+    r = resources()
+    queue = (task.request.delivery_info or {}).get("routing_key") or GPU_QUEUE
+    countdown = max(0.5, min(r.settings.lease_ttl_s / 2, r.settings.visibility_timeout_s / 4))
+    task_id = page_task.apply_async(args=[job_id, page], queue=queue, countdown=countdown).id
+    r.store.add_task_ids(job_id, [task_id])
+    logger.info("page %s/%s: %s; deferred %.1f s as task %s", job_id, page, exc, countdown, task_id,
+                extra={"job_id": job_id, "page": page})
+    return "deferred"
+
+
 @app.task(name=INTAKE_TASK, bind=True, base=IntakeTask, **_RETRY)
 def intake_task(self: Task, job_id: str) -> int:
     """Open the job's document, plan its pages, enqueue them; returns the pages enqueued."""
@@ -240,9 +264,13 @@ def intake_task(self: Task, job_id: str) -> int:
 def page_task(self: Task, job_id: str, page: int) -> str | None:
     """Process one page of a job (the last one finalises it); returns the page's status."""
     r = resources()
-    with _permanent_faults_fail_fast():
-        result = jobflow.run_page(job_id, page, settings=r.settings, store=r.store, storage=r.storage,
-                                  engines=r.engines, retries=self.request.retries, on_ended=r.job_ended)
+    try:
+        with _permanent_faults_fail_fast():
+            result = jobflow.run_page(job_id, page, settings=r.settings, store=r.store, storage=r.storage,
+                                      engines=r.engines, retries=self.request.retries, on_ended=r.job_ended,
+                                      leases=r.leases)
+    except LeaseHeld as exc:
+        return _defer_page(self, job_id, page, exc)
     if jobflow.inference_still_running():
         _retire_after_timeout()
     return result.status if result is not None else None

@@ -1,13 +1,16 @@
-"""Start a docproc Celery worker with the pool its queues need.
+"""Start a docproc worker with the process model its queues need.
 
 ``python -m workers --queues intake,render,bulk,webhooks,periodic`` (or ``docproc worker``)
-runs ``celery -A workers.celery_app worker`` in this process:
+runs in this process:
 
-* a worker that consumes ``gpu`` gets the solo pool: one process that loads the
-  model once and owns the GPU (CUDA cannot be re-initialised in a forked child);
-  run one per GPU, with ``CUDA_VISIBLE_DEVICES`` choosing it;
-* CPU-only queues get the prefork pool (``--concurrency`` children, default the
-  CPU count), where Celery's soft/hard time limits apply.
+* ``--queues gpu`` alone: the model worker (:mod:`workers.model_worker`), one process
+  that loads the model once, owns the GPU (CUDA cannot be re-initialised in a forked
+  child) and batches pages of many jobs per generate call; run one per GPU, with
+  ``CUDA_VISIBLE_DEVICES`` choosing it;
+* ``gpu`` mixed with other queues: a Celery solo worker (one page at a time);
+* CPU-only queues: ``celery -A workers.celery_app worker`` with the prefork pool
+  (``--concurrency`` children, default the CPU count), where Celery's soft/hard time
+  limits apply.
 """
 
 from __future__ import annotations
@@ -49,7 +52,29 @@ def worker_argv(
 
 
 def run_worker(queues: Sequence[str], **options) -> None:
-    """Run a worker in this process until it is stopped (SIGTERM: warm shutdown)."""
+    """Run a worker in this process until it is stopped (SIGTERM: warm shutdown).
+
+    The ``gpu`` queue alone gets the batched model worker (:mod:`workers.model_worker`:
+    pages of many jobs per generate call); mixed with other queues it is a Celery solo
+    worker (one page at a time)."""
+    from workers.observability import prepare_worker_metrics
+
+    prepare_worker_metrics()  # multiprocess metrics: before the tasks import prometheus_client
+    if list(queues) == [GPU_QUEUE]:
+        import logging
+
+        from workers import model_worker
+
+        from celery import signals
+
+        level = str(options.get("loglevel") or "INFO").upper()
+        logging.basicConfig(level=level, format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")
+        signals.after_setup_logger.send(sender=None, logger=logging.getLogger(), loglevel=level, logfile=None,
+                                        format="", colorize=False)  # the worker's log style, as Celery's
+        code = model_worker.run(hostname=options.get("hostname"))
+        if code:
+            raise SystemExit(code)
+        return
     from workers.celery_app import app
 
     app.worker_main(worker_argv(queues, **options))

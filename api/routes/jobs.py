@@ -21,7 +21,7 @@ from api.deps import CeleryDep, ServicesDep, SettingsDep, StorageDep, StoreDep, 
 from api.models import JobList, JobSubmission, JobView, job_summary, job_view
 from api.problems import problem_responses
 from api.uploads import read_json, read_multipart
-from docproc import lifecycle
+from docproc import lifecycle, metrics
 from docproc.errors import InvalidRequest, NotFound, ResultNotReady
 from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
 from docproc.results import DocumentResult, PageResult
@@ -242,6 +242,7 @@ def cancel_job(
 ) -> JobView:
     job, canceled = store.cancel(tenant, job_id)
     if canceled:
+        metrics.count_job_finished(job, "canceled")
         if job.task_ids:
             celery.control.revoke(job.task_ids)
         lifecycle.job_ended(job.id, services.lifecycle)

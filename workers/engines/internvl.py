@@ -19,8 +19,18 @@ page's output does not depend on its batch. Each row has its own token budget
 and a repetition guard (:mod:`workers.engines.repetition`); a row that loops is
 retried once with ``repetition_penalty_retry`` and otherwise reported as
 ``degenerate_output``. ``extract`` is constrained to the schema's JSON grammar
-(xgrammar) when ``constrained_decoding`` is on. A batch that raises is re-run
-page by page, so one bad page fails alone (``inference_error``).
+(xgrammar) when ``constrained_decoding`` is on. Requests of one batch may come
+from different jobs, tasks and schemas (:meth:`InternVLEngine.process_pages`).
+
+Memory guard: on CUDA a batch's tile budget is the free GPU memory
+(``torch.cuda.mem_get_info`` plus the allocator's cached blocks) x
+``gpu_memory_fraction`` / the cost of one tile (``gpu_tile_cost_bytes``, or
+:meth:`InternVLEngine.tile_cost_bytes` from the config), at most
+``batch_tile_budget``; on the CPU it is ``batch_tile_budget``. A batch that raises
+anyway (``torch.OutOfMemoryError`` or any other error) is split in halves,
+recursively, and each half retried (the CUDA cache emptied after an OOM); a single
+request that still raises is tried ``model_page_attempts`` times and then fails
+alone with ``inference_error``: its batch-mates are unaffected and nothing loops.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from docproc import metrics
 from docproc.errors import InvalidRequest, ModelUnavailable
 from docproc.results import ErrorInfo, PageResult, Table, Task
 from docproc.settings import Settings, get_settings
@@ -230,6 +241,24 @@ def parse_tables(text: str) -> list[Table]:
 # --- loading --------------------------------------------------------------------------
 
 
+def read_output(task: Task, raw: str, schema: "ExtractionSchema | None") -> dict[str, Any]:
+    """A model's raw answer as PageResult fields (text / tables / fields, error): the
+    postprocess every model engine shares (:mod:`workers.postprocess`, :func:`parse_tables`)."""
+    from workers.postprocess import clean_text_output, postprocess_extract
+
+    if task == "ocr":
+        return {"text": clean_text_output(raw)}
+    if task == "tables":
+        cleaned = clean_text_output(raw)
+        tables: list[Table] = parse_tables(cleaned)
+        if not tables and cleaned.strip() and cleaned.strip().rstrip(".").upper() != NO_TABLES:
+            return {"tables": tables, "error": ErrorInfo(
+                code="invalid_output", message="the model output holds no Markdown or HTML table")}
+        return {"tables": tables}
+    fields, error = postprocess_extract(raw, schema)
+    return {"fields": fields, "error": error}
+
+
 def choose_runtime(settings: Settings) -> tuple[str, "torch.dtype", str]:
     """(device, dtype, attention implementation) the settings ask for on this machine."""
     import torch
@@ -324,6 +353,13 @@ def _unavailable(model: str, tried: str, exc: BaseException) -> ModelUnavailable
 
 
 # --- the engine -----------------------------------------------------------------------
+
+
+def _check_task(task: str, schema: "ExtractionSchema | None") -> None:
+    if task not in TASKS:
+        raise InvalidRequest(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if task == "extract" and schema is None:
+        raise InvalidRequest("the extract task needs a schema")
 
 
 class InternVLEngine:
@@ -553,29 +589,97 @@ class InternVLEngine:
              indices: list[int], results: list[Generation | None], *, penalty: float | None) -> None:
         s = self.settings
         plan = plan_batches([(requests[i].n_tiles, len(prompts[i])) for i in indices],
-                            batch_size=s.batch_size, tile_budget=s.batch_tile_budget)
+                            batch_size=s.batch_size, tile_budget=self.tile_budget())
         for batch in plan:
             rows = [indices[k] for k in batch]
-            try:
-                outs = self._generate_batch([requests[i] for i in rows], [prompts[i] for i in rows], penalty)
-            except Exception as exc:  # noqa: BLE001 - isolate the failing page(s)
-                if len(rows) == 1:
-                    logger.exception("internvl: generation failed for one request")
-                    outs = [Generation(text="", finish_reason="error", error=f"{type(exc).__name__}: {exc}")]
-                else:
-                    logger.warning("internvl: a batch of %d failed (%s); retrying page by page", len(rows), exc)
-                    outs = []
-                    for i in rows:
-                        try:
-                            outs += self._generate_batch([requests[i]], [prompts[i]], penalty)
-                        except Exception as one_exc:  # noqa: BLE001
-                            logger.exception("internvl: generation failed for one request")
-                            outs.append(Generation(text="", finish_reason="error",
-                                                   error=f"{type(one_exc).__name__}: {one_exc}"))
-            for i, out in zip(rows, outs):
+            for i, out in zip(rows, self._generate_split(requests, prompts, rows, penalty)):
                 results[i] = out
 
-    def _grammars(self, requests: Sequence[GenerationRequest]) -> list[Any] | None:
+    def _generate_split(self, requests: Sequence[GenerationRequest], prompts: dict[int, list[int]],
+                        rows: list[int], penalty: float | None) -> list[Generation]:
+        """One batched generate over ``rows``; when it raises, the halves are run (recursively),
+        and a single request is tried ``model_page_attempts`` times before it fails alone."""
+        if len(rows) == 1:
+            return [self._generate_alone(requests[rows[0]], prompts[rows[0]], penalty)]
+        try:
+            return self._generate_batch([requests[i] for i in rows], [prompts[i] for i in rows], penalty)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing page(s), keep the rest
+            reason = self._recover(exc)
+            metrics.MODEL_BATCH_SPLITS.labels(reason=reason).inc()
+            logger.warning("internvl: a batch of %d requests (%d tiles) failed (%s: %s); splitting it",
+                           len(rows), sum(requests[i].n_tiles for i in rows), type(exc).__name__, exc)
+            mid = len(rows) // 2
+            return (self._generate_split(requests, prompts, rows[:mid], penalty)
+                    + self._generate_split(requests, prompts, rows[mid:], penalty))
+
+    def _generate_alone(self, request: GenerationRequest, prompt: list[int], penalty: float | None) -> Generation:
+        attempts = max(1, self.settings.model_page_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._generate_batch([request], [prompt], penalty)[0]
+            except Exception as exc:  # noqa: BLE001 - this page fails alone
+                reason = self._recover(exc)
+                logger.warning("internvl: a request (%d tiles) failed alone, attempt %d of %d (%s): %s: %s",
+                               request.n_tiles, attempt, attempts, reason, type(exc).__name__, exc)
+                error = f"{type(exc).__name__}: {exc}"
+        return Generation(text="", finish_reason="error", error=f"{error} (after {attempts} attempts)")
+
+    def _recover(self, exc: BaseException) -> str:
+        """After a failed generate: free what the failed call left on the GPU; the reason
+        (``oom`` or ``error``) for the split metric."""
+        import torch
+
+        oom = isinstance(exc, torch.OutOfMemoryError)
+        if str(self.device).startswith("cuda"):
+            torch.cuda.empty_cache()
+        return "oom" if oom else "error"
+
+    # -- memory guard --
+
+    def tile_cost_bytes(self) -> int:
+        """Estimated GPU memory one tile adds to a batch: its vision-tower activations, its
+        image tokens' KV cache plus a share of the generated tokens' (``max_new_tokens_per_tile``),
+        and one decoder layer's prefill activations for its tokens; x1.5 for the allocator."""
+        import torch
+
+        self._require_loaded()
+        config = self.model.config
+        text, vision = config.text_config, config.vision_config
+        elem = torch.finfo(self.dtype).bits // 8 if self.dtype.is_floating_point else 4
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        kv_per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * elem
+        kv = kv_per_token * (self.image_seq_length + self.settings.max_new_tokens_per_tile)
+        prefill = self.image_seq_length * (4 * text.hidden_size + 3 * text.intermediate_size) * elem
+        size = vision.image_size[0] if isinstance(vision.image_size, (list, tuple)) else vision.image_size
+        patch = vision.patch_size[0] if isinstance(vision.patch_size, (list, tuple)) else vision.patch_size
+        vision_tokens = (size // patch) ** 2 + 1
+        encoder = vision_tokens * (6 * vision.hidden_size + 2 * vision.intermediate_size) * elem
+        return int(1.5 * (kv + prefill + encoder))
+
+    def tile_budget(self) -> int:
+        """Most tiles the next batch may hold: on CUDA (``gpu_memory_guard``) from the free
+        memory, capped by ``batch_tile_budget``; elsewhere ``batch_tile_budget``."""
+        s = self.settings
+        if not (s.gpu_memory_guard and str(self.device).startswith("cuda")):
+            return s.batch_tile_budget
+        import torch
+
+        device = torch.device(self.device)
+        free, total = torch.cuda.mem_get_info(device)
+        allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+        usable = free + max(0, reserved - allocated)  # the caching allocator's free blocks are usable too
+        for kind, value in (("free", free), ("total", total), ("allocated", allocated), ("reserved", reserved)):
+            metrics.GPU_MEMORY_BYTES.labels(device=str(self.device), kind=kind).set(value)
+        cost = s.gpu_tile_cost_bytes or self.tile_cost_bytes()
+        budget = max(1, min(s.batch_tile_budget, int(usable * s.gpu_memory_fraction) // max(1, cost)))
+        logger.debug("internvl: tile budget %d (usable %.1f GiB, %.1f MiB per tile)", budget, usable / 2**30,
+                     cost / 2**20)
+        return budget
+
+    def _grammars(self, requests: Sequence[GenerationRequest], budgets: list[int]) -> list[Any] | None:
+        """One grammar per row (None: free); a constrained row's ``budgets[k]`` is raised to its
+        schema's closing reserve when below it, so its JSON can always be closed in budget."""
         if not self.settings.constrained_decoding or self._constraint_failed:
             return None
         if not any(r.task == "extract" and r.schema is not None for r in requests):
@@ -588,9 +692,13 @@ class InternVLEngine:
                     self.tokenizer, vocab_size=self.model.config.text_config.vocab_size,
                     stop_token_ids=self.eos_token_ids)
             grammars = []
-            for r in requests:
-                grammars.append(self._constraint.compile(r.schema.model_schema_json())
-                                if r.task == "extract" and r.schema is not None else None)
+            for k, r in enumerate(requests):
+                if r.task != "extract" or r.schema is None:
+                    grammars.append(None)
+                    continue
+                grammar = self._constraint.compile(r.schema.model_schema_json())
+                budgets[k] = self._constraint.row_budget(budgets[k], grammar)
+                grammars.append(grammar)
             return grammars
         except Exception as exc:  # noqa: BLE001 - fall back to free decoding + validation
             self._constraint_failed = self._constraint is None
@@ -614,14 +722,16 @@ class InternVLEngine:
             input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[row, width - len(ids):] = 1
         tiles = np.concatenate([t for r in requests for t in r.tiles], axis=0)
+        metrics.MODEL_BATCH_PAGES.observe(len(prompts))
+        metrics.MODEL_BATCH_TILES.observe(int(tiles.shape[0]))
         pixel_values = normalize_tiles(tiles, device=device, dtype=self.dtype)
         budgets = [self.budget(r) for r in requests]
+        grammars = self._grammars(requests, budgets)  # may raise a row's budget to fit its JSON
         guard = RunawayGuard(width, budgets, eos_token_ids=self.eos_token_ids,
                              min_span=self.settings.repetition_guard_span)
         processors = LogitsProcessorList()
-        grammars = self._grammars(requests)
         if grammars is not None:
-            processors.append(self._constraint.logits_processor(grammars))
+            processors.append(self._constraint.logits_processor(grammars, budgets))
         config = GenerationConfig(
             max_new_tokens=max(budgets), do_sample=False, num_beams=1,
             eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
@@ -636,6 +746,7 @@ class InternVLEngine:
         new = out[:, width:].to("cpu")
         guard.finalize(new.shape[1])
         elapsed_ms = (time.perf_counter() - started) * 1000.0
+        metrics.TOKENS_GENERATED.labels(engine=self.name).inc(sum(int(n) for n in guard.lengths))
         results = []
         for row in range(len(prompts)):
             ids = new[row, : guard.lengths[row]].tolist()
@@ -653,16 +764,24 @@ class InternVLEngine:
     def process(self, pages: Sequence[RenderedPage], task: Task,
                 schema: "ExtractionSchema | None" = None) -> list[PageResult]:
         """One :class:`PageResult` per page, in input order; a failing page fails alone."""
-        if task not in TASKS:
-            raise InvalidRequest(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-        if task == "extract" and schema is None:
-            raise InvalidRequest("the extract task needs a schema")
+        _check_task(task, schema)
+        return self.process_pages([(page, task, schema) for page in pages])
+
+    def process_pages(self, items: Sequence[tuple[RenderedPage, Task, "ExtractionSchema | None"]]
+                      ) -> list[PageResult]:
+        """``(page, task, schema)`` items, e.g. pages of many jobs, batched together: one
+        :class:`PageResult` each, in input order; a failing page (even a bad task) fails alone."""
         self.load()
-        results: list[PageResult | None] = [None] * len(pages)
+        results: list[PageResult | None] = [None] * len(items)
         requests: list[GenerationRequest] = []
         owners: list[int] = []
         tile_ms: dict[int, float] = {}
-        for i, page in enumerate(pages):
+        for i, (page, task, schema) in enumerate(items):
+            try:
+                _check_task(task, schema)
+            except InvalidRequest as exc:
+                results[i] = self._failed(page, exc.code, exc.message)
+                continue
             started = time.perf_counter()
             try:
                 tiles = self.tile(page.image)
@@ -674,7 +793,8 @@ class InternVLEngine:
             owners.append(i)
         outputs = self.generate_outputs(requests)
         for i, request, out in zip(owners, requests, outputs):
-            results[i] = self._page_result(pages[i], task, schema, request, out, tile_ms[i])
+            page, task, schema = items[i]
+            results[i] = self._page_result(page, task, schema, request, out, tile_ms[i])
         return [r for r in results if r is not None]
 
     def _failed(self, page: RenderedPage, code: str, message: str, **extra: Any) -> PageResult:
@@ -685,8 +805,6 @@ class InternVLEngine:
 
     def _page_result(self, page: RenderedPage, task: Task, schema: "ExtractionSchema | None",
                      request: GenerationRequest, out: Generation, tile_ms: float) -> PageResult:
-        from workers.postprocess import clean_text_output, postprocess_extract
-
         timings = {"tile": round(tile_ms, 3), "infer": round(out.infer_ms, 3)}
         common: dict[str, Any] = {"tiles": request.n_tiles, "timings_ms": timings}
         if out.error is not None:
@@ -697,25 +815,12 @@ class InternVLEngine:
                                 f"the output looped (repetition) {tries}; raw text kept",
                                 raw_output=out.text, **common)
         started = time.perf_counter()
-        raw = out.text
-        fields: dict[str, Any] | None = None
-        tables: list[Table] | None = None
-        text: str | None = None
-        error: ErrorInfo | None = None
-        if task == "ocr":
-            text = clean_text_output(raw)
-        elif task == "tables":
-            cleaned = clean_text_output(raw)
-            tables = parse_tables(cleaned)
-            if not tables and cleaned.strip().rstrip(".").upper() != NO_TABLES and cleaned.strip():
-                error = ErrorInfo(code="invalid_output", message="the model output holds no Markdown or HTML table")
-        else:
-            fields, error = postprocess_extract(raw, schema)
+        output = read_output(task, out.text, schema)
         timings["postprocess"] = round((time.perf_counter() - started) * 1000.0, 3)
+        error = output.get("error")
         width, height = page.image.size
         return PageResult(
             page=page.number, status="failed" if error else "succeeded", engine=self.name,
             width=width, height=height, has_text_layer=page.has_text_layer,
-            text=text, tables=tables, fields=fields,
-            raw_output=raw if error else None, error=error, **common,
+            raw_output=out.text if error else None, **output, **common,
         )
