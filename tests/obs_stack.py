@@ -72,6 +72,27 @@ def text_stack(settings: Settings, log_dir: Path, api_key: str) -> Iterator[Stac
         worker.stop()
 
 
+@contextmanager
+def fresh_text_stack(redis_server, moto_server, log_dir: Path, *, tenant: str, api_key: str) -> Iterator[Stack]:
+    """:func:`text_stack` on the session's redis-server (emptied) and a new moto bucket,
+    with ``api_key`` the key of ``tenant``."""
+    import redis
+
+    from conftest import make_bucket
+    from docproc.auth import hash_key
+
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushdb()
+    settings = Settings(
+        _env_file=None, redis_url=redis_server.url, storage_url=f"s3://{make_bucket(moto_server)}/",
+        s3_endpoint_url=moto_server, s3_region="us-east-1", api_keys={tenant: hash_key(api_key)},
+    )
+    with text_stack(settings, log_dir, api_key) as running:
+        yield running
+
+
 Samples = dict[tuple[str, frozenset], float]
 
 

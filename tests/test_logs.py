@@ -16,14 +16,11 @@ import sys
 
 import builders
 import pytest
-import redis
-from conftest import make_bucket
-from obs_stack import text_stack
+from obs_stack import fresh_text_stack
 
 from docproc import logs
 from docproc.auth import hash_key
 from docproc.jobs import JobStore, connect_redis
-from docproc.settings import Settings
 
 TENANT = "logs-tenant"
 API_KEY = "dp_logs-test-key-0000000000000000000000000000"
@@ -90,15 +87,8 @@ def test_request_ids_are_accepted_only_when_sane() -> None:
 
 @pytest.fixture(scope="module")
 def stack(redis_server, moto_server, tmp_path_factory):
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushdb()
-    settings = Settings(
-        _env_file=None, redis_url=redis_server.url, storage_url=f"s3://{make_bucket(moto_server)}/",
-        s3_endpoint_url=moto_server, s3_region="us-east-1", api_keys={TENANT: hash_key(API_KEY)},
-    )
-    with text_stack(settings, tmp_path_factory.mktemp("logs-logs"), API_KEY) as running:
+    with fresh_text_stack(redis_server, moto_server, tmp_path_factory.mktemp("logs-logs"),
+                          tenant=TENANT, api_key=API_KEY) as running:
         yield running
 
 

@@ -16,10 +16,8 @@ import time
 import builders
 import pytest
 import redis
-from conftest import make_bucket
-from obs_stack import delta, scrape, text_stack, value
+from obs_stack import delta, fresh_text_stack, scrape, value
 
-from docproc.auth import hash_key
 from docproc.queues import PUBLISHED_AT_HEADER, priority_keys, queue_stats
 from docproc.settings import Settings
 from workers.celery_app import BULK_QUEUE, PERIODIC_QUEUE, QUEUES, create_app
@@ -33,15 +31,8 @@ PAGES = 3
 
 @pytest.fixture(scope="module")
 def stack(redis_server, moto_server, tmp_path_factory):
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushdb()
-    settings = Settings(
-        _env_file=None, redis_url=redis_server.url, storage_url=f"s3://{make_bucket(moto_server)}/",
-        s3_endpoint_url=moto_server, s3_region="us-east-1", api_keys={TENANT: hash_key(API_KEY)},
-    )
-    with text_stack(settings, tmp_path_factory.mktemp("metrics-logs"), API_KEY) as running:
+    with fresh_text_stack(redis_server, moto_server, tmp_path_factory.mktemp("metrics-logs"),
+                          tenant=TENANT, api_key=API_KEY) as running:
         yield running
 
 
