@@ -140,6 +140,10 @@ def test_bad_sources_are_refused_at_once(stack):
     unknown = stack.a.post("/v1/batches", json={"source_prefix": f"s3://{stack.source_bucket}/in/", "task": "extract",
                                                 "schema": "no-such-schema"})
     assert unknown.status_code == 422 and unknown.json()["code"] == "unknown_schema"
+    for hook in ("http://169.254.169.254/latest/meta-data", "http://10.0.0.7/hook"):  # loopback is allow-listed here
+        ssrf = stack.a.post("/v1/batches", json={"source_prefix": f"s3://{stack.source_bucket}/in/", "task": "ocr",
+                                                 "webhook_url": hook})
+        assert ssrf.status_code == 422 and ssrf.json()["code"] == "webhook_url_refused", hook
 
 
 def test_a_listing_that_fails_for_good_still_completes_the_batch(stack):

@@ -167,6 +167,9 @@ def test_bad_reprocess_requests_are_refused(rstack, original):
     assert unknown.status_code == 422 and unknown.json()["code"] == "unknown_schema"
     empty = rstack.a.post("/v1/reprocess", json={"selector": {}, "schema": "stamp@2"})
     assert empty.status_code == 422
+    metadata = rstack.a.post("/v1/reprocess", json={"selector": {"batch_id": original["id"]}, "schema": "stamp@2",
+                                                    "webhook_url": "http://169.254.169.254/latest/meta-data"})
+    assert metadata.status_code == 422 and metadata.json()["code"] == "webhook_url_refused"
 
 
 def test_tenant_isolation(rstack, original, reprocessed):
