@@ -8,7 +8,7 @@ The body is small and fixed when the event is made::
     {"type": "job.succeeded", "timestamp": "2026-...Z", "data": {"job_id": ..., "state": ...,
      "pages_done": 3, "pages_failed": 0, "result_url": "/v1/jobs/<id>/result", ...}}
 
-Every attempt is signed anew (Standard Webhooks): ``webhook-id`` (the event id, the same
+Every attempt is signed anew (Standard Webhooks, :mod:`docproc.webhook_signing`): ``webhook-id`` (the event id, the same
 on every retry: receivers dedupe on it), ``webhook-timestamp`` (the attempt's Unix
 time), ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``
 once per secret of the tenant (two during a rotation, space-separated). Secrets are
@@ -47,18 +47,14 @@ Redis layout::
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import hashlib
-import hmac
 import json
 import logging
 import math
 import random
 import re
-import secrets as _secrets
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -74,12 +70,12 @@ from docproc.errors import (
     NotFound,
     WebhookEndpointDisabled,
     WebhookNotConfigured,
-    WebhookSignatureInvalid,
     WebhookUrlRefused,
 )
 from docproc.jobs import Job
 from docproc.settings import Settings
 from docproc.ssrf import resolve_target
+from docproc.webhook_signing import generate_secret, sign_headers, signature, verify  # noqa: F401 - the public surface
 
 logger = logging.getLogger(__name__)
 # httpx logs every request's URL at INFO; a webhook URL may carry the receiver's token.
@@ -89,7 +85,6 @@ DELIVER_TASK = "docproc.webhook.deliver"
 WEBHOOKS_QUEUE = "webhooks"
 JOB_EVENTS: dict[str, str] = {"succeeded": "job.succeeded", "failed": "job.failed", "partial": "job.partial"}
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,159}")
-SECRET_PREFIX = "whsec_"
 USER_AGENT = "docproc-webhooks/1"
 EventState = Literal["pending", "succeeded", "dead"]
 Outcome = Literal["success", "http_error", "timeout", "connection_error", "refused", "gone", "disabled"]
@@ -172,71 +167,8 @@ class EventStatus(BaseModel):
 
 
 # ---------------------------------------------------------------------------
-# signing and verifying
+# secrets of a tenant (signing and verifying: docproc.webhook_signing)
 # ---------------------------------------------------------------------------
-
-
-def generate_secret() -> str:
-    """A new signing secret: ``whsec_`` + base64 of 32 random bytes."""
-    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(32)).decode()
-
-
-def _secret_key(secret: str) -> bytes:
-    raw = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
-    try:
-        key = base64.b64decode(raw, validate=True)
-    except (ValueError, TypeError):
-        key = b""
-    if len(key) < 16:  # never echo the secret itself
-        raise ConfigurationError("a webhook secret is not whsec_ + base64 of at least 16 bytes")
-    return key
-
-
-def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """``v1,<base64 HMAC-SHA256>`` of ``"{msg_id}.{timestamp}.{body}"`` with the secret's key."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_secret_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
-
-
-def sign_headers(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The three Standard Webhooks headers, one signature per secret (space-separated)."""
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": " ".join(signature(s, msg_id, timestamp, body) for s in secrets),
-    }
-
-
-def verify(secret_or_secrets: str | Sequence[str], headers: Mapping[str, str], body: bytes | str,
-           tolerance_s: float = 300, *, now: float | None = None) -> Any:
-    """Check a received webhook; returns its JSON payload or raises WebhookSignatureInvalid.
-
-    ``headers`` is any mapping of the request's headers (names in any case). Passes when the
-    timestamp is within ``tolerance_s`` of now and one ``v1`` signature of the header
-    matches one of the secrets (constant-time compare). Dedupe on ``headers["webhook-id"]``.
-    """
-    lower = {k.lower(): v for k, v in headers.items()}
-    msg_id, ts, sigs = lower.get("webhook-id"), lower.get("webhook-timestamp"), lower.get("webhook-signature")
-    if not msg_id or not ts or not sigs:
-        raise WebhookSignatureInvalid("missing webhook-id, webhook-timestamp or webhook-signature header")
-    try:
-        timestamp = int(ts)
-    except ValueError:
-        raise WebhookSignatureInvalid("webhook-timestamp is not an integer") from None
-    now = time.time() if now is None else now
-    if abs(now - timestamp) > tolerance_s:
-        raise WebhookSignatureInvalid("webhook-timestamp is outside the tolerance (too old or in the future)")
-    raw = body.encode() if isinstance(body, str) else bytes(body)
-    candidates = [secret_or_secrets] if isinstance(secret_or_secrets, str) else list(secret_or_secrets)
-    expected = [signature(s, msg_id, timestamp, raw).encode() for s in candidates]
-    given = [part.encode() for part in sigs.split() if part.startswith("v1,")]
-    if not any(hmac.compare_digest(g, e) for g in given for e in expected):
-        raise WebhookSignatureInvalid("no signature matches")
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise WebhookSignatureInvalid("the body is not JSON") from None
 
 
 def tenant_secrets(settings: Settings, tenant: str) -> list[str]:
