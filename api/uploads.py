@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from tempfile import SpooledTemporaryFile
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from docproc.errors import FileTooLarge, InvalidRequest
+from docproc.jobs import JobRequest
 
 SPOOL_BYTES = 1024 * 1024  # a file part stays in memory up to this, then goes to disk
 FIELD_BYTES = 32 * 1024  # one form field (metadata is at most 16 KiB of JSON)
@@ -66,7 +69,7 @@ def declared_length(request: Request) -> int | None:
     return length
 
 
-class _MultipartReader:
+class MultipartReader:
     """python-multipart callbacks that keep one file part and a few small fields."""
 
     def __init__(self, max_file_bytes: int) -> None:
@@ -171,7 +174,7 @@ async def read_multipart(request: Request, *, max_file_bytes: int) -> Upload:
     boundary = params.get(b"boundary")
     if not boundary:
         raise InvalidRequest("the multipart Content-Type has no boundary")
-    reader = _MultipartReader(max_file_bytes)
+    reader = MultipartReader(max_file_bytes)
     try:
         parser = MultipartParser(boundary, reader.callbacks())
         async for chunk in request.stream():
@@ -206,3 +209,20 @@ async def read_json(request: Request, *, max_bytes: int = JSON_BODY_BYTES) -> An
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def invalid_body(exc: ValidationError) -> RequestValidationError:
+    """A body that failed validation, reported like FastAPI's own (loc starts with "body")."""
+    errors = exc.errors(include_input=False, include_url=False)
+    return RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors])
+
+
+def request_from_form(fields: dict[str, str]) -> JobRequest:
+    """A JobRequest from multipart form fields (``metadata`` sent as a JSON string)."""
+    values: dict[str, Any] = dict(fields)
+    if "metadata" in values:
+        try:
+            values["metadata"] = json.loads(values["metadata"])
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"the metadata field is not valid JSON: {exc}") from None
+    return JobRequest.model_validate(values)

@@ -48,7 +48,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from docproc.errors import DocprocError, InvalidRequest, NotFound, ServiceUnavailable
-from docproc.jobs import TERMINAL, Job, JobRequest, JobStore, _service_errors, new_job_id
+from docproc.jobs import TERMINAL, Job, JobRequest, JobStore, service_errors, new_job_id
 from docproc.settings import Settings
 
 if TYPE_CHECKING:
@@ -176,7 +176,7 @@ class BatchStore:
     def key(batch_id: str, part: str = "") -> str:
         return f"docproc:batch:{batch_id}" + (f":{part}" if part else "")
 
-    @_service_errors
+    @service_errors
     def create(self, batch: Batch, sources: list[str] | None = None) -> None:
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(self.key(batch.id), mapping={
@@ -188,7 +188,7 @@ class BatchStore:
         pipe.zadd(f"docproc:tenant:{batch.tenant}:batches", {batch.id: int(batch.created_at.timestamp() * 1000)})
         pipe.execute()
 
-    @_service_errors
+    @service_errors
     def load(self, batch_id: str) -> Batch:
         """The batch, for workers (no tenant check)."""
         raw = self._r.hget(self.key(batch_id), "doc") if _is_batch_id(batch_id) else None
@@ -203,7 +203,7 @@ class BatchStore:
             raise NotFound(f"no {kind or 'batch'} {batch_id!r}")
         return batch
 
-    @_service_errors
+    @service_errors
     def counts(self, batch_id: str) -> BatchCounts:
         fields = {_text(k): _text(v) for k, v in self._r.hgetall(self.key(batch_id)).items()}
         finished = fields.get("finished_at")
@@ -219,14 +219,14 @@ class BatchStore:
         )
 
     # --- the job list ---------------------------------------------------------------
-    @_service_errors
+    @service_errors
     def add_jobs(self, batch_id: str, indexed: Iterable[tuple[int, str]]) -> int:
         args: list[Any] = []
         for index, job_id in indexed:
             args += [index, job_id]
         return int(self._add_jobs(keys=[self.key(batch_id), self.key(batch_id, "jobs")], args=args)) if args else 0
 
-    @_service_errors
+    @service_errors
     def job_page(self, batch_id: str, *, after: int = -1, limit: int = 100) -> list[tuple[int, str]]:
         """Up to ``limit`` (index, job id) of the batch with index > ``after``, in order."""
         rows = self._r.zrangebyscore(self.key(batch_id, "jobs"), f"({after}", "+inf", start=0, num=limit,
@@ -244,13 +244,13 @@ class BatchStore:
             after = rows[-1][0]
 
     # --- rejections and expansion state -------------------------------------------------
-    @_service_errors
+    @service_errors
     def reject(self, batch_id: str, index: int, source: str | None, error: DocprocError) -> None:
         """Record a document refused at intake, once per index."""
         record = json.dumps({"index": index, "source": source, "code": error.code, "message": error.message})
         self._reject(keys=[self.key(batch_id), self.key(batch_id, "rejected")], args=[index, record])
 
-    @_service_errors
+    @service_errors
     def rejections(self, batch_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """Up to ``limit`` rejections, sorted by index."""
         found = []
@@ -258,30 +258,30 @@ class BatchStore:
             found.append(json.loads(_text(value[1])))
         return sorted(found, key=lambda r: r["index"])
 
-    @_service_errors
+    @service_errors
     def cursor(self, batch_id: str) -> tuple[str | None, int]:
         cursor, index = self._r.hmget(self.key(batch_id), ["cursor", "next_index"])
         return _text(cursor), int(index or 0)
 
-    @_service_errors
+    @service_errors
     def save_cursor(self, batch_id: str, cursor: str | None, next_index: int) -> None:
         self._r.hset(self.key(batch_id), mapping={"cursor": cursor or "", "next_index": next_index})
 
-    @_service_errors
+    @service_errors
     def sources(self, batch_id: str, start: int, count: int) -> list[str]:
         return [_text(v) for v in self._r.lrange(self.key(batch_id, "sources"), start, start + count - 1)]
 
-    @_service_errors
+    @service_errors
     def mark_expanded(self, batch_id: str) -> bool:
         """Every job is listed; True when the batch is finished (now or before)."""
         self._r.delete(self.key(batch_id, "sources"))
         return int(self._expanded(keys=[self.key(batch_id)], args=[_now().isoformat()])) > 0
 
-    @_service_errors
+    @service_errors
     def set_error(self, batch_id: str, error: DocprocError) -> None:
         self._r.hset(self.key(batch_id), "error", json.dumps({"code": error.code, "message": error.message}))
 
-    @_service_errors
+    @service_errors
     def count_ended(self, batch_id: str, job_id: str, state: str) -> tuple[bool, int]:
         """Count a member job's end once: (counted by this call, finished_check)."""
         first, finished = self._count_ended(keys=[self.key(batch_id), self.key(batch_id, "counted")],
@@ -487,16 +487,16 @@ def list_prefix(uri: str, settings: Settings, *, start_after: str | None,
     """One page of the object keys under an ``s3://`` prefix after ``start_after`` (a key):
     (bucket, keys, more to come?). An unreadable prefix (no such bucket, access denied) is an
     InvalidRequest, a transient fault a StorageError, as for a single source_uri."""
-    from docproc.submit import _s3_client, _source_error
+    from docproc.submit import s3_client, source_error
 
     bucket, prefix = parse_source_prefix(uri, settings)
     params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
     if start_after:
         params["StartAfter"] = start_after
     try:
-        page = _s3_client(settings.s3_endpoint_url, settings.s3_region).list_objects_v2(**params)
+        page = s3_client(settings.s3_endpoint_url, settings.s3_region).list_objects_v2(**params)
     except Exception as exc:
-        raise _source_error(exc, uri) from exc
+        raise source_error(exc, uri) from exc
     return bucket, [obj["Key"] for obj in page.get("Contents", [])], bool(page.get("IsTruncated"))
 
 

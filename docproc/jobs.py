@@ -351,7 +351,7 @@ def _decode_cursor(cursor: str) -> tuple[int, str]:
         raise InvalidRequest("invalid cursor") from exc
 
 
-def _service_errors(method):
+def service_errors(method):
     """Redis faults (down, loading, out of memory, read-only) -> ServiceUnavailable."""
 
     @functools.wraps(method)
@@ -417,7 +417,7 @@ class JobStore:
         return f"docproc:idem:{tenant}:{key}"
 
     # --- create / read -------------------------------------------------------
-    @_service_errors
+    @service_errors
     def create(
         self,
         tenant: str,
@@ -492,7 +492,7 @@ class JobStore:
                 self._r.delete(keys[3])
         raise ServiceUnavailable("could not create the job (idempotency key contended)")
 
-    @_service_errors
+    @service_errors
     def load(self, job_id: str) -> Job:
         """The job, for workers (no tenant check). NotFound if there is none."""
         if not _is_job_id(job_id):
@@ -509,7 +509,7 @@ class JobStore:
             raise NotFound(f"no job {job_id!r}")
         return job
 
-    @_service_errors
+    @service_errors
     def list(
         self,
         tenant: str,
@@ -586,7 +586,7 @@ class JobStore:
             yield job_id, score, (_job_from_hash(raw) if raw else None)
 
     # --- worker side ---------------------------------------------------------
-    @_service_errors
+    @service_errors
     def start(self, job_id: str, *, page_count: int, pages: list[int], media_type: str | None) -> bool:
         """queued -> running with its selected pages. True also when already running (a
         redelivered intake: nothing is reset); False when canceled or otherwise terminal."""
@@ -596,7 +596,7 @@ class JobStore:
             raise NotFound(f"no job {job_id!r}")
         return result == 1
 
-    @_service_errors
+    @service_errors
     def page_started(self, job_id: str, page: int) -> int:
         """Count one more delivery of the page; returns its attempts so far (poison guard)."""
         result = self._page_started(
@@ -606,7 +606,7 @@ class JobStore:
             raise NotFound(f"no job {job_id!r}")
         return int(result)
 
-    @_service_errors
+    @service_errors
     def page_finished(self, job_id: str, status: PageStatus) -> int:
         """Record a page's outcome once and return the pages still unrecorded.
 
@@ -637,7 +637,7 @@ class JobStore:
             raise NotFound(f"no job {job_id!r}")
         return job, pages
 
-    @_service_errors
+    @service_errors
     def _load_with_pages(self, job_id: str) -> tuple[Job, list[PageStatus]]:
         if not _is_job_id(job_id):
             raise NotFound(f"no job {job_id!r}")
@@ -650,7 +650,7 @@ class JobStore:
         job = _job_from_hash(raw_job)
         return job, _page_statuses(job, raw_pages)
 
-    @_service_errors
+    @service_errors
     def finish(
         self,
         job_id: str,
@@ -690,17 +690,17 @@ class JobStore:
         canceled = self._cancel(job_id)
         return self.load(job_id), canceled
 
-    @_service_errors
+    @service_errors
     def _cancel(self, job_id: str) -> bool:
         return self._finish_script(job_id, "canceled", {}) == 1
 
     # --- the ended outbox (docproc.lifecycle) --------------------------------
-    @_service_errors
+    @service_errors
     def ended_pending(self, older_than_ms: int, limit: int = 500) -> list[str]:
         """Jobs ended at or before ``older_than_ms`` whose after-end steps are not done."""
         return list(self._r.zrangebyscore(ENDED_OUTBOX, "-inf", older_than_ms, start=0, num=limit))
 
-    @_service_errors
+    @service_errors
     def ended_handled(self, job_id: str) -> None:
         """The job's after-end steps all ran: it leaves the outbox."""
         self._r.zrem(ENDED_OUTBOX, job_id)
@@ -720,7 +720,7 @@ class JobStore:
                 return counts
             start += chunk
 
-    @_service_errors
+    @service_errors
     def add_task_ids(self, job_id: str, ids: list[str]) -> None:
         """Record Celery task ids of the job (for revoking on cancel); atomic, duplicates ignored."""
         if not self._add_task_ids(keys=[self._job_key(job_id)], args=list(ids)):

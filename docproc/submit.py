@@ -170,7 +170,7 @@ def read_source(uri: str, settings: Settings) -> tuple[bytes, str]:
     object over the limit is FileTooLarge, decided from its size before any byte is read.
     """
     bucket, key = parse_source_uri(uri, settings)
-    client = _s3_client(settings.s3_endpoint_url, settings.s3_region)
+    client = s3_client(settings.s3_endpoint_url, settings.s3_region)
     limit = settings.max_file_bytes
     try:
         head = client.head_object(Bucket=bucket, Key=key)
@@ -184,14 +184,14 @@ def read_source(uri: str, settings: Settings) -> tuple[bytes, str]:
     except (FileTooLarge, InvalidRequest):
         raise
     except Exception as exc:
-        raise _source_error(exc, uri) from exc
+        raise source_error(exc, uri) from exc
     if len(data) > limit:  # the object grew after the HEAD
         raise FileTooLarge(f"the source is larger than the limit of {limit} bytes", limit=limit)
     return data, key.rsplit("/", 1)[-1]
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_client(endpoint_url: str | None, region: str) -> Any:
+def s3_client(endpoint_url: str | None, region: str) -> Any:
     """One client per endpoint and region, made on first use and shared (boto3 clients are
     thread-safe); making one loads the S3 service model, too slow to repeat per request."""
     import boto3
@@ -207,7 +207,7 @@ def _s3_client(endpoint_url: str | None, region: str) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
-def _source_error(exc: BaseException, uri: str) -> Exception:
+def source_error(exc: BaseException, uri: str) -> Exception:
     from botocore.exceptions import ClientError
 
     if isinstance(exc, ClientError):

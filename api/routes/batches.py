@@ -29,8 +29,16 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.deps import Services, ServicesDep, TenantDep
 from api.problems import problem_responses
-from api.routes.jobs import _invalid_body, _request_from_form
-from api.uploads import FILE_FIELD, MAX_FIELDS, SPOOL_BYTES, _MultipartReader, declared_length, read_json
+from api.uploads import (
+    FILE_FIELD,
+    MAX_FIELDS,
+    SPOOL_BYTES,
+    MultipartReader,
+    declared_length,
+    invalid_body,
+    read_json,
+    request_from_form,
+)
 from docproc import batches, reprocess
 from docproc.batches import Batch, BatchCounts, BatchServices
 from docproc.errors import DocprocError, FileTooLarge, InvalidRequest, ServiceUnavailable
@@ -129,7 +137,7 @@ def _view(svc: BatchServices, batch: Batch, *, cursor: str | None = None, limit:
 # ---------------------------------------------------------------------------
 
 
-class _BatchReader(_MultipartReader):
+class _BatchReader(MultipartReader):
     """python-multipart callbacks for many ``file`` parts: fields first, then files; each
     finished file is queued in ``done`` as (spooled file, filename, error or None)."""
 
@@ -268,11 +276,11 @@ def _create_upload_batch(svc: BatchServices, tenant: str, fields: dict[str, str]
     webhook_url = values.pop("webhook_url", None)
     values.pop("priority", None)
     try:
-        job_request = _request_from_form(values)
+        job_request = request_from_form(values)
         if webhook_url is not None:
             JobRequest(webhook_url=webhook_url)  # the same URL check as a job's
     except ValidationError as exc:
-        raise _invalid_body(exc) from None
+        raise invalid_body(exc) from None
     return _create_batch(svc, tenant, job_request, webhook_url, source="upload")
 
 
@@ -293,7 +301,7 @@ async def _json_batch(request: Request, svc: BatchServices, tenant: str) -> Batc
     try:
         submission = BatchSubmission.model_validate(body)
     except ValidationError as exc:
-        raise _invalid_body(exc) from None
+        raise invalid_body(exc) from None
     if submission.source_uris is not None and len(submission.source_uris) > svc.settings.batch_max_files * 100:
         raise InvalidRequest("too many source_uris; use a source_prefix", limit=svc.settings.batch_max_files * 100)
     for i, uri in enumerate(submission.source_uris or []):
@@ -426,7 +434,7 @@ async def submit_reprocess(request: Request, response: Response, tenant: TenantD
     try:
         req = ReprocessRequest.model_validate(body)
     except ValidationError as exc:
-        raise _invalid_body(exc) from None
+        raise invalid_body(exc) from None
     svc = _svc(services)
     batch, count = await run_in_threadpool(reprocess.submit_reprocess, svc, tenant, req)
     if batch is None:

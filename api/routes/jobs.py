@@ -6,21 +6,19 @@ exactly like an id that never existed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from api.deps import CeleryDep, ServicesDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from api.models import JobList, JobSubmission, JobView, job_summary, job_view
 from api.problems import problem_responses
-from api.uploads import read_json, read_multipart
+from api.uploads import invalid_body, read_json, read_multipart, request_from_form
 from docproc import lifecycle, metrics
 from docproc.errors import InvalidRequest, NotFound, ResultNotReady
 from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
@@ -90,22 +88,6 @@ class StoredJson:
 StoredJsonDep = Annotated[StoredJson, Depends()]
 
 
-def _invalid_body(exc: ValidationError) -> RequestValidationError:
-    """A body that failed validation, reported like FastAPI's own (loc starts with "body")."""
-    errors = exc.errors(include_input=False, include_url=False)
-    return RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors])
-
-
-def _request_from_form(fields: dict[str, str]) -> JobRequest:
-    values: dict[str, Any] = dict(fields)
-    if "metadata" in values:
-        try:
-            values["metadata"] = json.loads(values["metadata"])
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"the metadata field is not valid JSON: {exc}") from None
-    return JobRequest.model_validate(values)
-
-
 async def _read_submission(request: Request, settings: Settings) -> tuple[JobRequest, bytes, str | None]:
     """The job fields, document bytes and file name of a multipart upload or a JSON source_uri."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -113,9 +95,9 @@ async def _read_submission(request: Request, settings: Settings) -> tuple[JobReq
         upload = await read_multipart(request, max_file_bytes=settings.max_file_bytes)
         try:
             try:
-                job_request = _request_from_form(upload.fields)
+                job_request = request_from_form(upload.fields)
             except ValidationError as exc:
-                raise _invalid_body(exc) from None
+                raise invalid_body(exc) from None
             return job_request, await run_in_threadpool(upload.read), upload.filename
         finally:
             upload.close()
@@ -124,7 +106,7 @@ async def _read_submission(request: Request, settings: Settings) -> tuple[JobReq
         try:
             submission = JobSubmission.model_validate(body)
         except ValidationError as exc:
-            raise _invalid_body(exc) from None
+            raise invalid_body(exc) from None
         job_request = JobRequest.model_validate(submission.model_dump(by_alias=True, exclude={"source_uri"}))
         data, filename = await run_in_threadpool(read_source, submission.source_uri, settings)
         return job_request, data, filename
