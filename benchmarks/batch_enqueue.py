@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "benchmarks"))
 
-from service import BenchmarkFailed, Child, _ready, machine_line, wait_for  # noqa: E402
+from service import BenchmarkFailed, Child, _ready, can_run, machine_line, wait_for  # noqa: E402
 
 from docproc.auth import generate_key, hash_key  # noqa: E402
 from docproc.localservices import DUMMY_AWS_ENV, MotoS3, RedisServer, free_port, make_bucket  # noqa: E402
@@ -162,14 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("redis-server") is None:
-        print("benchmarks/batch_enqueue.py: redis-server is not on PATH", file=sys.stderr)
+    if not can_run("benchmarks/batch_enqueue.py"):
         return 2
-
-    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     print("docproc batch enqueue benchmark")
     print(machine_line())
     print(f"settings: {args.documents} one-page PDFs in S3 (moto, this process); baseline {args.concurrency} "

@@ -540,16 +540,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def can_run(script: str) -> bool:
+    """Whether a benchmark that starts services can run here (redis-server on PATH; says why
+    not). SIGTERM then stops it like Ctrl-C, so everything it started is stopped."""
     if shutil.which("redis-server") is None:
-        print("benchmarks/service.py: redis-server is not on PATH", file=sys.stderr)
-        return 2
+        print(f"{script}: redis-server is not on PATH", file=sys.stderr)
+        return False
 
     def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not can_run("benchmarks/service.py"):
+        return 2
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
     redis_version = next((w.removeprefix("v=") for w in redis_version if w.startswith("v=")), "?")
     print("docproc service benchmark")

@@ -136,6 +136,7 @@ def service_settings(s3_settings, redis_client, redis_server) -> Settings:
 import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
@@ -241,3 +242,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 
 
 # --- end of service processes block -------------------------------------------
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """Start workers with ``workers(argv, env)``; all are stopped at the end, their logs
+    printed when the test failed."""
+    started: list[ServiceProcess] = []
+
+    def start(argv: list[str], env: dict[str, str]) -> ServiceProcess:
+        worker = ServiceProcess(argv, env, tmp_path / f"worker{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+        sys.stdout.write(f"{worker.tail()}\n")

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import builders
 import pytest
 from conftest import settings_env, wait_until
-from test_worker import s3_keys, submit, worker_settings, workers  # noqa: F401 - fixtures
+from test_worker import s3_keys, submit, worker_settings  # noqa: F401 - fixtures
 
 from docproc.jobs import TERMINAL, JobStore
 from docproc.results import DocumentResult

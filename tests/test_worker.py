@@ -20,7 +20,7 @@ import time
 import boto3
 import builders
 import pytest
-from conftest import ServiceProcess, settings_env, wait_until
+from conftest import settings_env, wait_until
 
 from docproc.jobs import TERMINAL, Job, JobRequest, JobStore
 from docproc.results import DocumentResult
@@ -32,23 +32,6 @@ from workers.celery_app import create_app
 pytestmark = pytest.mark.worker
 
 TENANT = "acme"
-
-
-@pytest.fixture
-def workers(tmp_path):
-    """Start workers with ``workers(argv, env)``; all are stopped at the end, their logs
-    printed when the test failed."""
-    started: list[ServiceProcess] = []
-
-    def start(argv: list[str], env: dict[str, str]) -> ServiceProcess:
-        worker = ServiceProcess(argv, env, tmp_path / f"worker{len(started)}.log")
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-        sys.stdout.write(f"{worker.tail()}\n")
 
 
 @pytest.fixture

@@ -123,7 +123,7 @@ WORKER_ENV_EXTRA = ("periodic_interval_s", "watchdog_stall_s", "watchdog_queued_
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+def start_worker(tmp_path: Path, workers) -> Callable[..., ServiceProcess]:
     """``start_worker(settings, queues, beat=False, **env)``: ``celery worker`` (solo pool) as a
     subprocess; ``beat=True`` embeds the scheduler (``-B``). Stopped at the end, logs printed."""
     started: list[ServiceProcess] = []
@@ -131,16 +131,12 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     def start(settings: Settings, queues: str, *, beat: bool = False, **extra) -> ServiceProcess:
         for name in WORKER_ENV_EXTRA:
             extra.setdefault(name, getattr(settings, name))
-        env = settings_env(settings, **extra)
+        n = len(started)
         argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues, "-P", "solo",
-                "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"rel{len(started)}@%h"]
+                "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"rel{n}@%h"]
         if beat:
-            argv += ["-B", "-s", str(tmp_path / f"beat-schedule{len(started)}")]
-        worker = ServiceProcess(argv, env, tmp_path / f"worker{len(started)}.log")
-        started.append(worker)
-        return worker
+            argv += ["-B", "-s", str(tmp_path / f"beat-schedule{n}")]
+        started.append(workers(argv, settings_env(settings, **extra)))
+        return started[-1]
 
-    yield start
-    for worker in started:
-        worker.stop()
-        sys.stdout.write(f"{worker.tail()}\n")
+    return start

@@ -21,7 +21,7 @@ import pytest
 from conftest import settings_env, wait_until
 from .test_leases import hand_out_again
 from test_model_worker import BATCH, queue_pages
-from test_worker import s3_keys, worker_settings, workers  # noqa: F401 - fixtures
+from test_worker import s3_keys, worker_settings  # noqa: F401 - fixtures
 
 from docproc.jobs import TERMINAL, JobStore
 from docproc.leases import LEASE_PREFIX
