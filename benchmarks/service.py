@@ -73,7 +73,14 @@ import builders  # noqa: E402
 
 from docproc.auth import generate_key, hash_key  # noqa: E402
 from docproc.jobs import TERMINAL  # noqa: E402
-from docproc.localservices import DUMMY_AWS_ENV, MotoS3, RedisServer, free_port, make_bucket, stop_group  # noqa: E402
+from docproc.localservices import (  # noqa: E402
+    DUMMY_AWS_ENV,
+    LoggedProcess,
+    MotoS3,
+    RedisServer,
+    free_port,
+    make_bucket,
+)
 from docproc.settings import Settings, get_settings  # noqa: E402
 
 TENANT = "bench"
@@ -134,29 +141,15 @@ def measure_baseline(pdfs: list[bytes], task: str) -> Baseline:
 # ---------------------------------------------------------------------------
 
 
-class Child:
-    """A service subprocess in its own process group (so a Ctrl-C reaches only this
-    script, which stops it in order), its output in a log file."""
+class Child(LoggedProcess):
+    """A named service subprocess of the benchmark (see :class:`LoggedProcess`)."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
+        super().__init__(argv, env, log, name=name)
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise BenchmarkFailed(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-
-    def tail(self, chars: int = 3000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return f"--- {self.name} log (last {chars} chars) ---\n{text[-chars:]}"
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the group (a Celery worker's warm shutdown), SIGKILL after ``timeout``."""
-        stop_group(self.proc, timeout)
-        self._log.close()
 
 
 @dataclass

@@ -3,6 +3,8 @@
 * :class:`RedisServer`: a ``redis-server`` from PATH on a free port (never the system
   one on 6379), AOF on and no RDB snapshots as in production; it can be stopped and
   started again on the same port and data directory (a Redis restart, as clients see it).
+* :class:`LoggedProcess`: a service subprocess (API, worker, Flower) with its log file,
+  stopped with its whole process group.
 * :class:`MotoS3`: moto's S3 server over real HTTP in a thread of this process; boto3
   talks to it exactly as to AWS. :data:`DUMMY_AWS_ENV` holds the fake credentials that
   clients (and child processes) need; real AWS is never reached.
@@ -47,6 +49,46 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LoggedProcess:
+    """A service subprocess (API, Celery worker, Flower) in its own process group, run from
+    the repository root, its output in a log file. Its own group: a Ctrl-C reaches only
+    the script that started it, which stops it in order."""
+
+    def __init__(self, argv: list[str] | tuple[str, ...], env: dict[str, str], log: Path,
+                 name: str | None = None) -> None:
+        self.log_path = Path(log)
+        self.name = name or self.log_path.name
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(list(argv), cwd=REPO_ROOT, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, chars: int = 3000) -> str:
+        return f"--- {self.name} (last {chars} chars) ---\n{self.log()[-chars:]}"
+
+    def children(self) -> list[int]:
+        """Pids of its direct children (e.g. a prefork worker's pool processes)."""
+        found = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            found += [int(p) for p in (task / "children").read_text().split()]
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL to the process and its children: a machine lost, not a shutdown."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to the group (a Celery worker's warm shutdown), SIGKILL after ``timeout``."""
+        stop_group(self.proc, timeout)
+        self._log.close()
 
 
 def free_port() -> int:

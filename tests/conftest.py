@@ -71,7 +71,7 @@ import os  # noqa: E402
 # The servers themselves live in docproc/localservices.py (the benchmarks start them too);
 # these names stay importable from conftest for the tests that use them directly.
 from docproc.localservices import DUMMY_AWS_ENV as _DUMMY_AWS_ENV  # noqa: E402
-from docproc.localservices import MotoS3, RedisServer, free_port, make_bucket, stop_group  # noqa: E402, F401
+from docproc.localservices import LoggedProcess, MotoS3, RedisServer, free_port, make_bucket, stop_group  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
@@ -133,18 +133,14 @@ def service_settings(s3_settings, redis_client, redis_server) -> Settings:
 # (tests/test_api.py, tests/test_worker.py, tests/test_e2e.py)
 # ---------------------------------------------------------------------------
 
-import signal  # noqa: E402
 import socket  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from docproc.settings import REPO_ROOT  # noqa: E402
 
 
 @contextmanager
@@ -190,37 +186,7 @@ def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
     return env
 
 
-class ServiceProcess:
-    """A subprocess (a Celery worker, Flower) in its own process group, run from the
-    repository root, its output in a log file."""
-
-    def __init__(self, argv: Sequence[str], env: dict[str, str], log: Path) -> None:
-        self.log_path = Path(log)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(list(argv), cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self, chars: int = 3000) -> str:
-        return f"--- {self.log_path.name} (last {chars} chars) ---\n{self.log()[-chars:]}"
-
-    def children(self) -> list[int]:
-        found = []
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            found += [int(p) for p in (task / "children").read_text().split()]
-        return found
-
-    def kill(self) -> None:
-        """SIGKILL to the process and its children: a machine lost, not a shutdown."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        """SIGTERM (a Celery worker's warm shutdown), SIGKILL after 20 s."""
-        stop_group(self.proc, 20)
-        self._log.close()
+ServiceProcess = LoggedProcess  # the tests' name for it
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
