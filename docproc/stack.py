@@ -82,6 +82,7 @@ class Stack:
             self.env["DOCPROC_API_KEYS"] = json.dumps({"local": hash_key(self.dev_key)})
         self.env.setdefault("DOCPROC_REDIS_URL", f"redis://127.0.0.1:{self.redis_port}/0")
         self.env.setdefault("DOCPROC_STORAGE_URL", (self.var / "storage").resolve().as_uri())
+        self.env.setdefault("DOCPROC_LOG_FORMAT", "text")  # a terminal, not a log shipper: readable lines
         for child in self.plan():
             child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
             self.children.append(child)
