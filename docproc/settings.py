@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     webhook_response_max_bytes: int = Field(
         1024, ge=0, description="How much of a receiver's response body is kept in the delivery log."
     )
+    webhook_ca_file: Path | None = Field(
+        None, description="PEM bundle of the CAs that https webhook receivers' certificates may chain to "
+        "(a private CA); None: the public bundle (certifi). The certificate is always checked against "
+        "the URL's host name, not the address connected to.",
+    )
     webhook_allow_hosts: list[str] = Field(
         default_factory=list,
         description="SSRF allow-list for tests and private deployments: host names or CIDRs (127.0.0.1/32) "

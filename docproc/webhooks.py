@@ -48,17 +48,21 @@ Redis layout::
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import json
 import logging
 import math
 import random
 import re
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import certifi
 import httpx
 import redis
 from pydantic import BaseModel, Field
@@ -407,6 +411,14 @@ def load_event(r: redis.Redis, event_id: str) -> tuple[WebhookEvent, dict[str, s
     return WebhookEvent.model_validate_json(raw["doc"]), raw
 
 
+@functools.lru_cache(maxsize=4)
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """How https receivers are checked: their certificate must chain to ``ca_file`` (or the
+    public bundle) and name the URL's host, which goes as SNI while the connection goes to
+    the address the SSRF guard checked. Made once per CA file: building one reads the bundle."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else certifi.where())
+
+
 def _post(event: WebhookEvent, settings: Settings, attempt: int) -> DeliveryAttempt:
     """Make one HTTP attempt (SSRF-checked, signed); never raises for the receiver's faults."""
     started = time.time()
@@ -428,7 +440,8 @@ def _post(event: WebhookEvent, settings: Settings, attempt: int) -> DeliveryAtte
         return record
     limit = settings.webhook_response_max_bytes
     try:
-        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False) as client:
+        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False,
+                          verify=_tls_context(settings.webhook_ca_file)) as client:
             with client.stream("POST", target.connect_url, content=body, headers=headers,
                                extensions={"sni_hostname": target.host}) as response:
                 chunks, size = [], 0

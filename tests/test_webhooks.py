@@ -23,6 +23,7 @@ import builders
 import httpx
 import pytest
 from conftest import ServiceProcess, serving, settings_env, wait_until
+from tls_certs import TestCA
 from webhook_receiver import WebhookReceiver
 
 from api.app import create_app
@@ -361,6 +362,37 @@ def test_a_slow_receiver_times_out_and_is_retried(wh_settings, redis_client):
     status = webhooks.event_status(redis_client, TENANT, "evt_test_1")
     assert status.state == "dead" and status.dead_reason == "retries_exhausted"
     assert "no answer within" in status.attempts[0].error and status.attempts[0].status_code is None
+
+
+def test_https_goes_to_the_checked_address_with_the_host_name_as_sni_and_certificate_name(
+    wh_settings, redis_client, tmp_path
+):
+    """The connection goes to the address the SSRF guard checked; TLS still says and checks
+    the URL's host name: a certificate for that name verifies, one for another name or from
+    an untrusted CA gets no request through."""
+    ca = TestCA()
+    settings = wh_settings.model_copy(update={"webhook_ca_file": ca.write_pem(tmp_path / "ca.pem"),
+                                              "webhook_retry_schedule_s": [0]})
+    context, sent = make_ctx(settings, redis_client)
+    with WebhookReceiver(tls=ca.server_context("localhost"), url_host="localhost") as rx:
+        emit(context, rx.url, event_id="evt_tls_ok")
+        assert [r.outcome for r in drive(context, sent)] == ["success"]
+        [request] = rx.requests
+        assert request.headers["host"] == f"localhost:{rx.port}" and rx.sni == ["localhost"]
+        webhooks.verify(SECRET_A, request.headers, request.body)
+
+    with WebhookReceiver(tls=ca.server_context("elsewhere.test"), url_host="localhost") as rx:
+        emit(context, rx.url, event_id="evt_tls_wrong_name")
+        assert [r.outcome for r in drive(context, sent)] == ["connection_error"]
+        assert rx.requests == [] and rx.sni == ["localhost"]
+
+    public_only, sent = make_ctx(wh_settings.model_copy(update={"webhook_retry_schedule_s": [0]}), redis_client)
+    with WebhookReceiver(tls=ca.server_context("localhost"), url_host="localhost") as rx:
+        emit(public_only, rx.url, event_id="evt_tls_untrusted_ca")
+        assert [r.outcome for r in drive(public_only, sent)] == ["connection_error"]
+        assert rx.requests == []
+    status = webhooks.event_status(redis_client, TENANT, "evt_tls_untrusted_ca")
+    assert status.state == "dead" and "ConnectError" in status.attempts[0].error
 
 
 def test_410_disables_the_endpoint_until_it_is_enabled_again(ctx, redis_client):

@@ -12,6 +12,8 @@ according to its behaviour, set at construction or changed while it runs::
     WebhookReceiver(fail_times=1, retry_after=3)     # 503 + Retry-After: 3 once, then 200
     WebhookReceiver(status=410)                      # always 410 Gone
     WebhookReceiver(delay_s=2.0)                     # sleeps before answering (timeouts)
+    WebhookReceiver(tls=context, url_host="localhost")  # https, URL https://localhost:<port>/hook;
+                                                     # rx.sni lists the server names clients sent
 
 The receiver's URL is ``http://127.0.0.1:<port>/hook``; any path is accepted
 (``rx.url_for("/other")``). Loopback is refused by docproc's SSRF guard unless
@@ -21,6 +23,7 @@ allow-listed: tests set ``webhook_allow_hosts=["127.0.0.1"]``.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,6 +57,9 @@ class WebhookReceiver:
     delay_s: float = 0.0
     body: bytes = b"ok"
     host: str = "127.0.0.1"
+    tls: ssl.SSLContext | None = None  # serve https with this server context
+    url_host: str | None = None  # the host name in url_for() (default: host)
+    sni: list[str | None] = field(default_factory=list, init=False, repr=False)
     _requests: list[ReceivedRequest] = field(default_factory=list, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _cond: threading.Condition = field(init=False, repr=False)
@@ -102,6 +108,9 @@ class WebhookReceiver:
 
         self._server = ThreadingHTTPServer((self.host, 0), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:  # the handshake happens in accept(); a refused one drops that connection
+            self.tls.sni_callback = lambda _sock, name, _ctx: self.sni.append(name)
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()
@@ -139,7 +148,8 @@ class WebhookReceiver:
         return self.url_for("/hook")
 
     def url_for(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.url_host or self.host}:{self.port}{path}"
 
     @property
     def requests(self) -> list[ReceivedRequest]:
