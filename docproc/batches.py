@@ -21,6 +21,9 @@ Redis layout::
                                         refused at intake (no job was made for them)
     docproc:batch:{id}:sources   list   the s3:// URIs of a JSON batch, until expanded
     docproc:tenant:{t}:batches   zset   batch ids by creation time (ms)
+    docproc:batches:uploading    zset   upload batches still receiving files -> time of the
+                                        last file (ms); the watchdog ends the listing of one
+                                        that stopped (its API process was lost mid-upload)
 
 Idempotency: the job of document ``index`` is created with the Idempotency-Key
 ``batch:{id}:{index}`` (a re-run gets the same job back, never a second one), added
@@ -47,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import redis
 from pydantic import BaseModel, Field
 
-from docproc.errors import DocprocError, InvalidRequest, NotFound, ServiceUnavailable
+from docproc.errors import DocprocError, InvalidRequest, NotFound, ServiceUnavailable, UploadInterrupted
 from docproc.jobs import TERMINAL, Job, JobRequest, JobStore, service_errors, new_job_id
 from docproc.settings import Settings
 
@@ -63,6 +66,7 @@ BatchKind = Literal["batch", "reprocess"]
 BatchSource = Literal["upload", "uris", "prefix", "jobs"]
 BatchState = Literal["expanding", "running", "completed"]
 EXPAND_TASK = "docproc.batch.expand"
+UPLOADING = "docproc:batches:uploading"
 MAX_PAGE = 1000  # job ids per GET page
 
 
@@ -186,7 +190,19 @@ class BatchStore:
         if sources:
             pipe.rpush(self.key(batch.id, "sources"), *sources)
         pipe.zadd(f"docproc:tenant:{batch.tenant}:batches", {batch.id: int(batch.created_at.timestamp() * 1000)})
+        if batch.source == "upload":
+            pipe.zadd(UPLOADING, {batch.id: int(time.time() * 1000)})
         pipe.execute()
+
+    @service_errors
+    def upload_progressed(self, batch_id: str) -> None:
+        """A file of an upload batch arrived (its listing is alive)."""
+        self._r.zadd(UPLOADING, {batch_id: int(time.time() * 1000)}, xx=True)
+
+    @service_errors
+    def stalled_uploads(self, before_ms: int, limit: int = 100) -> list[str]:
+        """Upload batches whose last file arrived before ``before_ms`` and whose listing is open."""
+        return [_text(b) for b in self._r.zrangebyscore(UPLOADING, "-inf", before_ms, start=0, num=limit)]
 
     @service_errors
     def load(self, batch_id: str) -> Batch:
@@ -275,6 +291,7 @@ class BatchStore:
     def mark_expanded(self, batch_id: str) -> bool:
         """Every job is listed; True when the batch is finished (now or before)."""
         self._r.delete(self.key(batch_id, "sources"))
+        self._r.zrem(UPLOADING, batch_id)
         return int(self._expanded(keys=[self.key(batch_id)], args=[_now().isoformat()])) > 0
 
     @service_errors
@@ -569,6 +586,22 @@ def fail_listing(svc: BatchServices, batch_id: str, error: DocprocError) -> None
     batch = svc.batches.load(batch_id)
     svc.batches.set_error(batch_id, error)
     finish_listing(svc, batch)
+
+
+def end_stalled_uploads(svc: BatchServices, *, now: float | None = None) -> list[str]:
+    """End the listing of upload batches that received no file for ``batch_upload_stall_s``
+    (the API process that read the upload was lost): the batch keeps the error
+    ``upload_interrupted`` and completes with the jobs made so far. Returns their ids."""
+    now = time.time() if now is None else now
+    ended = []
+    for batch_id in svc.batches.stalled_uploads(int((now - svc.settings.batch_upload_stall_s) * 1000)):
+        fail_listing(svc, batch_id, UploadInterrupted(
+            f"no file arrived for {svc.settings.batch_upload_stall_s:.0f} s; the upload was lost with the "
+            "API process that read it; the documents received before are processed"))
+        logger.warning("batch %s: upload stopped; listing ended with the jobs made so far", batch_id,
+                       extra={"batch_id": batch_id, "stage": "watchdog"})
+        ended.append(batch_id)
+    return ended
 
 
 def parse_source_prefix(uri: str, settings: Settings) -> tuple[str, str]:

@@ -21,6 +21,7 @@ status for the service. Never match on messages; match on codes.
     |   +-- WebhookUrlRefused         webhook_url_refused   422   (SSRF guard)
     |   +-- WebhookNotConfigured      webhook_not_configured 422  (tenant has no signing secret)
     |   +-- ContentTooLarge           content_too_large     413   (PDF content inflates too far)
+    |   +-- UploadInterrupted         upload_interrupted    422   (kept on a batch whose upload was lost)
     +-- ConfigurationError            (the operator's side)
     |   +-- ModelUnavailable          model_unavailable     503
     |   +-- EngineUnavailable         engine_unavailable    503
@@ -152,6 +153,13 @@ class ContentTooLarge(InputError):
 
     code = "content_too_large"
     http_status = 413
+
+
+class UploadInterrupted(InputError):
+    """An upload batch whose body stopped arriving (the API process reading it was lost);
+    kept on the batch, whose listing ends with the documents received before."""
+
+    code = "upload_interrupted"
 
 
 class ConfigurationError(DocprocError):

@@ -178,6 +178,10 @@ class Settings(BaseSettings):
         300.0, gt=0, description="An expand task hands the rest of a long listing to a fresh task after this long "
         "(stays well inside the task time limits; the cursor is kept in Redis).",
     )
+    batch_upload_stall_s: float = Field(
+        900.0, gt=0, description="An upload batch that receives no file for this long lost its API process "
+        "mid-upload: the watchdog ends its listing (error upload_interrupted) with the documents received.",
+    )
 
     # --- observability (docproc/metrics.py, docproc/logs.py, docproc/tracing.py) --
     log_format: Literal["json", "text"] = Field(

@@ -4,6 +4,7 @@ counts and pagination, JSON Lines results, one signed batch.completed, tenant is
 from __future__ import annotations
 
 import json
+import time
 
 import boto3
 import pytest
@@ -160,6 +161,27 @@ def test_a_listing_that_fails_for_good_still_completes_the_batch(stack):
     assert view["counts"]["error"]["code"] == "invalid_request"
     event = stack.receiver.wait_for(seen + 1, timeout=30)[-1].json()
     assert event["type"] == "batch.completed" and event["data"]["batch_id"] == batch.id
+
+
+def test_an_upload_lost_with_its_api_process_is_ended_by_the_watchdog(stack):
+    """An upload batch whose files stopped arriving (the API process died mid-body) would stay
+    "expanding" forever: the watchdog ends its listing; it completes with what it received."""
+    svc = batch_services(stack.settings)
+    batch = batches.new_batch(TENANT_A, source="upload", request=JobRequest(task="ocr", engine="text"),
+                              webhook_url=stack.receiver.url)
+    svc.batches.create(batch)
+    job = batches.add_document(svc, batch, 0, text_pdf(1), "first.pdf")  # one file arrived, then nothing
+    batches.enqueue_jobs(svc, batch, [(0, job)])
+    seen = len(stack.receiver.requests)
+    assert batches.end_stalled_uploads(svc) == []  # still within batch_upload_stall_s
+    later = time.time() + stack.settings.batch_upload_stall_s + 1
+    assert batches.end_stalled_uploads(svc, now=later) == [batch.id]
+    assert batches.end_stalled_uploads(svc, now=later) == []  # once
+    event = stack.receiver.wait_for(seen + 1, timeout=60)[-1].json()
+    assert event["type"] == "batch.completed" and event["data"]["batch_id"] == batch.id
+    view = stack.a.get(f"/v1/batches/{batch.id}").json()
+    assert view["state"] == "completed" and view["counts"]["total"] == 1
+    assert view["counts"]["error"]["code"] == "upload_interrupted"
 
 
 def test_a_redelivered_expansion_creates_no_duplicate_jobs(stack):

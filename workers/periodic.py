@@ -6,7 +6,8 @@ Each task is a thin wrapper around a plain function that tests call directly:
     docproc.periodic.sweep_ended    docproc.lifecycle.sweep_ended: after-end steps of jobs
                                     whose finisher died (webhook event, batch count)
     docproc.periodic.webhooks_due   webhook deliveries whose retry time has come
-    docproc.periodic.watchdog       jobs with no progress past their deadline fail with ``timeout``
+    docproc.periodic.watchdog       jobs with no progress past their deadline fail with ``timeout``;
+                                    upload batches whose upload was lost end their listing
 
 A tick that raises is logged and dropped: the next tick does the work.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import logging
 
-from docproc import lifecycle, watchdog, webhooks
+from docproc import batches, lifecycle, watchdog, webhooks
+from workers import batch_tasks
 from workers.celery_app import SWEEP_ENDED_TASK, WATCHDOG_TASK, WEBHOOKS_DUE_TASK, app
 from workers.tasks import resources
 
@@ -30,8 +32,10 @@ def sweep_ended_task() -> int:
 
 @app.task(name=WATCHDOG_TASK, ignore_result=True)
 def watchdog_task() -> int:
-    """Fail the jobs that stopped moving (code ``timeout``) and revoke their tasks."""
-    return len(watchdog.fail_stalled(resources().lifecycle, revoke=app.control.revoke))
+    """Fail the jobs that stopped moving (code ``timeout``) and revoke their tasks; end the
+    listing of upload batches whose upload was lost with its API process."""
+    stalled = watchdog.fail_stalled(resources().lifecycle, revoke=app.control.revoke)
+    return len(stalled) + len(batches.end_stalled_uploads(batch_tasks.services()))
 
 
 @app.task(name=WEBHOOKS_DUE_TASK, ignore_result=True)

@@ -200,6 +200,7 @@ class _BatchReader(MultipartReader):
 def _add_upload(svc: BatchServices, batch: Batch, index: int, file: SpooledTemporaryFile, filename: str | None,
                 error: DocprocError | None) -> None:
     """One finished file part: its job created and enqueued, or its rejection recorded."""
+    svc.batches.upload_progressed(batch.id)
     try:
         if error is not None:
             svc.batches.reject(batch.id, index, filename, error)
