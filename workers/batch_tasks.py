@@ -17,7 +17,7 @@ from celery import Task
 from docproc import batches
 from docproc.errors import DocprocError
 from workers.celery_app import BULK_QUEUE, app
-from workers.tasks import _RETRY, failure_error, resources
+from workers.tasks import RETRY_OPTIONS, failure_error, resources
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ExpandTask(Task):
             logger.exception("batch %s: could not record the listing failure", batch_id)
 
 
-@app.task(name=batches.EXPAND_TASK, bind=True, base=ExpandTask, **_RETRY)
+@app.task(name=batches.EXPAND_TASK, bind=True, base=ExpandTask, **RETRY_OPTIONS)
 def expand_task(self: Task, batch_id: str) -> bool:
     """Create and enqueue the batch's jobs from its cursor on; True when the listing is done."""
     done = batches.expand_batch(services(), batch_id)

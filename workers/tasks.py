@@ -219,7 +219,7 @@ class PageTask(Task):
             logger.exception("page %s/%s: could not record the failure", job_id, page)
 
 
-_RETRY = dict(
+RETRY_OPTIONS = dict(
     autoretry_for=TRANSIENT_ERRORS,
     retry_backoff=True,  # 1, 2, 4, ... s
     retry_backoff_max=RETRY_BACKOFF_MAX_S,
@@ -250,7 +250,7 @@ def _defer_page(task: Task, job_id: str, page: int, exc: LeaseHeld) -> str:
     return "deferred"
 
 
-@app.task(name=INTAKE_TASK, bind=True, base=IntakeTask, **_RETRY)
+@app.task(name=INTAKE_TASK, bind=True, base=IntakeTask, **RETRY_OPTIONS)
 def intake_task(self: Task, job_id: str) -> int:
     """Open the job's document, plan its pages, enqueue them; returns the pages enqueued."""
     r = resources()
@@ -260,7 +260,7 @@ def intake_task(self: Task, job_id: str) -> int:
     return len(pages)
 
 
-@app.task(name=PAGE_TASK, bind=True, base=PageTask, **_RETRY)
+@app.task(name=PAGE_TASK, bind=True, base=PageTask, **RETRY_OPTIONS)
 def page_task(self: Task, job_id: str, page: int) -> str | None:
     """Process one page of a job (the last one finalises it); returns the page's status."""
     r = resources()
