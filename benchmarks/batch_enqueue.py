@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import signal
@@ -50,10 +49,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "benchmarks"))
 
-from service import BenchmarkFailed, Child, _ready, can_run, machine_line, wait_for  # noqa: E402
+from service import BenchmarkFailed, Child, _ready, can_run, machine_line, start_backing, wait_for  # noqa: E402
 
 from docproc.auth import generate_key, hash_key  # noqa: E402
-from docproc.localservices import DUMMY_AWS_ENV, MotoS3, RedisServer, free_port, make_bucket  # noqa: E402
+from docproc.localservices import DUMMY_AWS_ENV, free_port, make_bucket  # noqa: E402
 
 TENANT = "bench"
 PREFIX = "in/"
@@ -176,14 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     cleanup = ExitStack()
     code = 1
     try:
-        (var / "redis").mkdir()
-        redis_server = RedisServer(var / "redis")
-        redis_server.start()
-        cleanup.callback(redis_server.stop)
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server: no line per request
-        moto = MotoS3()
-        s3_url = moto.start()
-        cleanup.callback(moto.stop)
+        redis_server, s3_url = start_backing(cleanup, var)
         source = make_bucket(s3_url, "bench-source")
         results = make_bucket(s3_url, "bench-results")
         t = time.perf_counter()

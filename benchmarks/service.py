@@ -162,18 +162,24 @@ class Services:
     var: Path
 
 
-def start_stack(cleanup: ExitStack, var: Path, *, workers: int, rate_limit: int) -> Services:
-    """Redis, moto + bucket, the API and one CPU worker; each registered on ``cleanup`` to be
-    stopped in reverse order (worker, API, S3, Redis)."""
+def start_backing(cleanup: ExitStack, var: Path) -> tuple[RedisServer, str]:
+    """A redis-server (data in ``var/redis``) and moto's S3 server; returns the Redis and the
+    S3 endpoint URL. Both are registered on ``cleanup`` (S3 stops before Redis)."""
     (var / "redis").mkdir()
     redis_server = RedisServer(var / "redis")
     redis_server.start()
     cleanup.callback(redis_server.stop)
-
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server: no line per request
     moto = MotoS3()
     s3_url = moto.start()
     cleanup.callback(moto.stop)
+    return redis_server, s3_url
+
+
+def start_stack(cleanup: ExitStack, var: Path, *, workers: int, rate_limit: int) -> Services:
+    """Redis, moto + bucket, the API and one CPU worker; each registered on ``cleanup`` to be
+    stopped in reverse order (worker, API, S3, Redis)."""
+    redis_server, s3_url = start_backing(cleanup, var)
     bucket = make_bucket(s3_url, "docproc-bench")
 
     key = generate_key()
