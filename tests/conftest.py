@@ -207,6 +207,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}".rstrip())
 
 
+def wait_for_http(url: str, timeout: float, what: str, processes: Sequence[ServiceProcess] = (),
+                  interval: float = 0.2) -> None:
+    """Wait until GET ``url`` answers 200 (a service that is up), as :func:`wait_until` does."""
+    import httpx
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(answers, timeout, what, processes, interval=interval)
+
+
 # --- end of service processes block -------------------------------------------
 
 

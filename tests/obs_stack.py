@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from conftest import ServiceProcess, free_port, serving, settings_env, wait_until
+from conftest import ServiceProcess, free_port, serving, settings_env, wait_for_http, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
@@ -56,14 +56,8 @@ def text_stack(settings: Settings, log_dir: Path, api_key: str) -> Iterator[Stac
     worker = ServiceProcess(argv, env, log_dir / "worker.log")
     metrics_url = f"http://127.0.0.1:{port}/metrics"
 
-    def serves_metrics() -> bool:
-        try:
-            return httpx.get(metrics_url, timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(serves_metrics, 90, "the worker's metrics endpoint", [worker], interval=0.2)
+        wait_for_http(metrics_url, 90, "the worker's metrics endpoint", [worker])
         with serving(create_app(settings)) as url, httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30
         ) as http:

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import ServiceProcess, settings_env, wait_until
+from conftest import ServiceProcess, settings_env, wait_for_http, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.routes.metrics import prometheus_metrics
@@ -484,14 +484,8 @@ def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, 
     flower = ServiceProcess(argv, env, tmp_path / "flower.log")
     url = f"http://127.0.0.1:{port}"
 
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{url}/healthcheck", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_until(answers, 60, "Flower to answer /healthcheck", [flower], interval=0.2)
+        wait_for_http(f"{url}/healthcheck", 60, "Flower to answer /healthcheck", [flower])
         for path in ("/", "/workers", "/api/workers", "/api/tasks"):
             assert httpx.get(f"{url}{path}", timeout=10).status_code == 401, path
             assert httpx.get(f"{url}{path}", auth=("ops", "wrong"), timeout=10).status_code == 401, path

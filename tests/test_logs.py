@@ -156,7 +156,7 @@ def test_a_missing_or_insane_request_id_gets_a_fresh_one(stack) -> None:
 def test_the_api_process_logs_json_access_lines_with_the_request_id(service_settings, tmp_path) -> None:
     """``python -m api`` as operators start it: its own logging (uvicorn's included) is JSON."""
     import httpx
-    from conftest import ServiceProcess, free_port, settings_env, wait_until
+    from conftest import ServiceProcess, free_port, settings_env, wait_for_http, wait_until
 
     port = free_port()
     env = settings_env(service_settings, api_keys=json.dumps({TENANT: hash_key(API_KEY)}))
@@ -165,13 +165,7 @@ def test_the_api_process_logs_json_access_lines_with_the_request_id(service_sett
     try:
         url = f"http://127.0.0.1:{port}"
 
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(answers, 30, "the API to answer", [api], interval=0.1)
+        wait_for_http(f"{url}/healthz", 30, "the API to answer", [api], interval=0.1)
         response = httpx.get(f"{url}/v1/jobs", headers={"Authorization": f"Bearer {API_KEY}",
                                                         "X-Request-Id": "req-api-process"}, timeout=10)
         assert response.status_code == 200 and response.headers["X-Request-Id"] == "req-api-process"

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 import builders
 import httpx
 import pytest
-from conftest import ServiceProcess, free_port, settings_env, wait_until
+from conftest import ServiceProcess, free_port, settings_env, wait_for_http, wait_until
 from webhook_receiver import WebhookReceiver
 
 from docproc.auth import hash_key
@@ -48,13 +48,7 @@ def test_no_secret_reaches_the_api_or_worker_logs(stack_settings, tmp_path, monk
                              "--without-mingle", "-n", "redact@%h"], env, tmp_path / "worker.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        def api_up() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(api_up, 60, "the API", [api_proc], interval=0.2)
+        wait_for_http(f"{base}/healthz", 60, "the API", [api_proc])
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
         response = client.post("/v1/jobs", files={"file": ("a.pdf", builders.multipage_text_pdf(1), "application/pdf")},
                                data={"task": "ocr", "engine": "text", "webhook_url": receiver.url})

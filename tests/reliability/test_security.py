@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis as redis_lib
 import yaml
-from conftest import ServiceProcess, free_port, settings_env, wait_until
+from conftest import ServiceProcess, free_port, settings_env, wait_for_http
 
 from docproc.auth import KeyRing, create_key, hash_key
 from docproc.errors import DocprocError
@@ -176,13 +176,7 @@ def test_flower_reading_flower_basic_auth_from_the_env_refuses_anonymous_calls(s
                               "--address=127.0.0.1", f"--port={port}"], env, tmp_path / "flower.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/healthcheck", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, 60, "Flower to answer", [process], interval=0.2)
+        wait_for_http(f"{base}/healthcheck", 60, "Flower to answer", [process])
         for path in ("/", "/api/workers", "/api/tasks", "/workers"):
             assert httpx.get(f"{base}{path}", timeout=10).status_code == 401, path
         assert httpx.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
