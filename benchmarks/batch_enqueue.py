@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -49,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "benchmarks"))
 
-from service import BenchmarkFailed, Child, _ready, can_run, machine_line, start_backing, wait_for  # noqa: E402
+from service import BenchmarkFailed, Child, _ready, can_run, machine_line, start_backing, tear_down, wait_for  # noqa: E402
 
 from docproc.auth import generate_key, hash_key  # noqa: E402
 from docproc.localservices import DUMMY_AWS_ENV, free_port, make_bucket  # noqa: E402
@@ -234,13 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         code = 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cleanup.close()
-        if code == 0:
-            shutil.rmtree(var, ignore_errors=True)
-        else:
-            print(f"logs kept in {var}", file=sys.stderr)
+        tear_down(cleanup, var, keep=code != 0)
     return code
 
 

@@ -162,6 +162,18 @@ class Services:
     var: Path
 
 
+def tear_down(cleanup: ExitStack, var: Path, *, keep: bool) -> None:
+    """Stop everything on ``cleanup`` (workers first: warm shutdown; then the API, S3, Redis;
+    a second Ctrl-C cannot cut it short) and remove ``var`` unless its logs are to be kept."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    cleanup.close()
+    if keep:
+        print(f"service logs kept in {var}", file=sys.stderr)
+    else:
+        shutil.rmtree(var, ignore_errors=True)
+
+
 def start_backing(cleanup: ExitStack, var: Path) -> tuple[RedisServer, str]:
     """A redis-server (data in ``var/redis``) and moto's S3 server; returns the Redis and the
     S3 endpoint URL. Both are registered on ``cleanup`` (S3 stops before Redis)."""
@@ -608,15 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         code = 130
     finally:
-        # Workers first (warm shutdown), then the API, S3, Redis; a second Ctrl-C cannot cut it short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping the stack ...", file=sys.stderr, flush=True)
-        cleanup.close()
-        if code == 0 and not args.keep:
-            shutil.rmtree(var, ignore_errors=True)
-        else:
-            print(f"service logs kept in {var}", file=sys.stderr)
+        tear_down(cleanup, var, keep=code != 0 or args.keep)
     return code
 
 
