@@ -413,15 +413,12 @@ def begin_page(
     if job.state in TERMINAL:
         logger.info("page %s/%d: job is %s; skipped", job_id, page, job.state)
         return None
-    stored = _stored_page(storage, job_id, page)
-    if stored is not None:  # redelivered after the result was written: just (re)count it
-        logger.info("page %s/%d: result already stored; recording it", job_id, page)
-        return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage,
-                           on_ended=on_ended)
     lease = leases.acquire(job_id, page)
     try:
-        stored = _stored_page(storage, job_id, page)  # the previous owner may have just recorded it
-        if stored is not None:
+        # Looked up under the lease: an earlier delivery (or the previous owner) may have stored it.
+        stored = _stored_page(storage, job_id, page)
+        if stored is not None:  # redelivered after the result was written: just (re)count it
+            logger.info("page %s/%d: result already stored; recording it", job_id, page)
             lease.release()
             return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage,
                                on_ended=on_ended)
