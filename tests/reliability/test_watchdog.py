@@ -115,9 +115,13 @@ def test_jobs_whose_workers_are_gone_fail_with_timeout_and_their_tasks_are_revok
     # 2. a job whose pages wait on a queue ("render") whose workers are all gone
     orphan = submit(2)
     worker = start_worker(settings, "intake,periodic", beat=True)
-    wait_until(lambda: store.load(orphan.id).state == "running", 60, "the orphan's intake", [worker])
-    page_tasks = [t for t in store.load(orphan.id).task_ids if t not in orphan.task_ids]
-    assert len(page_tasks) == 2
+    # "running" is written before the page tasks' ids are: wait for the intake to have recorded both
+    def page_tasks() -> list[str]:
+        return [t for t in store.load(orphan.id).task_ids if t not in orphan.task_ids]
+
+    wait_until(lambda: store.load(orphan.id).state == "running" and len(page_tasks()) == 2, 60,
+               "the orphan's intake", [worker])
+    assert store.load(orphan.id).page_count == 2
 
     for job in (lost, orphan):
         wait_until(lambda: store.load(job.id).state in TERMINAL, 60, f"the watchdog to end {job.id}", [worker])
