@@ -38,6 +38,7 @@ import argparse
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,16 @@ import redis
 
 from docproc import lifecycle
 from docproc.errors import JobStateConflict, NotFound, ServiceUnavailable
-from docproc.jobs import MAX_LIST_LIMIT, TERMINAL, Job, JobState, JobStore, PageStatus, connect_redis
+from docproc.jobs import (
+    MAX_LIST_LIMIT,
+    TENANTS,
+    TERMINAL,
+    Job,
+    JobState,
+    JobStore,
+    PageStatus,
+    connect_redis,
+)
 from docproc.settings import TENANT_RE, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -59,7 +69,6 @@ logger = logging.getLogger(__name__)
 RETRY_IDEMPOTENCY_PREFIX = "docproc-admin-retry:"
 """Idempotency key of a retry, per original job: a second retry answers the same new job."""
 
-_TENANT_JOBS_MATCH = "docproc:tenant:*:jobs"  # JobStore._tenant_key(tenant)
 
 
 # ---------------------------------------------------------------------------
@@ -68,14 +77,9 @@ _TENANT_JOBS_MATCH = "docproc:tenant:*:jobs"  # JobStore._tenant_key(tenant)
 
 
 def tenants(client: redis.Redis) -> list[str]:
-    """Every tenant that has jobs (the JobStore's per-tenant index keys), sorted."""
-    found = set()
-    for key in client.scan_iter(match=_TENANT_JOBS_MATCH, count=500):
-        key = key.decode() if isinstance(key, bytes) else key
-        name = key[len("docproc:tenant:"):-len(":jobs")]
-        if TENANT_RE.fullmatch(name):
-            found.add(name)
-    return sorted(found)
+    """Every tenant that has made jobs or batches (the job store's tenant set), sorted."""
+    names = (t.decode() if isinstance(t, bytes) else t for t in client.smembers(TENANTS))
+    return sorted(t for t in names if TENANT_RE.fullmatch(t))
 
 
 def list_jobs(
@@ -313,6 +317,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     cancel.add_argument("job_id")
 
     sub.add_parser("queues", parents=[as_json], help="messages waiting and the oldest one's age, per queue")
+    purge = sub.add_parser("purge", parents=[as_json],
+                           help="delete the Redis records of work that ended more than retention_s ago now "
+                                "(the scheduler does it every tick; see docproc/retention.py)")
+    purge.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -376,4 +384,26 @@ def cmd_queues(args: argparse.Namespace, settings: Settings | None = None) -> in
     data = [{"queue": s.name, "depth": s.depth, "oldest_age_s": s.oldest_age_s} for s in stats]
     rows = [{"queue": s.name, "depth": s.depth, "oldest": _age(s.oldest_age_s, s.depth)} for s in stats]
     _emit(args, data, table(rows, ["queue", "depth", "oldest"]))
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """``docproc purge [--dry-run]``: the retention purge over the whole backlog, in one pass."""
+    from docproc import retention
+
+    settings = settings or get_settings()
+    client = connect_redis(settings)
+    try:
+        ctx = lifecycle.Context(settings=settings, redis=client, store=JobStore(client, settings),
+                                send=lambda *_: None)  # a purge sends no task
+        out = retention.purge_expired(ctx, dry_run=args.dry_run, limit=retention.UNLIMITED)
+    finally:
+        client.close()
+    if not settings.retention_s:
+        text = "retention_s is 0: records are kept forever; nothing purged"
+    else:
+        text = (f"{'would purge' if args.dry_run else 'purged'} {out.jobs} jobs, {out.batches} batches and "
+                f"{out.events} webhook events that ended more than {settings.retention_s / 86400:g} days ago; "
+                f"kept {out.kept} older jobs still in flight")
+    _emit(args, {**asdict(out), "dry_run": args.dry_run, "retention_s": settings.retention_s}, text)
     return 0

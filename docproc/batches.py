@@ -51,7 +51,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from docproc.errors import DocprocError, InvalidRequest, NotFound, ServiceUnavailable, UploadInterrupted
-from docproc.jobs import TERMINAL, Job, JobRequest, JobStore, service_errors, new_job_id
+from docproc.jobs import TENANTS, TERMINAL, Job, JobRequest, JobStore, service_errors, new_job_id
 from docproc.settings import Settings
 
 if TYPE_CHECKING:
@@ -117,6 +117,16 @@ local function finished_check(batch, now)
 end
 """
 
+# KEYS: batch, jobs, counted, rejected, sources, tenant batches, uploading; ARGV: id
+# -> 1 purged, 0 kept (not finished). A batch whose record is gone just leaves the indexes.
+_PURGE = """
+if redis.call('EXISTS', KEYS[1]) == 1 and not redis.call('HGET', KEYS[1], 'finished_at') then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
+return 1
+"""
+
 # KEYS: batch, counted; ARGV: now, job id, state -> {first count?, finished_check}
 _COUNT_ENDED = _FINISHED_CHECK + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
@@ -175,10 +185,15 @@ class BatchStore:
         self._add_jobs = redis_client.register_script(_ADD_JOBS)
         self._expanded = redis_client.register_script(_EXPANDED)
         self._reject = redis_client.register_script(_REJECT)
+        self._purge = redis_client.register_script(_PURGE)
 
     @staticmethod
     def key(batch_id: str, part: str = "") -> str:
         return f"docproc:batch:{batch_id}" + (f":{part}" if part else "")
+
+    @staticmethod
+    def tenant_key(tenant: str) -> str:
+        return f"docproc:tenant:{tenant}:batches"
 
     @service_errors
     def create(self, batch: Batch, sources: list[str] | None = None) -> None:
@@ -189,7 +204,8 @@ class BatchStore:
         })
         if sources:
             pipe.rpush(self.key(batch.id, "sources"), *sources)
-        pipe.zadd(f"docproc:tenant:{batch.tenant}:batches", {batch.id: int(batch.created_at.timestamp() * 1000)})
+        pipe.zadd(self.tenant_key(batch.tenant), {batch.id: int(batch.created_at.timestamp() * 1000)})
+        pipe.sadd(TENANTS, batch.tenant)
         if batch.source == "upload":
             pipe.zadd(UPLOADING, {batch.id: int(time.time() * 1000)})
         pipe.execute()
@@ -304,6 +320,29 @@ class BatchStore:
         first, finished = self._count_ended(keys=[self.key(batch_id), self.key(batch_id, "counted")],
                                             args=[_now().isoformat(), job_id, state])
         return int(first) == 1, int(finished)
+
+    # --- retention (docproc.retention) ---------------------------------------
+    @service_errors
+    def created_before(self, tenant: str, before_ms: int, *, start: int,
+                       count: int) -> list[tuple[str, bool, datetime | None]]:
+        """A slice (oldest first, from index ``start``) of the tenant's batches created
+        before ``before_ms``: (id, whether its record exists, when it finished or None)."""
+        ids = [_text(b) for b in self._r.zrangebyscore(self.tenant_key(tenant), "-inf", f"({before_ms}",
+                                                         start=start, num=count)]
+        pipe = self._r.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.hmget(self.key(batch_id), ["tenant", "finished_at"])
+        rows = []
+        for batch_id, (owner, finished) in zip(ids, pipe.execute(), strict=True):
+            finished = _text(finished)
+            rows.append((batch_id, owner is not None, datetime.fromisoformat(finished) if finished else None))
+        return rows
+
+    @service_errors
+    def purge(self, tenant: str, batch_id: str) -> bool:
+        """Delete a finished batch's records and index entries; False (kept) while it runs."""
+        keys = [self.key(batch_id, part) for part in ("", "jobs", "counted", "rejected", "sources")]
+        return self._purge(keys=[*keys, self.tenant_key(tenant), UPLOADING], args=[batch_id]) == 1
 
 
 def _is_batch_id(value: str) -> bool:

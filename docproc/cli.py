@@ -6,7 +6,7 @@
     docproc tiny-model DIR
     docproc up | api | worker | flower       (the service; see docproc/stack.py)
     docproc keys create --tenant T | revoke HASH | hash KEY
-    docproc jobs ls|show|retry|cancel, docproc queues   (operator tools; see docproc/admin.py)
+    docproc jobs ls|show|retry|cancel, docproc queues, docproc purge   (operator tools; docproc/admin.py)
     docproc reprocess --tenant T --schema invoice@2 [--since DATE] [--dry-run] | reprocess diff ID
 
 A bad input prints its typed error on one line (``file: code: message``) and
@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     kh = ksub.add_parser("hash", help="print the sha256 of a key, for DOCPROC_API_KEYS")
     kh.add_argument("key")
 
-    admin.add_parsers(sub)  # jobs ls|show|retry|cancel, queues (docproc/admin.py)
+    admin.add_parsers(sub)  # jobs ls|show|retry|cancel, queues, purge (docproc/admin.py)
     reprocess_cli.add_parser(sub)  # reprocess [diff] (docproc/reprocess_cli.py)
     return parser
 
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "keys": cmd_keys,
             "jobs": admin.cmd_jobs,
             "queues": admin.cmd_queues,
+            "purge": admin.cmd_purge,
             "reprocess": reprocess_cli.cmd_reprocess,
         }[args.command](args)
     except DocprocError as exc:

@@ -13,6 +13,7 @@ Redis layout (one server with the Celery broker)::
     docproc:job:{id}:pages      hash   page:{n} -> PageStatus JSON (first record wins),
                                        attempts:{n} -> deliveries, seen:{n} -> who recorded it
     docproc:tenant:{t}:jobs     zset   job ids scored by creation time (ms)
+    docproc:tenants             set    every tenant that made a job or batch (docproc.retention)
     docproc:idem:{t}:{key}      string {"job_id", "fingerprint"}, expires after idempotency_ttl_s
     docproc:outbox:ended        zset   job id -> ended at (ms): entered atomically with the
                                        terminal state, left once docproc.lifecycle ran the
@@ -59,6 +60,7 @@ MAX_LIST_SCAN = 10_000  # jobs examined per list call; past it the page ends ear
 PAGE_DUPLICATE = -1  # page_finished: this page was already recorded; do not finalise
 ENDED_OUTBOX = "docproc:outbox:ended"  # zset: job id -> ended at (ms), until its after-end steps ran
 ACTIVE_JOBS = "docproc:active"  # zset: non-terminal job id -> last progress (Redis clock, ms); docproc.watchdog
+TENANTS = "docproc:tenants"  # set: every tenant with jobs or batches (docproc.retention walks them)
 
 _JOB_ID_LEN = 32
 _HEX = frozenset("0123456789abcdef")
@@ -169,15 +171,17 @@ local function touch_active(active, job_key, only_listed)
 end
 """
 
-# KEYS: job, tenant zset, active[, idem]; ARGV: id, score, idem value, idem ttl, field/value pairs...
+# KEYS: job, tenant zset, active, tenants[, idem]; ARGV: id, score, idem value, idem ttl, tenant,
+# field/value pairs...
 _CREATE = _TOUCH_ACTIVE + """
-if #KEYS == 4 then
-  local prev = redis.call('GET', KEYS[4])
+if #KEYS == 5 then
+  local prev = redis.call('GET', KEYS[5])
   if prev then return prev end
-  redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])
+  redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[5])
 touch_active(KEYS[3], KEYS[1], false)
 return false
 """
@@ -246,6 +250,17 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finish_token', ARGV[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[4])
+return 1
+"""
+
+# KEYS: job, pages, tenant zset, ended outbox; ARGV: id -> 1 purged, 0 kept (not ended, or its
+# after-end steps still pending). A job whose record is already gone just leaves the index.
+_PURGE = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if s and s ~= 'succeeded' and s ~= 'partial' and s ~= 'failed' and s ~= 'canceled' then return 0 end
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 """
 
@@ -393,6 +408,7 @@ class JobStore:
         self._page_finished = redis_client.register_script(_PAGE_FINISHED)
         self._finish = redis_client.register_script(_FINISH)
         self._add_task_ids = redis_client.register_script(_ADD_TASK_IDS)
+        self._purge = redis_client.register_script(_PURGE)
 
     @property
     def redis(self) -> redis.Redis:
@@ -463,7 +479,7 @@ class JobStore:
             reprocess_of=reprocess_of,
             request_id=request_id,
         )
-        keys = [self._job_key(job.id), self._tenant_key(tenant), ACTIVE_JOBS]
+        keys = [self._job_key(job.id), self._tenant_key(tenant), ACTIVE_JOBS, TENANTS]
         idem_value = ""
         if idempotency_key is not None:
             keys.append(self._idem_key(tenant, idempotency_key))
@@ -476,7 +492,8 @@ class JobStore:
             "pages_failed", "0",
         ]  # fmt: skip
         for _ in range(2):
-            prev = self._create(keys=keys, args=[job.id, ms, idem_value, self._settings.idempotency_ttl_s, *fields])
+            prev = self._create(keys=keys, args=[job.id, ms, idem_value, self._settings.idempotency_ttl_s, tenant,
+                                                 *fields])
             if prev is None:
                 return job, True
             record = json.loads(_text(prev))
@@ -489,7 +506,7 @@ class JobStore:
             try:
                 return self.load(record["job_id"]), False
             except NotFound:  # the key outlived its job: forget it and create anew
-                self._r.delete(keys[3])
+                self._r.delete(keys[4])
         raise ServiceUnavailable("could not create the job (idempotency key contended)")
 
     @service_errors
@@ -719,6 +736,24 @@ class JobStore:
             if int(seen) < chunk:
                 return counts
             start += chunk
+
+    # --- retention (docproc.retention) --------------------------------------
+    @service_errors
+    def created_before(self, tenant: str, before_ms: int, *, start: int, count: int) -> list[tuple[str, Job | None]]:
+        """A slice (oldest first, from index ``start``) of the tenant's jobs created before
+        ``before_ms``, with each job (None when its record is gone)."""
+        rows = self._r.zrangebyscore(self._tenant_key(tenant), "-inf", f"({before_ms}", start=start, num=count,
+                                     withscores=True)
+        return [(job_id, job) for job_id, _, job in self._with_jobs([(_text(m), int(s)) for m, s in rows])]
+
+    @service_errors
+    def purge(self, tenant: str, job_id: str) -> bool:
+        """Delete an ended job's records (job, pages) and its index entry; False (kept)
+        when it is not ended or its after-end steps have not run yet."""
+        return self._purge(
+            keys=[self._job_key(job_id), self._pages_key(job_id), self._tenant_key(tenant), ENDED_OUTBOX],
+            args=[job_id],
+        ) == 1
 
     @service_errors
     def add_task_ids(self, job_id: str, ids: list[str]) -> None:

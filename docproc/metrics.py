@@ -60,6 +60,10 @@ WEBHOOK_ATTEMPTS = Counter(
 WEBHOOK_DEAD_LETTERS = Counter(
     "docproc_webhook_dead_letters_total", "Webhook events given up after their last attempt.", ["event"]
 )
+RETENTION_PURGED = Counter(
+    "docproc_retention_purged_total", "Redis records deleted past their retention (docproc.retention), "
+    "by kind (job, batch, event).", ["kind"],
+)
 HTTP_REQUESTS = Counter(
     "docproc_http_requests_total", "API requests by route template, method and status.", ["route", "method", "status"]
 )

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         60.0, gt=0, description="A job ended this long ago whose after-end steps (webhook, batch count) "
         "did not complete (its worker died) gets them run again by the sweep.",
     )
+    retention_s: int = Field(
+        30 * 86400, ge=0, description="How long the Redis records of ended work (a job, its pages, its webhook "
+        "events and attempt log, a finished batch) are kept after it ended; then the periodic purge deletes "
+        "them and their API reads answer 404. 0 keeps them forever. S3 objects are never deleted by docproc: "
+        "give the bucket a lifecycle rule.",
+    )
+    retention_batch: int = Field(1000, ge=1, description="Most jobs one purge tick deletes.")
 
     # --- webhooks (docproc/webhooks.py, workers/webhook_tasks.py) ----------------
     webhook_secrets: dict[str, list[str]] = Field(

@@ -263,6 +263,25 @@ return tonumber(n)
 """
 
 
+# KEYS: subject, due, dead; ARGV: event key prefix, "1" to delete (else only count)
+# -> events of the subject (deleted if asked), or -1 when one is still pending (kept)
+_PURGE_SUBJECT = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+for _, id in ipairs(ids) do
+  if redis.call('ZSCORE', KEYS[2], id) then return -1 end
+end
+if ARGV[2] == '1' then
+  for _, id in ipairs(ids) do
+    local key = ARGV[1] .. id
+    redis.call('DEL', key, key .. ':attempts', key .. ':claim')
+    redis.call('ZREM', KEYS[3], id)
+  end
+  redis.call('DEL', KEYS[1])
+end
+return #ids
+"""
+
+
 def _script(client: redis.Redis, source: str):
     """A callable Lua script (EVALSHA, loaded on first use; registering is local and cheap)."""
     return client.register_script(source)
@@ -605,6 +624,15 @@ def events_for_subject(r: redis.Redis, tenant: str, subject: str) -> list[EventS
         except NotFound:  # expired or deleted
             continue
     return out
+
+
+def purge_subject(r: redis.Redis, tenant: str, subject: str, *, delete: bool = True) -> int | None:
+    """Delete every event about one job (batch ...) with its attempt log and dead-letter
+    entry (docproc.retention); returns how many, or None (nothing deleted) while one of
+    them is still pending. ``delete=False`` only counts."""
+    n = _script(r, _PURGE_SUBJECT)(keys=[_subject_key(tenant, subject), _DUE, _dead_key(tenant)],
+                                   args=[_event_key(""), "1" if delete else "0"])
+    return None if n == -1 else int(n)
 
 
 def dead_letters(r: redis.Redis, tenant: str, *, limit: int = 50, offset: int = 0) -> tuple[list[EventStatus], int]:

@@ -45,7 +45,8 @@ PAGE_TASK = "docproc.page"
 SWEEP_ENDED_TASK = "docproc.periodic.sweep_ended"
 WEBHOOKS_DUE_TASK = "docproc.periodic.webhooks_due"
 WATCHDOG_TASK = "docproc.periodic.watchdog"
-PERIODIC_TASKS: tuple[str, ...] = (SWEEP_ENDED_TASK, WEBHOOKS_DUE_TASK, WATCHDOG_TASK)
+PURGE_EXPIRED_TASK = "docproc.periodic.purge_expired"
+PERIODIC_TASKS: tuple[str, ...] = (SWEEP_ENDED_TASK, WEBHOOKS_DUE_TASK, WATCHDOG_TASK, PURGE_EXPIRED_TASK)
 
 # Modules whose tasks a worker registers (each imports its engines and stores lazily).
 TASK_MODULES: tuple[str, ...] = ("workers.tasks", "workers.periodic", "workers.batch_tasks",

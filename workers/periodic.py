@@ -8,6 +8,8 @@ Each task is a thin wrapper around a plain function that tests call directly:
     docproc.periodic.webhooks_due   webhook deliveries whose retry time has come
     docproc.periodic.watchdog       jobs with no progress past their deadline fail with ``timeout``;
                                     upload batches whose upload was lost end their listing
+    docproc.periodic.purge_expired  the Redis records of work ended more than ``retention_s``
+                                    ago are deleted (docproc.retention)
 
 A tick that raises is logged and dropped: the next tick does the work.
 """
@@ -16,9 +18,9 @@ from __future__ import annotations
 
 import logging
 
-from docproc import batches, lifecycle, watchdog, webhooks
+from docproc import batches, lifecycle, retention, watchdog, webhooks
 from workers import batch_tasks
-from workers.celery_app import SWEEP_ENDED_TASK, WATCHDOG_TASK, WEBHOOKS_DUE_TASK, app
+from workers.celery_app import PURGE_EXPIRED_TASK, SWEEP_ENDED_TASK, WATCHDOG_TASK, WEBHOOKS_DUE_TASK, app
 from workers.tasks import resources
 
 logger = logging.getLogger(__name__)
@@ -42,3 +44,9 @@ def watchdog_task() -> int:
 def webhooks_due_task() -> int:
     """Send the webhook delivery attempts that are due (long retries wait in Redis, not in ETAs)."""
     return webhooks.enqueue_due(resources().lifecycle)
+
+
+@app.task(name=PURGE_EXPIRED_TASK, ignore_result=True)
+def purge_expired_task() -> int:
+    """Delete the Redis records of jobs and batches that ended more than ``retention_s`` ago."""
+    return retention.purge_expired(resources().lifecycle).jobs

@@ -41,7 +41,7 @@ from api.uploads import (
 )
 from docproc import batches, reprocess
 from docproc.batches import Batch, BatchCounts, BatchServices
-from docproc.errors import DocprocError, FileTooLarge, InvalidRequest, ServiceUnavailable
+from docproc.errors import DocprocError, FileTooLarge, InvalidRequest, NotFound, ServiceUnavailable
 from docproc.jobs import JobRequest
 from docproc.reprocess import DiffReport, ReprocessRequest
 from docproc.results import ErrorInfo
@@ -389,7 +389,13 @@ def get_batch(batch_id: BatchId, tenant: TenantDep, services: ServicesDep, curso
 def _result_lines(svc: BatchServices, batch: Batch) -> Iterator[bytes]:
     """One JSON line per job, in batch order, each result read from storage as it is sent."""
     for index, job_id in svc.batches.job_ids(batch.id):
-        job = svc.store.load(job_id)
+        try:
+            job = svc.store.load(job_id)
+        except NotFound:  # purged with the batch (docproc.retention) while this export ran
+            gone = {"code": "not_found", "message": "the job's record is gone (past its retention)"}
+            yield json.dumps({"index": index, "job_id": job_id, "state": None, "error": gone,
+                              "result": None}, separators=(",", ":")).encode() + b"\n"
+            continue
         head = {"index": index, "job_id": job.id, "filename": job.filename, "state": job.state,
                 "reprocess_of": job.reprocess_of, "error": job.error.model_dump() if job.error else None}
         prefix = json.dumps(head, separators=(",", ":"))[:-1]
