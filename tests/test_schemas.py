@@ -12,11 +12,14 @@ import xgrammar as xg
 from docproc.errors import ConfigurationError, InvalidSchemaFile, UnknownSchema
 from docproc.schemas import ExtractionSchema, SchemaRegistry, get_registry
 from docproc.settings import REPO_ROOT, Settings
-from workers.postprocess import validate_fields
+from workers.engines.schema_bounds import closing_reserve, grammar_schema
+from workers.postprocess import normalize_fields, validate_fields
 
 SCHEMAS_DIR = REPO_ROOT / "extraction_schemas"
 EXAMPLES_DIR = Path(__file__).parent / "data" / "schema_examples"
 SHIPPED = ["bank_statement", "identity_document", "invoice", "purchase_order", "receipt"]
+# every shipped version; an example for each lies in tests/data/schema_examples under the schema's file name
+SHIPPED_KEYS = ["bank_statement@1", "identity_document@1", "invoice@1", "invoice@2", "purchase_order@1", "receipt@1"]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,22 @@ def registry() -> SchemaRegistry:
 
 
 def example(name: str) -> dict:
-    return json.loads((EXAMPLES_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    """The example of a schema: ``"invoice"`` -> invoice.json (version 1), ``"invoice@2"`` -> invoice.v2.json."""
+    name, _, version = name.partition("@")
+    filename = f"{name}.v{version}.json" if version and version != "1" else f"{name}.json"
+    return json.loads((EXAMPLES_DIR / filename).read_text(encoding="utf-8"))
+
+
+def property_paths(node: dict, prefix: str = "") -> set[str]:
+    """Every property path of a schema: ``vendor.iban``, ``line_items[].tax_rate`` ..."""
+    paths: set[str] = set()
+    for prop, sub in (node.get("properties") or {}).items():
+        path = f"{prefix}{prop}"
+        paths.add(path)
+        paths |= property_paths(sub, f"{path}.")
+        if isinstance(sub.get("items"), dict):
+            paths |= property_paths(sub["items"], f"{path}[].")
+    return paths
 
 
 def write(directory: Path, filename: str, doc: dict | str) -> Path:
@@ -62,21 +80,22 @@ def minimal_schema(name: str = "memo", version: str = "1") -> dict:
 
 def test_registry_loads_every_shipped_schema(registry: SchemaRegistry) -> None:
     assert registry.names() == SHIPPED
-    assert len(registry) == len(SHIPPED)
-    assert sorted(s.key for s in registry) == [f"{n}@1" for n in SHIPPED]
+    assert len(registry) == len(SHIPPED_KEYS)
+    assert [s.key for s in registry] == SHIPPED_KEYS
     for schema in registry:
         assert isinstance(schema, ExtractionSchema)
-        assert schema.path is not None and schema.path.name == f"{schema.name}.json"
+        expected_file = f"{schema.name}.json" if schema.version == "1" else f"{schema.name}.v{schema.version}.json"
+        assert schema.path is not None and schema.path.name == expected_file
         assert schema.title and schema.description and schema.prompt_hints
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED_KEYS)
 def test_each_schema_has_a_valid_realistic_example(registry: SchemaRegistry, name: str) -> None:
     schema = registry.get(name)
     assert validate_fields(example(name), schema) == []
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED_KEYS)
 def test_example_with_wrong_values_is_rejected(registry: SchemaRegistry, name: str) -> None:
     """The schemas really constrain: a bad date and an unknown key are both reported."""
     schema = registry.get(name)
@@ -90,9 +109,13 @@ def test_example_with_wrong_values_is_rejected(registry: SchemaRegistry, name: s
 
 
 def test_get_by_name_and_by_key(registry: SchemaRegistry) -> None:
-    assert registry.get("invoice") is registry.get("invoice@1")
-    assert registry.get("invoice").key == "invoice@1"
-    assert "invoice" in registry and "invoice@1" in registry and "invoice@7" not in registry
+    # a bare name is the latest version (README, "Extraction schemas"); older ones stay reachable by key
+    assert registry.get("invoice") is registry.get("invoice@2")
+    assert registry.get("invoice").key == "invoice@2"
+    assert registry.get("invoice@1").version == "1" and registry.get("invoice@1") is not registry.get("invoice")
+    assert registry.get("receipt") is registry.get("receipt@1")
+    assert "invoice" in registry and "invoice@1" in registry and "invoice@2" in registry
+    assert "invoice@7" not in registry
 
 
 def test_unknown_name_lists_the_known_ones(registry: SchemaRegistry) -> None:
@@ -106,7 +129,7 @@ def test_unknown_name_lists_the_known_ones(registry: SchemaRegistry) -> None:
 def test_unknown_version_lists_the_known_versions(registry: SchemaRegistry) -> None:
     with pytest.raises(UnknownSchema) as info:
         registry.get("invoice@3")
-    assert info.value.details["known_versions"] == ["1"]
+    assert info.value.details["known_versions"] == ["1", "2"]
     with pytest.raises(UnknownSchema):
         registry.get("invoice@latest")
 
@@ -133,7 +156,7 @@ def test_field_guide_shows_enums(registry: SchemaRegistry) -> None:
     assert '- sex (string|null): Sex as printed: F, M or X; one of "F", "M", "X", null' in guide.splitlines()
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED_KEYS)
 def test_model_schema_drops_docproc_keys_only(registry: SchemaRegistry, name: str) -> None:
     schema = registry.get(name)
     before = copy.deepcopy(schema.json_schema)
@@ -164,7 +187,7 @@ def accepts(compiled: xg.CompiledGrammar, text: str) -> bool:
     return matcher.accept_string(text) and matcher.is_completed()
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", SHIPPED_KEYS)
 def test_schema_compiles_with_xgrammar_and_constrains(
     registry: SchemaRegistry, grammar_compiler: xg.GrammarCompiler, name: str
 ) -> None:
@@ -190,9 +213,75 @@ def test_schema_compiles_with_xgrammar_and_constrains(
 def test_xgrammar_requires_schema_property_order(registry: SchemaRegistry, grammar_compiler) -> None:
     """What the engine relies on: keys come out in the schema's order."""
     compiled = grammar_compiler.compile_json_schema(registry.get("invoice").model_schema_json(), any_whitespace=False)
-    good = example("invoice")
+    good = example(registry.get("invoice").key)
+    assert accepts(compiled, json.dumps(good))
     reordered = {"total": good["total"], **{k: v for k, v in good.items() if k != "total"}}
     assert not accepts(compiled, json.dumps(reordered))
+
+
+# --- invoice version 2 -------------------------------------------------------------------
+
+
+V2_ADDED = {"vendor.iban", "vendor.bic", "line_items[].tax_rate"}
+
+
+def node_at(schema: dict, path: str) -> dict:
+    node = schema
+    for part in path.split("."):
+        if part.endswith("[]"):
+            node = node["properties"][part[:-2]]["items"]
+        else:
+            node = node["properties"][part]
+    return node
+
+
+def test_shipped_invoice_v2_resolves_and_is_a_superset_of_v1(registry: SchemaRegistry) -> None:
+    v1, v2 = registry.get("invoice@1"), registry.get("invoice@2")
+    assert (v2.name, v2.version, v2.key) == ("invoice", "2", "invoice@2")
+    assert v2.path == SCHEMAS_DIR / "invoice.v2.json" and v1.path == SCHEMAS_DIR / "invoice.json"
+    assert registry.get("invoice") is v2  # the latest
+    old, new = property_paths(v1.json_schema), property_paths(v2.json_schema)
+    assert old <= new, old - new  # every v1 field path is still there ...
+    assert new - old == V2_ADDED
+    for path in old:  # ... with the same type, format and pattern
+        a, b = node_at(v1.json_schema, path), node_at(v2.json_schema, path)
+        assert {k: a.get(k) for k in ("type", "format", "pattern", "enum")} == \
+               {k: b.get(k) for k in ("type", "format", "pattern", "enum")}, path
+    # v1's prompt hints are kept, in order, before the new ones
+    assert v2.prompt_hints[: len(v1.prompt_hints)] == v1.prompt_hints
+    assert list(v2.json_schema["properties"]) == list(v1.json_schema["properties"])  # top-level order kept
+
+
+def test_invoice_v2_sample_document_validates(registry: SchemaRegistry, grammar_compiler) -> None:
+    v2 = registry.get("invoice@2")
+    sample = example("invoice@2")
+    assert validate_fields(sample, v2) == []
+    compiled = grammar_compiler.compile_json_schema(v2.model_schema_json(), any_whitespace=False)
+    assert accepts(compiled, json.dumps(sample, ensure_ascii=False))
+    # as a model copies it from the page: spaced IBAN, lower-case BIC, "19 %"
+    printed = copy.deepcopy(sample)
+    printed["vendor"].update(iban="de89 3704 0044 0532 0130 00", bic="cobadeffxxx")
+    printed["line_items"][0]["tax_rate"] = "19 %"
+    assert normalize_fields(printed, v2.json_schema) == sample
+    # what is not an IBAN / BIC is rejected by the validator and by the grammar
+    for field, value in (("iban", "DE89-3704-0044"), ("iban", "89DE370400440532013000"), ("bic", "COBADEFFX")):
+        bad = copy.deepcopy(sample)
+        bad["vendor"][field] = value
+        assert any(e.startswith(f"vendor.{field}: ") for e in validate_fields(bad, v2)), (field, value)
+        assert not accepts(compiled, json.dumps(bad, ensure_ascii=False)), (field, value)
+    # a v1 result, its new fields filled with null, is a valid v2 result
+    upgraded = normalize_fields(example("invoice@1"), v2.json_schema)
+    assert validate_fields(upgraded, v2) == []
+    assert upgraded["vendor"]["iban"] is None and upgraded["line_items"][0]["tax_rate"] is None
+
+
+@pytest.mark.parametrize("name", SHIPPED_KEYS)
+def test_closing_reserve_is_finite_and_moderate(registry: SchemaRegistry, name: str) -> None:
+    """The constrained decoder reserves this many tokens of every page's budget to close the JSON
+    (workers/engines/schema_bounds.py): keep it well under the default extract budget."""
+    schema = registry.get(name)
+    reserve = closing_reserve(grammar_schema(schema.model_schema()))
+    assert 0 < reserve <= Settings.model_fields["max_new_tokens_extract"].default // 2, reserve
 
 
 # --- loading rules ----------------------------------------------------------------------
