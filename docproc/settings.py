@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     constrained_decoding: bool = Field(
         True, description="extract: constrain decoding to the schema's JSON grammar (xgrammar)."
     )
+    extract_min_free_tokens: int = Field(
+        256, ge=0, description="A constrained extract page gets at least this many tokens to write before the "
+        "schema's closing reserve (the tokens that always finish its JSON) begins: its budget is raised to "
+        "reserve + this when lower.",
+    )
 
     # --- paths ---------------------------------------------------------------
     schemas_dir: Path = Field(REPO_ROOT / "extraction_schemas")

@@ -46,6 +46,7 @@ def tiny_settings(tiny_model_dir) -> Settings:
         max_new_tokens_ocr=24,
         max_new_tokens_tables=24,
         max_new_tokens_extract=32,
+        extract_min_free_tokens=0,  # constrained extract: the closing reserve alone (test_constrained_proof)
     )
 
 
@@ -170,7 +171,8 @@ def serving(app: Any) -> Iterator[str]:
 
 
 WORKER_SETTINGS = ("redis_url", "storage_url", "s3_endpoint_url", "s3_region", "model", "device",
-                   "max_new_tokens_ocr", "max_new_tokens_tables", "max_new_tokens_extract", "visibility_timeout_s")
+                   "max_new_tokens_ocr", "max_new_tokens_tables", "max_new_tokens_extract", "extract_min_free_tokens",
+                   "visibility_timeout_s")
 
 
 def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:

@@ -32,7 +32,9 @@ from workers.pages import RenderedPage
 from workers.pipeline import Engines, process_document
 from workers.render import render_pages
 
-SCHEMAS = [s.name for s in get_registry().latest()]
+SCHEMAS = [s.name for s in get_registry().latest()]  # a bare name: the latest version
+# ... plus every older version still served by key (invoice@1): the model-free reserve check covers them all
+ALL_VERSIONS = SCHEMAS + [s.key for s in get_registry() if s is not get_registry().get(s.name)]
 FREE_TOKENS = 40  # each row's budget is its schema's closing reserve + this: the model writes, then it closes
 
 
@@ -114,6 +116,27 @@ def test_a_budget_below_the_reserve_is_raised_and_the_json_still_closes(tiny_eng
     assert not list(schema.validator.iter_errors(result.fields))
 
 
+def test_a_settings_budget_leaves_the_model_free_tokens_before_the_closing(tiny_engine, pages):
+    # a one-tile page's budget from the settings is below invoice@2's reserve: it is raised to
+    # reserve + extract_min_free_tokens (the model writes, then the closer finishes the JSON)
+    free = 40
+    engine = InternVLEngine.from_model(tiny_engine.model, tiny_engine.tokenizer,
+                                       tiny_engine.settings.model_copy(update={"extract_min_free_tokens": free}))
+    schema = get_registry().get("invoice@2")
+    request = engine.request_for_page(pages[0], "extract", schema)
+    assert request.n_tiles == 1 and engine.budget(request) < reserve("invoice@2")
+    budgets = [engine.budget(request)]
+    assert engine._grammars([request], budgets) is not None and budgets == [reserve("invoice@2") + free]
+    [out] = engine.generate_outputs([request], retry_degenerate=False)
+    assert out.finish_reason == "eos" and not list(schema.validator.iter_errors(json.loads(out.text)))
+    assert len(out.token_ids) <= reserve("invoice@2") + free
+    # an explicit budget is the caller's: raised to the reserve only
+    request.max_new_tokens = 10
+    budgets = [engine.budget(request)]
+    engine._grammars([request], budgets)
+    assert budgets == [reserve("invoice@2")]
+
+
 def test_whole_document_through_process_document(proof_engine):
     result = process_document(builders.scanned_pdf(), filename="scan.pdf", task="extract", schema="receipt",
                               engine="internvl", settings=proof_engine.settings,
@@ -132,7 +155,7 @@ def constraint(tiny_model_dir) -> JsonSchemaConstraint:
     return JsonSchemaConstraint(tokenizer, vocab_size=len(tokenizer), stop_token_ids=stop)
 
 
-@pytest.mark.parametrize("name", SCHEMAS)
+@pytest.mark.parametrize("name", ALL_VERSIONS)
 def test_closing_from_random_states_fits_the_reserve(constraint, name):
     """A random 'model' writes k tokens (any the grammar allows), then the closing order
     finishes: it never needs more than the reserve, and the result is valid."""

@@ -679,7 +679,9 @@ class InternVLEngine:
 
     def _grammars(self, requests: Sequence[GenerationRequest], budgets: list[int]) -> list[Any] | None:
         """One grammar per row (None: free); a constrained row's ``budgets[k]`` is raised to its
-        schema's closing reserve when below it, so its JSON can always be closed in budget."""
+        schema's closing reserve when below it, so its JSON can always be closed in budget, plus
+        ``extract_min_free_tokens`` when the budget came from the settings (a one-tile page's 384
+        tokens would otherwise all go to closing a large schema)."""
         if not self.settings.constrained_decoding or self._constraint_failed:
             return None
         if not any(r.task == "extract" and r.schema is not None for r in requests):
@@ -697,7 +699,9 @@ class InternVLEngine:
                     grammars.append(None)
                     continue
                 grammar = self._constraint.compile(r.schema.model_schema_json())
-                budgets[k] = self._constraint.row_budget(budgets[k], grammar)
+                # a budget from the settings leaves the model room to write; an explicit one is kept
+                min_free = self.settings.extract_min_free_tokens if r.max_new_tokens is None else 0
+                budgets[k] = self._constraint.row_budget(budgets[k], grammar, min_free)
                 grammars.append(grammar)
             return grammars
         except Exception as exc:  # noqa: BLE001 - fall back to free decoding + validation

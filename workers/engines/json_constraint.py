@@ -117,9 +117,10 @@ class JsonSchemaConstraint:
         return self._cache[text]
 
     @staticmethod
-    def row_budget(budget: int, grammar: SchemaGrammar | None) -> int:
-        """A row's token budget: at least its grammar's closing reserve, so the JSON can always close."""
-        return budget if grammar is None else max(budget, grammar.reserve)
+    def row_budget(budget: int, grammar: SchemaGrammar | None, min_free: int = 0) -> int:
+        """A row's token budget: at least its grammar's closing reserve, so the JSON can always
+        close, plus ``min_free`` tokens the model writes before the closing may start."""
+        return budget if grammar is None else max(budget, grammar.reserve + min_free)
 
     def logits_processor(self, grammars: Sequence[SchemaGrammar | None],
                          budgets: Sequence[int] | None = None) -> "GrammarLogitsProcessor":
