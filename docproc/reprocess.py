@@ -232,15 +232,36 @@ def submit_reprocess(svc: BatchServices, tenant: str, req: ReprocessRequest) -> 
 
 
 def comparable_fields(document: DocumentResult) -> dict[str, Any]:
-    """What a diff compares: extract -> each top-level field; ocr -> ``text``; tables -> ``tables``."""
+    """What a diff compares, by field path: extract -> every leaf field (:func:`field_paths`);
+    ocr -> ``text``; tables -> ``tables``."""
     out: dict[str, Any] = {}
     if document.fields is not None:
-        out.update(document.fields)
+        out.update(field_paths(document.fields))
     if document.task == "ocr":
         out["text"] = "\n\n".join(p.text or "" for p in document.pages)
     if document.task == "tables":
         out["tables"] = [t.markdown for p in document.pages for t in (p.tables or [])]
     return out
+
+
+def field_paths(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaf values by dotted path, so a diff names what changed (``vendor.iban``, not ``vendor``).
+
+    A list of objects becomes one path per item field, ``line_items[].tax_rate``, whose value
+    is the list of the items' values (``None`` when every item has none: a field a new
+    schema version adds, left empty, is no change). Other lists are leaves.
+    """
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(field_paths(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        keys = list(dict.fromkeys(k for item in value for k in item))
+        columns = {k: [item.get(k) for item in value] for k in keys}
+        return {f"{prefix}[].{k}": (None if all(v is None for v in column) else column)
+                for k, column in columns.items()}
+    return {prefix: value}
 
 
 class FieldDiff(BaseModel):

@@ -20,6 +20,7 @@ import boto3
 import pytest
 from batch_stack import SECRET, TENANT_A, Stack, batch_services, running_stack, text_pdf
 
+from docproc import reprocess
 from docproc.settings import REPO_ROOT
 from docproc.webhooks import verify
 
@@ -133,6 +134,20 @@ def test_diff_report_counts_the_changed_field(rstack, original, reprocessed):
     assert change["old"] is None and isinstance(change["new"], bool)
     paid = diff["fields"]["paid"]
     assert paid["changed"] + paid["unchanged"] == DOCS
+
+
+def test_the_diff_names_nested_fields_by_path():
+    v1 = {"total": 10.0, "vendor": {"name": "ACME", "vat_id": None},
+          "line_items": [{"description": "bolts", "amount": 4.0}, {"description": "nuts", "amount": 6.0}]}
+    v2 = {"total": 10.0, "vendor": {"name": "ACME GmbH", "vat_id": None, "iban": "DE89370400440532013000"},
+          "line_items": [{"description": "bolts", "amount": 4.0, "tax_rate": None},
+                         {"description": "nuts", "amount": 6.0, "tax_rate": None}]}
+    old, new = reprocess.field_paths(v1), reprocess.field_paths(v2)
+    assert set(new) == {"total", "vendor.name", "vendor.vat_id", "vendor.iban", "line_items[].description",
+                        "line_items[].amount", "line_items[].tax_rate"}
+    assert new["line_items[].amount"] == [4.0, 6.0] and new["line_items[].tax_rate"] is None
+    changed = {path for path in set(old) | set(new) if old.get(path) != new.get(path)}
+    assert changed == {"vendor.name", "vendor.iban"}  # an added field left empty is no change
 
 
 def test_one_signed_reprocess_completed_event(rstack, reprocessed):
