@@ -62,10 +62,11 @@ class Selector(BaseModel):
         elif job.state not in ("succeeded", "partial"):
             return False
         if self.schema_ is not None:
-            used = job.request.schema_ or ""
-            if "@" in self.schema_ and used != self.schema_:
+            name, _, version = self.schema_.partition("@")
+            used_name, _, asked_version = (job.request.schema_ or "").partition("@")
+            if used_name != name:
                 return False
-            if "@" not in self.schema_ and used.partition("@")[0] != self.schema_:
+            if version and version != (job.schema_version or asked_version):  # the version it ran
                 return False
         if self.since is not None and job.created_at < _utc(self.since):
             return False
@@ -105,12 +106,18 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def new_request(original: JobRequest, changes: dict[str, Any]) -> JobRequest:
-    """The original job's request with the re-process's changes; bulk, no per-job webhook."""
+def new_request(original: JobRequest, changes: dict[str, Any], schema_version: str | None = None) -> JobRequest:
+    """The original job's request with the re-process's changes; bulk, no per-job webhook.
+
+    Without a new schema an extract keeps the original's, pinned to the version it ran
+    (``schema_version``): a re-run with another engine or model compares like with like
+    even after a newer version of the schema shipped."""
     task = changes.get("task") or original.task
     schema = changes.get("schema") if task == "extract" else None
     if task == "extract" and schema is None:
         schema = original.schema_
+        if schema and "@" not in schema and schema_version:
+            schema = f"{schema}@{schema_version}"
     engine = changes.get("engine") or original.engine
     if task == "extract" and engine == "text" and not changes.get("engine"):
         engine = "auto"  # an ocr job read by the text engine, now extracted: the model reads it
@@ -187,7 +194,7 @@ def reprocess_job(svc: BatchServices, batch: Batch, index: int, original: Job) -
     ``reprocess_of`` the original; idempotent per (batch, index)."""
     from workers.pipeline import resolve_request
 
-    request = new_request(original.request, batch.selector["changes"])
+    request = new_request(original.request, batch.selector["changes"], original.schema_version)
     try:
         resolve_request(request.task, request.schema_, request.engine, svc.settings)
     except DocprocError as exc:

@@ -60,6 +60,28 @@ def test_new_request_applies_the_changes_to_each_original():
     assert extract.priority == "bulk" and extract.webhook_url is None and extract.metadata == {"erp": 7}
     same = new_request(ocr, {"task": None, "schema": None, "engine": None})
     assert (same.task, same.schema_, same.engine) == ("ocr", None, "text")
+    # an extract re-run on another engine keeps the schema version its original ran
+    bare = JobRequest(task="extract", schema="invoice")
+    assert new_request(bare, {"engine": "openai"}, schema_version="1").schema_ == "invoice@1"
+    assert new_request(bare, {"schema": "invoice@2"}, schema_version="1").schema_ == "invoice@2"
+
+
+def test_a_versioned_selector_matches_the_version_a_job_ran():
+    from datetime import UTC, datetime
+
+    from docproc.jobs import Job, JobRequest
+    from docproc.reprocess import Selector
+
+    def job(asked: str, ran: str | None) -> Job:
+        return Job(id="0" * 32, tenant="acme", state="succeeded", request=JobRequest(task="extract", schema=asked),
+                   input_key="inputs/x", input_sha256="0" * 64, size_bytes=1, created_at=datetime.now(UTC),
+                   schema_version=ran)
+
+    v1 = Selector(schema="invoice@1")
+    assert v1.matches(job("invoice", "1")) and v1.matches(job("invoice@1", "1"))
+    assert not v1.matches(job("invoice", "2")) and not v1.matches(job("receipt", "1"))
+    assert v1.matches(job("invoice@1", None))  # ended without a recorded version: what it asked for
+    assert Selector(schema="invoice").matches(job("invoice@2", "2"))
 
 
 def s3_objects(stack: Stack, prefix: str) -> dict[str, bytes]:
