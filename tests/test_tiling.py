@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,7 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
-from workers.tiling import _normalize_torch, choose_grid, normalize_tiles, tile_count, tile_image
+from workers import tiling
+from workers.tiling import (
+    _normalize_torch,
+    choose_grid,
+    normalize_tiles,
+    tile_count,
+    tile_image,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import reference_internvl as ref  # noqa: E402  (the model card's code)
@@ -233,6 +241,56 @@ def test_tiles_are_row_major_with_the_thumbnail_last() -> None:
     assert np.array_equal(tiles[6], np.asarray(image.resize((S, S))))
 
 
+def _noise(width: int, height: int, seed: int) -> Image.Image:
+    """Uniform noise: a resize whose passes ran in another order differs in thousands of pixels."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+# Every grid of up to 12 tiles, and taller ones whose thumbnail Pillow 13 resizes vertically first.
+GRID_SHAPES = sorted({(c, r) for c in range(1, 13) for r in range(1, 13) if c * r <= 12} | {(2, 6), (3, 6), (1, 20)})
+
+
+@pytest.mark.skipif(not tiling.SPLIT_RESIZE, reason="the two-thread resize is used with Pillow 13 only")
+def test_thumbnail_on_two_threads_equals_pillow_for_every_grid() -> None:
+    """A page rendered at its grid: the thumbnail resized in halves on two threads is Pillow's resize."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for i, (cols, rows) in enumerate(GRID_SHAPES):
+            image = _noise(cols * S, rows * S, seed=i)
+            got = np.asarray(tiling._resize_on_two_threads(image, (S, S), pool))
+            assert np.array_equal(got, np.asarray(image.resize((S, S)))), (cols, rows)
+    assert any(tiling._vertical_pass_first((c * S, r * S), (S, S)) for c, r in GRID_SHAPES)
+    assert not all(tiling._vertical_pass_first((c * S, r * S), (S, S)) for c, r in GRID_SHAPES)
+
+
+def _pass_order_sizes() -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(size, target) pairs where the height shrinks by 2x the width's shrink - 1, exactly 2x, and + 1."""
+    rng = np.random.default_rng(3)
+    pairs = []
+    for _ in range(40):
+        width, new_width = sorted(int(v) for v in rng.integers(2, 400, 2))[::-1]
+        for extra in (-1, 0, 1):
+            new_height = int(rng.integers(2, 200))
+            height = new_height + max(2 * (width - new_width) + extra, 1)
+            pairs.append(((width, height), (new_width, new_height)))
+    for _ in range(40):  # and anywhere
+        width, height = (int(v) for v in rng.integers(2, 2000, 2))
+        pairs.append(((width, height), (int(rng.integers(2, width + 1)), int(rng.integers(2, height + 1)))))
+    return pairs
+
+
+@pytest.mark.skipif(not tiling.SPLIT_RESIZE, reason="the two-thread resize is used with Pillow 13 only")
+def test_pillow_pass_order_rule() -> None:
+    """_vertical_pass_first is Pillow 13's rule: the two-thread resize equals Pillow's on both sides of it."""
+    pairs = _pass_order_sizes()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for i, (size, target) in enumerate(pairs):
+            image = _noise(*size, seed=i)
+            got = np.asarray(tiling._resize_on_two_threads(image, target, pool))
+            assert np.array_equal(got, np.asarray(image.resize(target))), (size, target)
+    orders = {tiling._vertical_pass_first(size, target) for size, target in pairs}
+    assert orders == {True, False}
+
+
 def _reference_pixel_values(image: Image.Image) -> torch.Tensor:
     """The card's per-tile build_transform over the card's tiles, stacked."""
     transform = ref.build_transform(input_size=S)
@@ -244,6 +302,8 @@ def test_normalize_equals_card_transform(size: tuple[int, int]) -> None:
     image = _photo_like(*size, seed=size[0])
     expected = _reference_pixel_values(image)
     got = normalize_tiles(tile_image(image))
+    serial = normalize_tiles(tile_image(image, parallel=False), parallel=False)
+    assert torch.equal(serial, got)  # the second threads change nothing
     assert got.shape == expected.shape == (len(expected), 3, S, S)
     assert got.dtype == torch.float32 and got.is_contiguous()
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
