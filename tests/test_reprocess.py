@@ -148,7 +148,7 @@ def test_new_jobs_link_their_originals(rstack, original, reprocessed):
     assert links == {j["job_id"] for j in original["jobs"]}
 
 
-def test_diff_report_counts_the_changed_field(rstack, original, reprocessed):
+def test_diff_report_counts_the_changed_field(rstack, original, reprocessed, monkeypatch):
     diff = rstack.a.get(f"/v1/reprocess/{reprocessed['view']['id']}/diff", params={"limit": 3}).json()
     assert diff["compared"] == DOCS and diff["pending"] == 0
     assert diff["fields"]["urgent"]["changed"] == DOCS and len(diff["fields"]["urgent"]["changes"]) == 3
@@ -156,6 +156,11 @@ def test_diff_report_counts_the_changed_field(rstack, original, reprocessed):
     assert change["old"] is None and isinstance(change["new"], bool)
     paid = diff["fields"]["paid"]
     assert paid["changed"] + paid["unchanged"] == DOCS
+    # read in chunks of 5 (several round trips and thread-pool rounds): the same report
+    monkeypatch.setattr(reprocess, "DIFF_CHUNK", 5)
+    svc = batch_services(rstack.settings)
+    chunked = reprocess.diff_report(svc, svc.batches.load(reprocessed["view"]["id"]), limit=3)
+    assert chunked.model_dump(mode="json") == diff
 
 
 def test_the_diff_names_nested_fields_by_path():

@@ -1,0 +1,162 @@
+"""How long the re-process diff report takes for a large re-process.
+
+    python benchmarks/reprocess_diff.py [--documents 2000]
+
+Starts its own redis-server and moto's S3 server (a process of its own, so its work does
+not share this process's GIL) on free loopback ports (stopped at the end) and stores, through the real ``JobStore``, ``BatchStore`` and S3 storage code,
+DOCUMENTS original ``extract`` jobs and a re-process of them (a batch of kind
+``reprocess`` whose jobs link ``reprocess_of``), each with its ``document.json`` in S3;
+a third of the re-processed documents change a field.
+
+Then it builds the report twice and checks they are equal:
+
+- baseline: one document after the other, two job loads and two S3 reads each (the
+  report as it was before it read in chunks);
+- docproc: :func:`docproc.reprocess.diff_report` (jobs read in chunks, the result pairs of
+  a chunk fetched by ``batch_expand_threads`` threads).
+
+Printed: seconds for each and the ratio. moto answers from memory on loopback, so the
+ratio understates what a real S3 (tens of ms per GET) gives. Needs the dev extra (moto).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.request
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "benchmarks"))
+
+from service import can_run, wait_for  # noqa: E402
+
+from docproc import reprocess  # noqa: E402
+from docproc.batches import BatchServices, new_batch  # noqa: E402
+from docproc.jobs import JobRequest, JobStore, connect_redis  # noqa: E402
+from docproc.localservices import DUMMY_AWS_ENV, LoggedProcess, RedisServer, free_port, make_bucket  # noqa: E402
+from docproc.results import DocumentInfo, DocumentResult, PageResult  # noqa: E402
+from docproc.settings import Settings  # noqa: E402
+from docproc.storage import document_result_key, open_storage  # noqa: E402
+
+TENANT = "acme"
+
+
+def _result(fields: dict) -> bytes:
+    return DocumentResult(
+        document=DocumentInfo(sha256="ab" * 32, size_bytes=1, media_type="application/pdf", page_count=1),
+        task="extract", schema="invoice", schema_version="1", engine="internvl", status="succeeded",
+        pages=[PageResult(page=1, status="succeeded", engine="internvl", fields=fields)], fields=fields,
+    ).model_dump_json(by_alias=True).encode()
+
+
+def _finished_job(svc: BatchServices, fields: dict, **links) -> str:
+    job, _ = svc.store.create(TENANT, JobRequest(task="extract", schema="invoice"), input_key="inputs/x",
+                              input_sha256="ab" * 32, size_bytes=1, filename="a.pdf", idempotency_key=None,
+                              fingerprint="f", **links)
+    svc.store.start(job.id, page_count=1, pages=[1], media_type="application/pdf")
+    key = document_result_key(job.id)
+    svc.storage.put_result(key, _result(fields))
+    svc.store.finish(job.id, "succeeded", result_key=key)
+    return job.id
+
+
+def make_reprocess(svc: BatchServices, n: int):
+    batch = new_batch(TENANT, source="jobs", request=JobRequest(task="extract", schema="invoice@2"),
+                      webhook_url=None, kind="reprocess")
+    svc.batches.create(batch)
+    new_ids = []
+    for i in range(n):
+        old = {"invoice_number": f"INV-{i}", "total": 100.0 + i, "vendor": {"name": "ACME", "iban": None}}
+        new = {**old, "vendor": {"name": "ACME", "iban": "DE89370400440532013000" if i % 3 == 0 else None}}
+        original = _finished_job(svc, old)
+        new_ids.append(_finished_job(svc, new, batch_id=batch.id, reprocess_of=original))
+    svc.batches.add_jobs(batch.id, enumerate(new_ids))
+    svc.batches.mark_expanded(batch.id)
+    return batch
+
+
+def baseline_report(svc: BatchServices, batch, limit: int = 100) -> reprocess.DiffReport:
+    """The report one document at a time (the code before chunked, parallel reads)."""
+    fields: dict[str, reprocess.FieldDiff] = {}
+    compared = pending = 0
+    for _, job_id in svc.batches.job_ids(batch.id):
+        job = svc.store.load(job_id)
+        original = svc.store.load(job.reprocess_of)
+        if job.result_key is None or original.result_key is None:
+            pending += 1
+            continue
+        new = reprocess.comparable_fields(DocumentResult.model_validate_json(svc.storage.get(job.result_key)))
+        old = reprocess.comparable_fields(DocumentResult.model_validate_json(svc.storage.get(original.result_key)))
+        compared += 1
+        for name in sorted(set(old) | set(new)):
+            diff = fields.setdefault(name, reprocess.FieldDiff())
+            if old.get(name) == new.get(name):
+                diff.unchanged += 1
+            else:
+                diff.changed += 1
+                if len(diff.changes) < limit:
+                    diff.changes.append({"job_id": job.id, "reprocess_of": original.id,
+                                         "old": old.get(name), "new": new.get(name)})
+    return reprocess.DiffReport(reprocess_id=batch.id, state=svc.batches.counts(batch.id).state,
+                                compared=compared, pending=pending, fields=fields)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--documents", type=int, default=2000)
+    args = parser.parse_args(argv)
+    if not can_run("reprocess_diff.py"):
+        return 2
+    os.environ.update(DUMMY_AWS_ENV)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as cleanup:
+        redis_server = RedisServer(Path(tmp))
+        redis_server.start()
+        cleanup.callback(redis_server.stop)
+        port = free_port()
+        moto = LoggedProcess([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                             dict(os.environ), Path(tmp) / "moto.log")
+        cleanup.callback(moto.stop)
+        s3_url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(s3_url), 30, "moto's S3 server", [])
+        make_bucket(s3_url, "docproc-bench")
+        settings = Settings(_env_file=None, redis_url=redis_server.url, storage_url="s3://docproc-bench",
+                            s3_endpoint_url=s3_url, s3_region="us-east-1")
+        client = connect_redis(settings)
+        svc = BatchServices(settings=settings, redis=client, store=JobStore(client, settings),
+                            storage=open_storage(settings), celery=None)
+        t0 = time.perf_counter()
+        batch = make_reprocess(svc, args.documents)
+        print(f"{args.documents} original + {args.documents} re-processed jobs stored in "
+              f"{time.perf_counter() - t0:.1f} s")
+        timings = {}
+        reports = {}
+        for name, build in (("baseline", baseline_report), ("docproc", reprocess.diff_report)):
+            t0 = time.perf_counter()
+            reports[name] = build(svc, batch)
+            timings[name] = time.perf_counter() - t0
+        client.close()
+    same = reports["baseline"] == reports["docproc"]
+    iban = reports["docproc"].fields["vendor.iban"]
+    print(f"  baseline (one document at a time): {timings['baseline']:.2f} s")
+    print(f"  docproc  (chunks, {settings.batch_expand_threads} reader threads): {timings['docproc']:.2f} s")
+    print(f"  ratio: {timings['baseline'] / timings['docproc']:.1f}x; reports identical: {same} "
+          f"(vendor.iban changed in {iban.changed}, unchanged in {iban.unchanged})")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
