@@ -1,7 +1,7 @@
 """Inference throughput: the model card's seed-style loop vs docproc's batched engine.
 
     python benchmarks/inference.py [--model-size tiny|1b|2b|8b] [--device auto|cpu|cuda]
-                                   [--pages 16] [--batch-size 8] [--tile-budget 64]
+                                   [--pages 16] [--batch-size 16] [--tile-budget 256]
                                    [--max-new-tokens 48] [--max-tiles 12] [--dtype auto]
                                    [--repeats 3]
 
@@ -166,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--pages", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=4, help="the pages belong to this many jobs (path b)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--tile-budget", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=Settings.model_fields["batch_size"].default,
+                        help="pages per generate call (default: the setting's default)")
+    parser.add_argument("--tile-budget", type=int, default=Settings.model_fields["batch_tile_budget"].default,
+                        help="most tiles per generate call (default: the setting's default)")
     parser.add_argument("--max-tiles", type=int, default=12)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--task", default="ocr", choices=["ocr", "tables"])
@@ -222,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         first = same.index(False)
         print(f"MISMATCH on page {first + 1}: seed {seed_out[first][:20]} ... vs docproc {docproc_out[first][:20]} ...")
         return 1
+    if args.model_size != "tiny":
+        # random 151k-vocabulary weights with the tiny tokenizer: most ids decode to nothing
+        print("decoded text not compared (random weights of the real size, tiny tokenizer)")
+        return 0
     texts_same = all(
         engine.tokenizer.decode(a, skip_special_tokens=True) == engine.tokenizer.decode(b, skip_special_tokens=True)
         for a, b in zip(seed_out, docproc_out)

@@ -51,8 +51,14 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     trust_remote_code: bool = Field(False, description="Never on unless an operator opts in.")
-    batch_size: int = Field(8, ge=1, description="Pages per batched generate call.")
-    batch_tile_budget: int = Field(64, ge=1, description="Most image tiles per batched generate call.")
+    batch_size: int = Field(
+        16, ge=1, description="Pages per batched generate call (on an H200 at 1B, 16 pages ran 6.3x "
+        "faster than one call per page: README, Performance).",
+    )
+    batch_tile_budget: int = Field(
+        256, ge=1, description="Most image tiles per batched generate call; on CUDA the memory guard "
+        "lowers it to what the free memory holds.",
+    )
     text_layer_hint: bool = Field(True, description="Add a page's text layer to the prompt as a hint.")
     text_hint_max_chars: int = 4000
     max_new_tokens_ocr: int = 2048
