@@ -79,6 +79,30 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
 
 
+class Version(BaseModel):
+    """One version of a document: the first job on it, or a job that re-processed it."""
+
+    job_id: str
+    state: JobState
+    task: str
+    schema_name: str | None = Field(None, alias="schema", description="The schema the job asked for.")
+    schema_version: str | None = Field(description="The version of it the job ran (extract).")
+    engine: str
+    model: str | None
+    reprocess_of: str | None = Field(description="The job it re-processed (null for the first).")
+    batch_id: str | None = Field(description="The batch or re-process it belongs to.")
+    created_at: datetime
+    finished_at: datetime | None
+    result: str | None = Field(description="Its result, when it has one.")
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+
+class VersionList(BaseModel):
+    input_sha256: str = Field(description="The stored document every version read.")
+    versions: list[Version] = Field(description="Oldest first.")
+
+
 class SchemaSummary(BaseModel):
     name: str
     version: str
@@ -125,6 +149,16 @@ def job_summary(job: Job) -> JobSummary:
         error=job.error,
         metadata=job.request.metadata,
     )
+
+
+def version_list(jobs: list[Job]) -> VersionList:
+    return VersionList(input_sha256=jobs[0].input_sha256, versions=[
+        Version(job_id=job.id, state=job.state, task=job.request.task, schema_name=job.request.schema_,
+                schema_version=job.schema_version, engine=job.request.engine, model=job.model,
+                reprocess_of=job.reprocess_of, batch_id=job.batch_id, created_at=job.created_at,
+                finished_at=job.finished_at, result=job_links(job).result)
+        for job in jobs
+    ])
 
 
 def job_view(job: Job, pages: list[PageStatus], now: datetime) -> JobView:

@@ -12,6 +12,8 @@ Redis layout (one server with the Celery broker)::
                                        set later, each JSON-encoded
     docproc:job:{id}:pages      hash   page:{n} -> PageStatus JSON (first record wins),
                                        attempts:{n} -> deliveries, seen:{n} -> who recorded it
+    docproc:job:{id}:reprocesses zset  the jobs that re-processed this one (``reprocess_of``),
+                                       scored by creation time (ms): the job's versions
     docproc:tenant:{t}:jobs     zset   job ids scored by creation time (ms)
     docproc:tenants             set    every tenant that made a job or batch (docproc.retention)
     docproc:idem:{t}:{key}      string {"job_id", "fingerprint"}, expires after idempotency_ttl_s
@@ -253,14 +255,16 @@ redis.call('ZREM', KEYS[3], ARGV[4])
 return 1
 """
 
-# KEYS: job, pages, tenant zset, ended outbox; ARGV: id -> 1 purged, 0 kept (not ended, or its
-# after-end steps still pending). A job whose record is already gone just leaves the index.
+# KEYS: job, pages, tenant zset, ended outbox, its re-processes[, its original's re-processes];
+# ARGV: id -> 1 purged, 0 kept (not ended, or its after-end steps still pending). A job whose
+# record is already gone just leaves the indexes.
 _PURGE = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if s and s ~= 'succeeded' and s ~= 'partial' and s ~= 'failed' and s ~= 'canceled' then return 0 end
 if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[5])
 redis.call('ZREM', KEYS[3], ARGV[1])
+if #KEYS == 6 then redis.call('ZREM', KEYS[6], ARGV[1]) end
 return 1
 """
 
@@ -425,6 +429,10 @@ class JobStore:
         return f"docproc:job:{job_id}:pages"
 
     @staticmethod
+    def _reprocesses_key(job_id: str) -> str:
+        return f"docproc:job:{job_id}:reprocesses"
+
+    @staticmethod
     def _tenant_key(tenant: str) -> str:
         return f"docproc:tenant:{tenant}:jobs"
 
@@ -495,19 +503,48 @@ class JobStore:
             prev = self._create(keys=keys, args=[job.id, ms, idem_value, self._settings.idempotency_ttl_s, tenant,
                                                  *fields])
             if prev is None:
-                return job, True
+                return self._linked(job), True
             record = json.loads(_text(prev))
             if record["job_id"] == job.id:  # our own write, answered again after a resend
-                return job, True
+                return self._linked(job), True
             if record["fingerprint"] != fingerprint:
                 raise IdempotencyConflict(
                     "this Idempotency-Key was used for a different request", job_id=record["job_id"]
                 )
             try:
-                return self.load(record["job_id"]), False
+                return self._linked(self.load(record["job_id"])), False
             except NotFound:  # the key outlived its job: forget it and create anew
                 self._r.delete(keys[4])
         raise ServiceUnavailable("could not create the job (idempotency key contended)")
+
+    def _linked(self, job: Job) -> Job:
+        """List a re-process job among its original's versions. Also on an idempotent repeat:
+        a creator that died between the two writes links its job when its task runs again."""
+        if job.reprocess_of:
+            self._r.zadd(self._reprocesses_key(job.reprocess_of), {job.id: _ms(job.created_at)})
+        return job
+
+    @service_errors
+    def versions(self, tenant: str, job_id: str, limit: int = MAX_LIST_LIMIT) -> list[Job]:
+        """Every version of the tenant's document ``job_id`` belongs to, oldest first: the first
+        job on it (followed up the ``reprocess_of`` links while they exist) and every job that
+        re-processed it, directly or through another re-process; at most ``limit``."""
+        job = self.get(tenant, job_id)
+        for _ in range(64):  # a chain of re-processes of re-processes; a purged original ends it
+            parent = self.load_many([job.reprocess_of])[0] if job.reprocess_of else None
+            if parent is None or parent.tenant != tenant:
+                break
+            job = parent
+        found, frontier = [job], [job.id]
+        while frontier and len(found) < limit:
+            pipe = self._r.pipeline(transaction=False)
+            for parent_id in frontier:
+                pipe.zrange(self._reprocesses_key(parent_id), 0, limit - 1)
+            ids = [_text(m) for members in pipe.execute() for m in members][: limit - len(found)]
+            children = [j for j in self.load_many(ids) if j is not None and j.tenant == tenant]
+            found += children
+            frontier = [j.id for j in children]
+        return sorted(found, key=lambda j: (j.created_at, j.id))
 
     @service_errors
     def load(self, job_id: str) -> Job:
@@ -754,13 +791,15 @@ class JobStore:
         return [(job_id, job) for job_id, _, job in self._with_jobs([(_text(m), int(s)) for m, s in rows])]
 
     @service_errors
-    def purge(self, tenant: str, job_id: str) -> bool:
-        """Delete an ended job's records (job, pages) and its index entry; False (kept)
-        when it is not ended or its after-end steps have not run yet."""
-        return self._purge(
-            keys=[self._job_key(job_id), self._pages_key(job_id), self._tenant_key(tenant), ENDED_OUTBOX],
-            args=[job_id],
-        ) == 1
+    def purge(self, tenant: str, job_id: str, reprocess_of: str | None = None) -> bool:
+        """Delete an ended job's records (job, pages, its list of re-processes) and its index
+        entries (the tenant's, and ``reprocess_of``'s list of versions); False (kept) when it is
+        not ended or its after-end steps have not run yet."""
+        keys = [self._job_key(job_id), self._pages_key(job_id), self._tenant_key(tenant), ENDED_OUTBOX,
+                self._reprocesses_key(job_id)]
+        if reprocess_of:
+            keys.append(self._reprocesses_key(reprocess_of))
+        return self._purge(keys=keys, args=[job_id]) == 1
 
     @service_errors
     def add_task_ids(self, job_id: str, ids: list[str]) -> None:

@@ -77,6 +77,13 @@ class Selector(BaseModel):
         return self.input_prefix is None or job.input_key.startswith(self.input_prefix)
 
 
+def newest_version(versions: list[Job], schema: str) -> Job | None:
+    """The newest of a document's versions (:meth:`JobStore.versions`) that ran ``schema``
+    (``"invoice@2"``; ``"invoice"``: any version) and ended with a result."""
+    selector = Selector(schema=schema)
+    return next((job for job in reversed(versions) if job.result_key and selector.matches(job)), None)
+
+
 class ReprocessRequest(BaseModel):
     """``POST /v1/reprocess``: a selector and what to run instead."""
 

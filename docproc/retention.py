@@ -146,7 +146,7 @@ def _purge_jobs(run: _Pass, tenant: str) -> None:
                         or not _purge_events(run, tenant, job_id)):
                     kept += 1
                     continue
-            if run.dry_run or store.purge(tenant, job_id):
+            if run.dry_run or store.purge(tenant, job_id, job.reprocess_of if job else None):
                 run.out.jobs += job is not None
             else:
                 kept += 1

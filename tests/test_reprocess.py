@@ -224,6 +224,30 @@ def test_tenant_isolation(rstack, original, reprocessed):
                                                 "schema": "stamp@2"}).json()["documents"] == 0
 
 
+def test_each_version_keeps_its_result_by_schema_version(rstack, original, reprocessed):
+    row = reprocessed["view"]["jobs"][0]
+    new = rstack.a.get(f"/v1/jobs/{row['job_id']}").json()
+    old_id = new["reprocess_of"]
+    for asked in (old_id, new["id"]):  # from either end of the link: the same document, oldest first
+        listing = rstack.a.get(f"/v1/jobs/{asked}/versions").json()
+        assert [(v["job_id"], v["schema_version"], v["reprocess_of"]) for v in listing["versions"]] == [
+            (old_id, "1", None), (new["id"], "2", old_id)]
+        assert listing["input_sha256"] == new["input"]["sha256"]
+        assert all(v["state"] == "succeeded" and v["result"] == f"/v1/jobs/{v['job_id']}/result"
+                   for v in listing["versions"])
+    v1 = rstack.a.get(f"/v1/jobs/{new['id']}/result", params={"schema": "stamp@1"})
+    v2 = rstack.a.get(f"/v1/jobs/{old_id}/result", params={"schema": "stamp@2"})
+    assert v1.content == reprocessed["after"][f"results/{old_id}/document.json"]
+    assert v2.content == reprocessed["after"][f"results/{new['id']}/document.json"]
+    assert json.loads(v2.content)["schema_version"] == "2"
+    newest = rstack.a.get(f"/v1/jobs/{old_id}/result", params={"schema": "stamp"})
+    assert newest.content == v2.content  # any version: the newest
+    missing = rstack.a.get(f"/v1/jobs/{old_id}/result", params={"schema": "stamp@3"})
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    for path in (f"/v1/jobs/{old_id}/versions", f"/v1/jobs/{old_id}/result?schema=stamp@2"):
+        assert rstack.b.get(path).status_code == 404  # another tenant
+
+
 def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "docproc", *args], env=stack.env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)

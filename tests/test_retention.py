@@ -67,12 +67,12 @@ def _deliver_all(ctx: lifecycle.Context) -> None:
 
 
 def _job(ctx: lifecycle.Context, *, url: str | None = None, tenant: str = TENANT, batch_id: str | None = None,
-         state: str | None = "succeeded", steps: bool = True):
+         state: str | None = "succeeded", steps: bool = True, reprocess_of: str | None = None):
     """A job, ended in ``state`` (None: left running) with its after-end steps run (or not)."""
     store = ctx.store
     job, _ = store.create(tenant, JobRequest(task="ocr", webhook_url=url), input_key="inputs/x",
                           input_sha256="0" * 64, size_bytes=10, filename="a.pdf", idempotency_key=None,
-                          fingerprint="f", batch_id=batch_id)
+                          fingerprint="f", batch_id=batch_id, reprocess_of=reprocess_of)
     store.start(job.id, page_count=1, pages=[1], media_type="application/pdf")
     if state is not None:
         assert store.finish(job.id, state, result_key=f"results/{job.id}/document.json")
@@ -170,6 +170,24 @@ def test_a_purge_deletes_ended_work_past_retention_and_keeps_everything_still_in
     out = retention.purge_expired(ctx, now=later)
     assert (out.jobs, out.events, out.kept) == (1, 1, 3)  # steps_pending; running, pending_hook, early kept
     assert retention.purge_expired(ctx, now=later).jobs == 0
+
+
+def test_a_purge_takes_a_documents_versions_with_their_jobs(ctx):
+    store, r = ctx.store, ctx.redis
+    first = _job(ctx)
+    second = _job(ctx, reprocess_of=first.id)
+    third = _job(ctx, reprocess_of=second.id)  # a re-process of a re-process
+    other = _job(ctx, tenant=OTHER, reprocess_of=first.id)  # cannot happen through the API; never shown
+    for job in (first, second, third):
+        assert [v.id for v in store.versions(TENANT, job.id)] == [first.id, second.id, third.id]
+    with pytest.raises(NotFound):
+        store.versions(OTHER, first.id)
+    assert [v.id for v in store.versions(OTHER, other.id)] == [other.id]
+    assert store.purge(TENANT, first.id)
+    assert [v.id for v in store.versions(TENANT, third.id)] == [second.id, third.id]  # the chain starts later
+    assert retention.purge_expired(ctx, now=time.time() + RETENTION_S + 60).jobs == 3
+    for job in (first, second, third, other):
+        assert _keys_of(r, job.id) == [], job.id  # no job, no list of re-processes left behind
 
 
 def test_retention_zero_keeps_everything(ctx, settings):

@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from api.deps import CeleryDep, ServicesDep, SettingsDep, StorageDep, StoreDep, TenantDep
-from api.models import JobList, JobSubmission, JobView, job_summary, job_view
+from api.models import JobList, JobSubmission, JobView, VersionList, job_summary, job_view, version_list
 from api.problems import problem_responses
 from api.uploads import invalid_body, read_json, read_multipart, request_from_form
 from docproc import lifecycle, metrics
@@ -24,6 +24,7 @@ from docproc.errors import InvalidRequest, NotFound, ResultNotReady
 from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
 from docproc.results import DocumentResult, PageResult
 from docproc.settings import Settings
+from docproc.reprocess import newest_version
 from docproc.storage import page_result_key
 from docproc.submit import Submitted, read_source, submit_job
 
@@ -241,7 +242,8 @@ def _view(store: JobStore, job: Job) -> JobView:
     description=(
         "The document JSON of a job that ended `succeeded`, `partial` or `failed` with a result. "
         "With `?redirect=true` and S3 storage: 307 to a short-lived presigned URL instead. "
-        "409 `result_not_ready` while the job runs."
+        "409 `result_not_ready` while the job runs. With `?schema=invoice@2`: the result of the document's "
+        "newest version that ran that schema (this job or a re-process of it), 404 if none has one."
     ),
     responses={
         200: {"model": DocumentResult, "description": "The document result."},
@@ -249,13 +251,42 @@ def _view(store: JobStore, job: Job) -> JobView:
         **problem_responses(*COMMON_ERRORS, 404, 409),
     },
 )
-def get_result(job_id: JobId, tenant: TenantDep, store: StoreDep, stored: StoredJsonDep) -> Response:
+def get_result(
+    job_id: JobId,
+    tenant: TenantDep,
+    store: StoreDep,
+    stored: StoredJsonDep,
+    schema: Annotated[str | None, Query(
+        max_length=128, description='The result of this document\'s newest version that ran this schema ("invoice@2"; '
+        '"invoice": any version): the job itself or one that re-processed it (GET /v1/jobs/{id}/versions).',
+    )] = None,
+) -> Response:
+    if schema is not None:
+        version = newest_version(store.versions(tenant, job_id), schema)
+        if version is None:
+            raise NotFound(f"no version of job {job_id} ran {schema} and has a result", schema=schema)
+        return stored.response(version.result_key)
     job = store.get(tenant, job_id)
     if job.result_key is None:
         if job.state not in TERMINAL:
             raise ResultNotReady(f"job {job.id} is {job.state}; its result is not ready yet", state=job.state)
         raise NotFound(f"job {job.id} ended {job.state} without a result", state=job.state)
     return stored.response(job.result_key)
+
+
+@router.get(
+    "/{job_id}/versions",
+    response_model=VersionList,
+    summary="Every version of a job's document",
+    description=(
+        "The first job on this job's stored document and every job that re-processed it (POST /v1/reprocess), "
+        "oldest first, each with the schema version, engine and model it ran and its result URL. "
+        "Old results are never overwritten: each version keeps its own."
+    ),
+    responses=problem_responses(*COMMON_ERRORS, 404),
+)
+def get_versions(job_id: JobId, tenant: TenantDep, store: StoreDep) -> VersionList:
+    return version_list(store.versions(tenant, job_id))
 
 
 @router.get(
