@@ -292,9 +292,10 @@ def test_healthchecks_are_wired():
     # compose: API ready = /readyz; CPU worker pings its own node name; Flower /healthcheck
     services = compose()["services"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
-    worker = services["cpu-worker"]
-    assert worker["command"][worker["command"].index("--hostname") + 1] == "cpu@%h"
-    assert 'inspect ping -d "cpu@$$HOSTNAME"' in worker["healthcheck"]["test"][1]
+    for name, node in (("cpu-worker", "cpu"), ("gpu-worker", "gpu")):  # each pings its own node name
+        worker = services[name]
+        assert worker["command"][worker["command"].index("--hostname") + 1] == f"{node}@%h"
+        assert f'inspect ping -d "{node}@$$HOSTNAME"' in worker["healthcheck"]["test"][1]
     assert "/healthcheck" in " ".join(services["flower"]["healthcheck"]["test"])
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     # images: the API's liveness /healthz; the model worker's metrics say the model is loaded
@@ -304,12 +305,15 @@ def test_healthchecks_are_wired():
     containers = {obj["metadata"]["name"]: c for obj, c in pod_containers()}
     api = containers["docproc-api"]
     assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == ("/readyz", "/healthz")
-    cpu = containers["docproc-worker-cpu"]
-    assert cpu["command"][cpu["command"].index("--hostname") + 1] == "cpu@$(POD_NAME)"
-    assert 'inspect ping -d "cpu@$POD_NAME"' in cpu["livenessProbe"]["exec"]["command"][-1]
-    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in cpu["env"]
+    for name, node in (("docproc-worker-cpu", "cpu"), ("docproc-worker-gpu", "gpu")):
+        worker = containers[name]
+        assert worker["command"][worker["command"].index("--hostname") + 1] == f"{node}@$(POD_NAME)"
+        assert f'inspect ping -d "{node}@$POD_NAME"' in worker["livenessProbe"]["exec"]["command"][-1]
+        assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in worker["env"]
+    gpu = containers["docproc-worker-gpu"]
+    assert gpu["startupProbe"]["exec"]["command"] == gpu["livenessProbe"]["exec"]["command"]
     assert containers["docproc-flower"]["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
-    assert containers["docproc-worker-gpu"]["readinessProbe"]["httpGet"]["port"] == "metrics"
+    assert gpu["readinessProbe"]["httpGet"]["port"] == "metrics"
 
 
 def test_gpu_workers_get_one_gpu_each_on_gpu_nodes():

@@ -8,6 +8,7 @@ Marked ``worker`` (each worker process imports torch and loads the model).
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from test_worker import s3_keys, submit, worker_settings  # noqa: F401 - fixture
 
 from docproc.jobs import TERMINAL, JobStore
 from docproc.results import DocumentResult
+from docproc.settings import REPO_ROOT
 from docproc.storage import document_result_key, open_storage, page_result_key
 from workers.celery_app import create_app
 
@@ -128,3 +130,30 @@ def test_page_messages_as_celery_sends_them_are_parsed(service_settings, redis_c
     app.close()
     assert (work_a.job_id, work_a.page, work_a.retries, id_a, eta_a) == ("job-a", 3, 0, sent[0], 0.0)
     assert (work_b.job_id, work_b.page, id_b) == ("job-b", 1, sent[1]) and eta_b > time.time() + 20
+
+
+def test_model_worker_answers_ping_and_shutdown(worker_settings, workers):  # noqa: F811
+    """Celery remote control on the model worker (workers/remote_control.py): the container
+    healthcheck's exact command gets its pong; another node name gets none; ``shutdown``
+    stops the worker cleanly."""
+    env = settings_env(worker_settings)
+    model = workers([PY, "-m", "workers", "--queues", "gpu", "-n", "model@%h"], env)
+    wait_until(lambda: "ready" in model.log(), 120, "the model worker to be ready", [model])
+    host = model_host(model.log())
+
+    def ping(node: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PY, "-m", "celery", "-A", "workers.celery_app", "inspect", "ping", "-d", node,
+                               "--timeout", "5"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=90)
+
+    answered = ping(host)
+    assert answered.returncode == 0 and f"{host}: OK" in answered.stdout and "pong" in answered.stdout, answered
+    assert ping("gpu@nowhere").returncode != 0  # nobody answers for another node
+
+    app = create_app(worker_settings)
+    try:
+        replies = app.control.broadcast("shutdown", destination=[host], reply=True, timeout=10)
+    finally:
+        app.close()
+    assert replies == [{host: {"ok": "shutting down after the current batch"}}]
+    wait_until(lambda: model.proc.poll() is not None, 30, "the model worker to stop")
+    assert model.proc.returncode == 0 and "remote control: shutdown asked" in model.log()

@@ -22,8 +22,9 @@ with the same Celery configuration (one visibility timeout for all clients):
   stops a poison page, and a page delivered before runs in a batch of its own;
 * Flower: it sends Celery's task events (received, started, succeeded/failed) and
   worker heartbeats under its node name (``gpu@host``), so Flower lists the worker
-  and its tasks. It does not answer remote control commands (``revoke``,
-  ``inspect``): a canceled job's pages are dropped because the job is terminal;
+  and its tasks. Of Celery's remote control it answers ``ping`` and ``shutdown``
+  (:mod:`workers.remote_control`, so ``celery inspect ping -d gpu@host`` is its health
+  check); not ``revoke``: a canceled job's pages are dropped because the job is terminal;
 * SIGTERM/SIGINT: finish the current batch, then stop;
 * Celery's ``worker_init``, ``worker_ready`` and ``worker_shutdown`` signals are sent
   (with this object as sender, ``.app`` and ``.hostname``), so the worker-wide hooks
@@ -55,6 +56,7 @@ from docproc.errors import DocprocError
 from workers.celery_app import GPU_QUEUE, PAGE_TASK
 from workers.jobflow import inference_still_running
 from workers.model_batching import PageOutcome, PageWork, run_pages
+from workers.remote_control import ControlNode
 
 logger = logging.getLogger(__name__)
 
@@ -292,6 +294,7 @@ class ModelWorker:
                     s.model_worker_prefetch, s.model_worker_batch_window_s, s.batch_size, engine.tile_budget())
         self.events = Events(self.app, self.hostname)
         self.events.start()
+        control = ControlNode(self.app, self).start()
         signals.worker_ready.send(sender=self)  # e.g. the worker's /metrics (workers.observability)
         queue = self.app.amqp.queues[GPU_QUEUE]
         try:
@@ -299,6 +302,7 @@ class ModelWorker:
                 self._consume(queue)
         finally:
             metrics.MODEL_WORKERS.labels(model=engine.model_id).set(0)
+            control.close()
             self.events.close()
             signals.worker_shutdown.send(sender=self)
         logger.info("model worker %s: stopped (%d pages done)", self.hostname, self.events.processed)
