@@ -48,14 +48,15 @@ def open_services(settings: Settings) -> Services:
     def send(name: str, args: list, queue: str) -> None:
         celery.send_task(name, args=args, queue=queue)
 
+    storage = open_storage(settings)
     return Services(
         settings=settings,
         redis=client,
-        storage=open_storage(settings),
+        storage=storage,
         store=store,
         keyring=KeyRing(settings, client),
         celery=celery,
-        lifecycle=lifecycle.Context(settings=settings, redis=client, store=store, send=send),
+        lifecycle=lifecycle.Context(settings=settings, redis=client, store=store, send=send, storage=storage),
     )
 
 

@@ -20,6 +20,8 @@ Redis layout::
     docproc:batch:{id}:rejected  hash   index -> {"source", "code", "message"} of documents
                                         refused at intake (no job was made for them)
     docproc:batch:{id}:sources   list   the s3:// URIs of a JSON batch, until expanded
+    docproc:batch:{id}:diff...   a re-process's diff report, kept as its jobs end
+                                        (:mod:`docproc.reprocess_diff`)
     docproc:tenant:{t}:batches   zset   batch ids by creation time (ms)
     docproc:batches:uploading    zset   upload batches still receiving files -> time of the
                                         last file (ms); the watchdog ends the listing of one
@@ -68,6 +70,9 @@ BatchState = Literal["expanding", "running", "completed"]
 EXPAND_TASK = "docproc.batch.expand"
 UPLOADING = "docproc:batches:uploading"
 MAX_PAGE = 1000  # job ids per GET page
+# a batch's keys, BatchStore.key(id, part): its record, job ids, counted jobs, rejections,
+# listing cursor, and a re-process's diff (docproc.reprocess_diff.PARTS)
+PARTS = ("", "jobs", "counted", "rejected", "sources", "diff", "diffed", "diff_changes")
 
 
 class Batch(BaseModel):
@@ -117,13 +122,13 @@ local function finished_check(batch, now)
 end
 """
 
-# KEYS: batch, jobs, counted, rejected, sources, tenant batches, uploading; ARGV: id
+# KEYS: the batch's keys (PARTS), tenant batches, uploading; ARGV: id
 # -> 1 purged, 0 kept (not finished). A batch whose record is gone just leaves the indexes.
 _PURGE = """
 if redis.call('EXISTS', KEYS[1]) == 1 and not redis.call('HGET', KEYS[1], 'finished_at') then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('DEL', unpack(KEYS, 1, #KEYS - 2))
+redis.call('ZREM', KEYS[#KEYS - 1], ARGV[1])
+redis.call('ZREM', KEYS[#KEYS], ARGV[1])
 return 1
 """
 
@@ -341,7 +346,7 @@ class BatchStore:
     @service_errors
     def purge(self, tenant: str, batch_id: str) -> bool:
         """Delete a finished batch's records and index entries; False (kept) while it runs."""
-        keys = [self.key(batch_id, part) for part in ("", "jobs", "counted", "rejected", "sources")]
+        keys = [self.key(batch_id, part) for part in PARTS]
         return self._purge(keys=[*keys, self.tenant_key(tenant), UPLOADING], args=[batch_id]) == 1
 
 
@@ -431,7 +436,8 @@ class BatchServices:
         def send(name: str, args: list[Any], queue: str) -> None:
             self.celery.send_task(name, args=args, queue=queue)
 
-        return lifecycle.Context(settings=self.settings, redis=self.redis, store=self.store, send=send)
+        return lifecycle.Context(settings=self.settings, redis=self.redis, store=self.store, send=send,
+                                 storage=self.storage)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import redis
 from docproc.errors import NotFound
 from docproc.jobs import TERMINAL, Job, JobStore
 from docproc.settings import Settings
+from docproc.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Context:
     redis: redis.Redis
     store: JobStore
     send: SendTask
+    storage: Storage | None = None  # results, for the re-process diff (None: opened when needed)
 
 
 AfterEndStep = Callable[[Job, Context], None]
@@ -53,9 +55,10 @@ AfterEndStep = Callable[[Job, Context], None]
 
 def _steps() -> tuple[AfterEndStep, ...]:
     """Every after-end step, in order (imported here, so this module stays small)."""
-    from docproc import batches, webhooks
+    from docproc import batches, reprocess_diff, webhooks
 
-    return (webhooks.job_event_step, batches.count_ended_job)
+    # the diff before the batch count: a re-process's completion event finds its diff whole
+    return (reprocess_diff.diff_step, webhooks.job_event_step, batches.count_ended_job)
 
 
 def job_ended(job_id: str, ctx: Context) -> bool:

@@ -14,16 +14,14 @@ Models: a deployment serves one model (``settings.model``). A re-process may nam
 any other model is refused with ``model_not_deployed``: run the re-process on a
 deployment that serves that model instead.
 
-The diff report (:func:`diff_report`) compares each re-processed document's result
-with its original's, field by field: the extracted fields for ``extract``, ``text``
-for ``ocr``, ``tables`` for ``tables``.
+The diff report (:mod:`docproc.reprocess_diff`) compares each re-processed document's
+result with its original's, field by field, as the jobs end.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,15 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from docproc.batches import Batch, BatchServices, Chunk, Item, create_job, new_batch, reject_or_raise
 from docproc.errors import DocprocError, ModelNotDeployed, NotFound
 from docproc.jobs import MAX_LIST_LIMIT, Job, JobRequest, JobState
-from docproc.results import DocumentResult, EngineName, Task
+from docproc.results import EngineName, Task
 
 if TYPE_CHECKING:
     from docproc.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DIFF_LIST_DEFAULT = 100
-DIFF_CHUNK = 200  # re-processed jobs read per Redis round trip by the diff report
 
 
 class Selector(BaseModel):
@@ -242,111 +238,4 @@ def submit_reprocess(svc: BatchServices, tenant: str, req: ReprocessRequest) -> 
     return batch, None
 
 
-# ---------------------------------------------------------------------------
-# the diff report
-# ---------------------------------------------------------------------------
-
-
-def comparable_fields(document: DocumentResult) -> dict[str, Any]:
-    """What a diff compares, by field path: extract -> every leaf field (:func:`field_paths`);
-    ocr -> ``text``; tables -> ``tables``."""
-    out: dict[str, Any] = {}
-    if document.fields is not None:
-        out.update(field_paths(document.fields))
-    if document.task == "ocr":
-        out["text"] = "\n\n".join(p.text or "" for p in document.pages)
-    if document.task == "tables":
-        out["tables"] = [t.markdown for p in document.pages for t in (p.tables or [])]
-    return out
-
-
-def field_paths(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Leaf values by dotted path, so a diff names what changed (``vendor.iban``, not ``vendor``).
-
-    A list of objects becomes one path per item field, ``line_items[].tax_rate``, whose value
-    is the list of the items' values (``None`` when every item has none: a field a new
-    schema version adds, left empty, is no change). Other lists are leaves.
-    """
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(field_paths(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-        keys = list(dict.fromkeys(k for item in value for k in item))
-        columns = {k: [item.get(k) for item in value] for k in keys}
-        return {f"{prefix}[].{k}": (None if all(v is None for v in column) else column)
-                for k, column in columns.items()}
-    return {prefix: value}
-
-
-class FieldDiff(BaseModel):
-    changed: int = 0
-    unchanged: int = 0
-    changes: list[dict[str, Any]] = Field(default_factory=list, description="job_id, reprocess_of, old, new.")
-
-
-class DiffReport(BaseModel):
-    reprocess_id: str
-    state: str
-    compared: int = Field(description="Documents whose old and new results were both stored.")
-    pending: int = Field(description="Re-processed documents without a result yet (or none at all).")
-    fields: dict[str, FieldDiff]
-
-
-def diff_report(svc: BatchServices, batch: Batch, *, limit: int = DIFF_LIST_DEFAULT) -> DiffReport:
-    """Per field: how many documents changed value and (up to ``limit`` per field) which.
-
-    The re-process's jobs are read ``DIFF_CHUNK`` at a time (one Redis round trip for the
-    new jobs, one for their originals) and each chunk's old/new result pairs are fetched
-    from storage by ``batch_expand_threads`` threads, so a large re-process costs storage
-    latency / threads per document, not two sequential reads. Memory grows only with the
-    listed changes."""
-    fields: dict[str, FieldDiff] = {}
-    compared = pending = 0
-    with ThreadPoolExecutor(svc.settings.batch_expand_threads, thread_name_prefix="docproc-diff") as pool:
-        for chunk in _chunks((job_id for _, job_id in svc.batches.job_ids(batch.id)), DIFF_CHUNK):
-            pairs = _stored_pairs(svc, chunk)
-            pending += sum(pair is None for pair in pairs)
-            for job, original, (old, new) in pool.map(lambda p: (*p, _read_pair(svc, *p)), filter(None, pairs)):
-                compared += 1
-                for name in sorted(set(old) | set(new)):
-                    diff = fields.setdefault(name, FieldDiff())
-                    if old.get(name) == new.get(name):
-                        diff.unchanged += 1
-                        continue
-                    diff.changed += 1
-                    if len(diff.changes) < limit:
-                        diff.changes.append({"job_id": job.id, "reprocess_of": original.id,
-                                             "old": old.get(name), "new": new.get(name)})
-    state = svc.batches.counts(batch.id).state
-    return DiffReport(reprocess_id=batch.id, state=state, compared=compared, pending=pending, fields=fields)
-
-
-
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _stored_pairs(svc: BatchServices, job_ids: list[str]) -> list[tuple[Job, Job] | None]:
-    """(re-processed job, its original) per id when both have a stored result, else None."""
-    jobs = svc.store.load_many(job_ids)
-    originals = svc.store.load_many([j.reprocess_of if j and j.reprocess_of else "" for j in jobs])
-    return [(job, original) if job and original and job.result_key and original.result_key else None
-            for job, original in zip(jobs, originals, strict=True)]
-
-
-def _read_pair(svc: BatchServices, job: Job, original: Job) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The comparable fields of the original's and the re-processed job's results."""
-    return tuple(comparable_fields(DocumentResult.model_validate_json(svc.storage.get(j.result_key)))
-                 for j in (original, job))
-
-
-__all__ = ["ReprocessRequest", "Selector", "DiffReport", "submit_reprocess", "diff_report", "count_selected"]
+__all__ = ["ReprocessRequest", "Selector", "newest_version", "submit_reprocess", "count_selected"]

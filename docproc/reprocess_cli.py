@@ -3,11 +3,11 @@
     docproc reprocess --tenant T [--schema invoice@2] [--task ...] [--engine ...] [--model M]
                       [--batch ID] [--select-schema NAME[@V]] [--state S] [--since DATE] [--until DATE]
                       [--input-prefix inputs/sha256/ab] [--webhook-url URL] [--dry-run] [--no-wait]
-    docproc reprocess diff ID --tenant T [--limit N] [--json]
+    docproc reprocess diff ID --tenant T [--limit N] [--json] [--rebuild [--fresh]]
 
 It talks to Redis, storage and the broker directly (``DOCPROC_*`` settings), like the
 workers, and runs the same functions as ``POST /v1/reprocess`` and ``GET
-/v1/reprocess/{id}/diff`` (:mod:`docproc.reprocess`). Without ``--no-wait`` it follows
+/v1/reprocess/{id}/diff`` (:mod:`docproc.reprocess`, :mod:`docproc.reprocess_diff`). Without ``--no-wait`` it follows
 the re-process with a progress bar until every job ended.
 """
 
@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from docproc.batches import BatchServices
 from docproc.errors import InvalidRequest
-from docproc.reprocess import ReprocessRequest, diff_report, submit_reprocess
+from docproc.reprocess import ReprocessRequest, submit_reprocess
+from docproc.reprocess_diff import diff_report, rebuild_diff
 from docproc.settings import get_settings
 
 POLL_S = 1.0
@@ -57,6 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tenant", required=True)
     d.add_argument("--limit", type=int, default=20, help="changes listed per field (all are counted)")
     d.add_argument("--json", action="store_true", help="print the report as JSON")
+    d.add_argument("--rebuild", action="store_true",
+                   help="first compare, from storage, every re-processed document not counted yet "
+                   "(a re-process made before the diff was kept as jobs end)")
+    d.add_argument("--fresh", action="store_true", help="with --rebuild: forget the kept diff and count all again")
 
 
 def _services() -> BatchServices:
@@ -116,7 +121,11 @@ def follow(svc: BatchServices, batch_id: str, *, progress: bool = True) -> None:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     svc = _services()
-    report = diff_report(svc, svc.batches.get(args.tenant, args.reprocess_id, kind="reprocess"), limit=args.limit)
+    batch = svc.batches.get(args.tenant, args.reprocess_id, kind="reprocess")
+    if args.rebuild:
+        recorded = rebuild_diff(svc, batch, fresh=args.fresh)
+        print(f"rebuilt: {recorded} document(s) compared from storage", file=sys.stderr)
+    report = diff_report(svc, batch, limit=args.limit)
     if args.json:
         print(report.model_dump_json(indent=2))
         return 0

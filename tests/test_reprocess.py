@@ -20,7 +20,7 @@ import boto3
 import pytest
 from batch_stack import SECRET, TENANT_A, Stack, batch_services, running_stack, text_pdf
 
-from docproc import reprocess
+from docproc import reprocess_diff
 from docproc.settings import REPO_ROOT
 from docproc.webhooks import verify
 
@@ -156,11 +156,28 @@ def test_diff_report_counts_the_changed_field(rstack, original, reprocessed, mon
     assert change["old"] is None and isinstance(change["new"], bool)
     paid = diff["fields"]["paid"]
     assert paid["changed"] + paid["unchanged"] == DOCS
-    # read in chunks of 5 (several round trips and thread-pool rounds): the same report
-    monkeypatch.setattr(reprocess, "DIFF_CHUNK", 5)
+
+    # The diff kept as the jobs ended equals one rebuilt from storage (in chunks of 5: several
+    # Redis round trips and thread-pool rounds), and nothing was left to rebuild.
+    monkeypatch.setattr(reprocess_diff, "DIFF_CHUNK", 5)
     svc = batch_services(rstack.settings)
-    chunked = reprocess.diff_report(svc, svc.batches.load(reprocessed["view"]["id"]), limit=3)
-    assert chunked.model_dump(mode="json") == diff
+    batch = svc.batches.load(reprocessed["view"]["id"])
+
+    def report() -> dict:
+        out = reprocess_diff.diff_report(svc, batch, limit=DOCS).model_dump(mode="json")
+        for field in out["fields"].values():  # kept: in the order the jobs ended; rebuilt: batch order
+            field["changes"].sort(key=lambda c: c["job_id"])
+        return out
+
+    kept = report()
+    assert len(kept["fields"]["urgent"]["changes"]) == DOCS
+    assert reprocess_diff.rebuild_diff(svc, batch) == 0
+    assert reprocess_diff.rebuild_diff(svc, batch, fresh=True) == DOCS
+    assert report() == kept
+    # the after-end step run again (the sweep, after a finisher died) counts nothing twice
+    job = svc.store.load(change["job_id"])
+    reprocess_diff.diff_step(job, svc.lifecycle_context())
+    assert report() == kept
 
 
 def test_the_diff_names_nested_fields_by_path():
@@ -169,7 +186,7 @@ def test_the_diff_names_nested_fields_by_path():
     v2 = {"total": 10.0, "vendor": {"name": "ACME GmbH", "vat_id": None, "iban": "DE89370400440532013000"},
           "line_items": [{"description": "bolts", "amount": 4.0, "tax_rate": None},
                          {"description": "nuts", "amount": 6.0, "tax_rate": None}]}
-    old, new = reprocess.field_paths(v1), reprocess.field_paths(v2)
+    old, new = reprocess_diff.field_paths(v1), reprocess_diff.field_paths(v2)
     assert set(new) == {"total", "vendor.name", "vendor.vat_id", "vendor.iban", "line_items[].description",
                         "line_items[].amount", "line_items[].tax_rate"}
     assert new["line_items[].amount"] == [4.0, 6.0] and new["line_items[].tax_rate"] is None

@@ -19,7 +19,7 @@ from test_webhooks import Sent
 from webhook_receiver import WebhookReceiver
 
 from api.app import create_app
-from docproc import batches, lifecycle, metrics, retention, webhooks
+from docproc import batches, lifecycle, metrics, reprocess_diff, retention, webhooks
 from docproc.auth import hash_key
 from docproc.errors import NotFound
 from docproc.jobs import ENDED_OUTBOX, TENANTS, JobRequest, JobStore
@@ -188,6 +188,25 @@ def test_a_purge_takes_a_documents_versions_with_their_jobs(ctx):
     assert retention.purge_expired(ctx, now=time.time() + RETENTION_S + 60).jobs == 3
     for job in (first, second, third, other):
         assert _keys_of(r, job.id) == [], job.id  # no job, no list of re-processes left behind
+
+
+def test_a_purge_takes_a_reprocess_with_its_kept_diff(ctx):
+    r = ctx.redis
+    bstore = batches.BatchStore(r)
+    rerun = batches.new_batch(TENANT, source="jobs", request=JobRequest(task="extract"), webhook_url=None,
+                              kind="reprocess")
+    bstore.create(rerun)
+    job = _job(ctx, batch_id=rerun.id, steps=False)
+    bstore.add_jobs(rerun.id, [(0, job.id)])
+    bstore.mark_expanded(rerun.id)
+    assert reprocess_diff.record(r, rerun.id, job.id, [("total", True), ("vendor.name", False)]) == 1
+    assert lifecycle.job_ended(job.id, ctx) and bstore.counts(rerun.id).state == "completed"
+    assert len(_keys_of(r, rerun.id)) > 3  # record, jobs, counted, the diff's three keys
+    assert retention.purge_expired(ctx, now=time.time() + RETENTION_S + 60).batches == 1
+    assert _keys_of(r, rerun.id) == []
+    # a late diff step (the sweep) for the purged re-process makes no key again
+    assert reprocess_diff.record(r, rerun.id, "f" * 32, [("total", True)]) == -1
+    assert _keys_of(r, rerun.id) == []
 
 
 def test_retention_zero_keeps_everything(ctx, settings):

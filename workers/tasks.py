@@ -130,7 +130,8 @@ class Resources:
 
     @cached_property
     def lifecycle(self) -> lifecycle.Context:
-        return lifecycle.Context(settings=self.settings, redis=self.redis, store=self.store, send=send_task)
+        return lifecycle.Context(settings=self.settings, redis=self.redis, store=self.store, send=send_task,
+                                 storage=self.storage)
 
     def job_ended(self, job_id: str) -> None:
         """Run a job's after-end steps (it just became terminal here)."""

@@ -43,7 +43,8 @@ from docproc import batches, reprocess
 from docproc.batches import Batch, BatchCounts, BatchServices
 from docproc.errors import DocprocError, FileTooLarge, InvalidRequest, NotFound, ServiceUnavailable
 from docproc.jobs import JobRequest
-from docproc.reprocess import DiffReport, ReprocessRequest
+from docproc.reprocess import ReprocessRequest
+from docproc.reprocess_diff import DiffReport, diff_report
 from docproc.results import ErrorInfo
 from docproc.submit import parse_source_uri
 from docproc.webhooks import check_webhook
@@ -463,6 +464,11 @@ def get_reprocess(batch_id: BatchId, tenant: TenantDep, services: ServicesDep, c
     "/v1/reprocess/{batch_id}/diff",
     response_model=DiffReport,
     summary="Which fields changed value between the original and the re-processed results",
+    description=(
+        "Kept as the re-processed jobs end (each is compared with its original once), so the report costs "
+        "the same for any size of re-process: counts per field, and `limit` changes per field (in the "
+        "order the jobs ended) with their old and new values."
+    ),
     responses=problem_responses(*COMMON_ERRORS, 404),
 )
 def reprocess_diff(
@@ -470,7 +476,7 @@ def reprocess_diff(
     limit: Annotated[int, Query(ge=0, le=10_000, description="Changes listed per field (all are counted).")] = 100,
 ) -> DiffReport:
     svc = _svc(services)
-    return reprocess.diff_report(svc, svc.batches.get(tenant, batch_id, kind="reprocess"), limit=limit)
+    return diff_report(svc, svc.batches.get(tenant, batch_id, kind="reprocess"), limit=limit)
 
 
 __all__ = ["router"]
