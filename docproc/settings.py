@@ -56,8 +56,8 @@ class Settings(BaseSettings):
         "faster than one call per page: README, Performance).",
     )
     batch_tile_budget: int = Field(
-        256, ge=1, description="Most image tiles per batched generate call; on CUDA the memory guard "
-        "lowers it to what the free memory holds.",
+        0, ge=0, description="Most image tiles per batched generate call; 0: 256 on CUDA (where the memory "
+        "guard lowers it to what the free memory holds), 64 on the CPU (no guard there).",
     )
     text_layer_hint: bool = Field(True, description="Add a page's text layer to the prompt as a hint.")
     text_hint_max_chars: int = 4000
@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     )
     gpu_memory_guard: bool = Field(
         True, description="On CUDA, cap each batch's tiles by the GPU's free memory (torch.cuda.mem_get_info) "
-        "/ the per-tile cost; batch_tile_budget stays the upper bound. The CPU uses batch_tile_budget.",
+        "/ the per-tile cost; the batch tile budget stays the upper bound. The CPU uses the batch tile budget.",
     )
     gpu_memory_fraction: float = Field(
         0.8, gt=0, le=1, description="Share of the free GPU memory a batch may plan to use.",

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from docproc.schemas import get_registry
 from test_jobflow import flow, flow_settings, model_flow  # noqa: F401 - fixtures
-from workers.engines.internvl import InternVLEngine
+from workers.engines.internvl import CPU_TILE_BUDGET, InternVLEngine
 from workers.pages import RenderedPage
 
 POISON = "POISON-PAGE"
@@ -160,6 +160,9 @@ def test_a_page_that_always_raises_fails_alone_after_bounded_attempts(engine, pl
 def test_memory_guard_budget_is_the_setting_on_the_cpu_and_costs_are_positive(engine):
     assert engine.tile_budget() == engine.settings.batch_tile_budget
     assert engine.tile_cost_bytes() > 0
+    auto = InternVLEngine.from_model(engine.model, engine.tokenizer,
+                                     engine.settings.model_copy(update={"batch_tile_budget": 0}))
+    assert auto.tile_budget() == CPU_TILE_BUDGET  # the default: no free-memory reading on a CPU
 
 
 # --------------------------------------------------------------------- run_pages: the worker's plain function

@@ -26,7 +26,8 @@ Memory guard: on CUDA a batch's tile budget is the free GPU memory
 (``torch.cuda.mem_get_info`` plus the allocator's cached blocks) x
 ``gpu_memory_fraction`` / the cost of one tile (``gpu_tile_cost_bytes``, or
 :meth:`InternVLEngine.tile_cost_bytes` from the config), at most
-``batch_tile_budget``; on the CPU it is ``batch_tile_budget``. A batch that raises
+the batch tile budget (``batch_tile_budget``; 0: 256 on CUDA); on the CPU it is
+``batch_tile_budget`` (0: 64: a CPU has no free-memory reading to plan with). A batch that raises
 anyway (``torch.OutOfMemoryError`` or any other error) is split in halves,
 recursively, and each half retried (the CUDA cache emptied after an OOM); a single
 request that still raises is tried ``model_page_attempts`` times and then fails
@@ -65,6 +66,11 @@ logger = logging.getLogger(__name__)
 
 NO_TABLES = "NO TABLES"
 MIN_NEW_TOKENS = 256
+# batch_tile_budget 0: on CUDA the memory guard lowers this to what the free memory holds
+# (16 pages of up to 13 tiles fit whole: 7.3x batch 1 at 1B on an H200, README Performance);
+# a CPU has no such reading, and 64 tiles of a 1B model in float32 already take ~8 GB there
+CUDA_TILE_BUDGET = 256
+CPU_TILE_BUDGET = 64
 
 
 # --- requests and outputs ---------------------------------------------------------
@@ -659,10 +665,12 @@ class InternVLEngine:
 
     def tile_budget(self) -> int:
         """Most tiles the next batch may hold: on CUDA (``gpu_memory_guard``) from the free
-        memory, capped by ``batch_tile_budget``; elsewhere ``batch_tile_budget``."""
+        memory, capped by the batch tile budget; elsewhere the batch tile budget."""
         s = self.settings
-        if not (s.gpu_memory_guard and str(self.device).startswith("cuda")):
-            return s.batch_tile_budget
+        cuda = str(self.device).startswith("cuda")
+        most = s.batch_tile_budget or (CUDA_TILE_BUDGET if cuda else CPU_TILE_BUDGET)
+        if not (s.gpu_memory_guard and cuda):
+            return most
         import torch
 
         device = torch.device(self.device)
@@ -672,7 +680,7 @@ class InternVLEngine:
         for kind, value in (("free", free), ("total", total), ("allocated", allocated), ("reserved", reserved)):
             metrics.GPU_MEMORY_BYTES.labels(device=str(self.device), kind=kind).set(value)
         cost = s.gpu_tile_cost_bytes or self.tile_cost_bytes()
-        budget = max(1, min(s.batch_tile_budget, int(usable * s.gpu_memory_fraction) // max(1, cost)))
+        budget = max(1, min(most, int(usable * s.gpu_memory_fraction) // max(1, cost)))
         logger.debug("internvl: tile budget %d (usable %.1f GiB, %.1f MiB per tile)", budget, usable / 2**30,
                      cost / 2**20)
         return budget
