@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     trust_remote_code: bool = Field(False, description="Never on unless an operator opts in.")
     batch_size: int = Field(
-        16, ge=1, description="Pages per batched generate call (on an H200 at 1B, 16 pages ran 6.3x "
+        16, ge=1, description="Pages per batched generate call (on an H200 at 1B, 16 pages ran 6.3-7.3x "
         "faster than one call per page: README, Performance).",
     )
     batch_tile_budget: int = Field(
