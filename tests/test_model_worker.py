@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import builders
+import httpx
 import pytest
-from conftest import settings_env, wait_until
+from conftest import free_port, settings_env, wait_until
 from test_worker import s3_keys, submit, worker_settings  # noqa: F401 - fixtures
 
 from docproc.jobs import TERMINAL, JobStore
@@ -132,12 +133,16 @@ def test_page_messages_as_celery_sends_them_are_parsed(service_settings, redis_c
     assert (work_b.job_id, work_b.page, id_b) == ("job-b", 1, sent[1]) and eta_b > time.time() + 20
 
 
-def test_model_worker_answers_ping_and_shutdown(worker_settings, workers):  # noqa: F811
+def test_model_worker_answers_celery_remote_control(worker_settings, workers):  # noqa: F811
     """Celery remote control on the model worker (workers/remote_control.py): the container
-    healthcheck's exact command gets its pong; another node name gets none; ``shutdown``
-    stops the worker cleanly."""
+    healthcheck's exact command gets its pong; another node name gets none; the inspect
+    calls Flower's worker page makes get Celery-shaped answers; ``shutdown`` stops the
+    worker cleanly."""
     env = settings_env(worker_settings)
     model = workers([PY, "-m", "workers", "--queues", "gpu", "-n", "model@%h"], env)
+    port = free_port()
+    flower = workers([PY, "-m", "celery", "-A", "workers.celery_app", "flower", f"--port={port}",
+                      "--address=127.0.0.1", "--basic-auth=ops:pw"], env)
     wait_until(lambda: "ready" in model.log(), 120, "the model worker to be ready", [model])
     host = model_host(model.log())
 
@@ -151,9 +156,54 @@ def test_model_worker_answers_ping_and_shutdown(worker_settings, workers):  # no
 
     app = create_app(worker_settings)
     try:
+        inspect = app.control.inspect(destination=[host], timeout=10)
+        stats = inspect.stats()[host]
+        assert stats["pid"] == model.proc.pid and stats["prefetch_count"] == worker_settings.model_worker_prefetch
+        assert stats["broker"]["transport"] == "redis" and "password" not in stats["broker"]
+        assert [q["name"] for q in inspect.active_queues()[host]] == ["gpu"]
+        assert inspect.registered()[host] == ["docproc.page"]
+        assert (inspect.active()[host], inspect.reserved()[host], inspect.scheduled()[host]) == ([], [], [])
+        assert inspect.conf()[host]["batch_size"] == worker_settings.batch_size
+        # Flower's page of the worker renders from those answers (a missing key would be a 500)
+        page = wait_until(lambda: _get(f"http://127.0.0.1:{port}/worker/{host}", auth=("ops", "pw")), 30,
+                          "Flower's worker page", [flower])
+        assert page.status_code == 200 and "docproc.page" in page.text and "gpu" in page.text, page.text[:500]
         replies = app.control.broadcast("shutdown", destination=[host], reply=True, timeout=10)
     finally:
         app.close()
     assert replies == [{host: {"ok": "shutting down after the current batch"}}]
     wait_until(lambda: model.proc.poll() is not None, 30, "the model worker to stop")
     assert model.proc.returncode == 0 and "remote control: shutdown asked" in model.log()
+
+
+def _get(url: str, **kwargs) -> httpx.Response | None:
+    """The page once it answers (None while the server starts or still gets to know the worker)."""
+    try:
+        response = httpx.get(url, timeout=10, **kwargs)
+    except httpx.TransportError:
+        return None
+    return response if response.status_code != 404 else None
+
+
+def test_inspect_lists_the_running_batch_the_due_pages_and_the_waiting_ones(worker_settings):  # noqa: F811
+    """What Flower's worker page shows of the model worker's held messages: the batch in
+    generate is ``active``, due pages ``reserved``, pages waiting on an eta ``scheduled``."""
+    from types import SimpleNamespace
+
+    from workers import remote_control
+    from workers.model_batching import PageWork
+    from workers.model_worker import Delivery, ModelWorker
+
+    worker = ModelWorker(SimpleNamespace(settings=worker_settings), hostname="gpu@test")
+    message = SimpleNamespace(delivery_info={"redelivered": False})
+    running, due, later = (Delivery(message, PageWork(f"job{i}", i + 1), f"task-{i}",
+                                    not_before=time.time() + (3600 if i == 2 else 0)) for i in range(3))
+    worker.held = {d.task_id: d for d in (running, due, later)}
+    worker.running = (running,)
+    active = remote_control._active(worker)
+    assert [(t["id"], t["args"], t["name"], t["hostname"]) for t in active] == [
+        ("task-0", ["job0", 1], "docproc.page", "gpu@test")]
+    assert [t["id"] for t in remote_control._reserved(worker)] == ["task-1"]
+    (scheduled,) = remote_control._scheduled(worker)
+    assert scheduled["request"]["id"] == "task-2" and scheduled["eta"] > time.strftime("%Y")
+    assert remote_control._stats(worker)["total"] == {}  # nothing done yet

@@ -22,9 +22,11 @@ with the same Celery configuration (one visibility timeout for all clients):
   stops a poison page, and a page delivered before runs in a batch of its own;
 * Flower: it sends Celery's task events (received, started, succeeded/failed) and
   worker heartbeats under its node name (``gpu@host``), so Flower lists the worker
-  and its tasks. Of Celery's remote control it answers ``ping`` and ``shutdown``
-  (:mod:`workers.remote_control`, so ``celery inspect ping -d gpu@host`` is its health
-  check); not ``revoke``: a canceled job's pages are dropped because the job is terminal;
+  and its tasks. Celery's remote control (:mod:`workers.remote_control`): ``ping``
+  (``celery inspect ping -d gpu@host`` is its health check), ``shutdown``, and the
+  ``inspect`` calls Flower's worker page makes (stats, active, reserved, scheduled,
+  queues, registered, conf); not ``revoke``: a canceled job's pages are dropped because
+  the job is terminal;
 * SIGTERM/SIGINT: finish the current batch, then stop;
 * Celery's ``worker_init``, ``worker_ready`` and ``worker_shutdown`` signals are sent
   (with this object as sender, ``.app`` and ``.hostname``), so the worker-wide hooks
@@ -180,6 +182,8 @@ class ModelWorker:
         self.hostname = (hostname or "gpu@%h").replace("%h", socket.gethostname())
         self.held: dict[str, Delivery] = {}  # by task id (a redelivered duplicate replaces nothing)
         self._extra: list[Delivery] = []  # duplicates of a held task id
+        self.running: tuple[Delivery, ...] = ()  # the batch in generate now (read by remote control)
+        self.started = time.time()
         self._stopping = threading.Event()
 
     def stop(self, *_: Any) -> None:
@@ -207,6 +211,15 @@ class ModelWorker:
             self.held[task_id] = delivery
         self.events.send("task-received", uuid=task_id, name=PAGE_TASK, args=repr([work.job_id, work.page]),
                          kwargs="{}", retries=work.retries)
+
+    def holding(self) -> list[Delivery]:
+        """Every delivery held, as a copy: safe from another thread (the remote control's)."""
+        for _ in range(3):
+            try:
+                return [*self.held.values(), *self._extra]
+            except RuntimeError:  # the loop changed it while it was copied
+                continue
+        return []
 
     def _due(self) -> list[Delivery]:
         now = time.time()
@@ -246,12 +259,14 @@ class ModelWorker:
         for d in due:
             self.events.send("task-started", uuid=d.task_id)
         self.events.active = len(works)
+        self.running = tuple(due)
         try:
             return run_pages(works, settings=self.settings, store=self.r.store, storage=self.r.storage,
                              engines=self.r.engines, leases=self.r.leases, on_ended=self.r.job_ended,
                              on_outcome=lambda o: self._settle(by_work, o))
         finally:
             self.events.active = 0
+            self.running = ()
             if inference_still_running():  # a timed-out generate still holds the model
                 logger.error("model worker: inference timed out and is still running; stopping (the "
                              "supervisor starts a fresh worker)")
