@@ -71,8 +71,9 @@ EXPAND_TASK = "docproc.batch.expand"
 UPLOADING = "docproc:batches:uploading"
 MAX_PAGE = 1000  # job ids per GET page
 # a batch's keys, BatchStore.key(id, part): its record, job ids, counted jobs, rejections,
-# listing cursor, and a re-process's diff (docproc.reprocess_diff.PARTS)
-PARTS = ("", "jobs", "counted", "rejected", "sources", "diff", "diffed", "diff_changes")
+# listing cursor, and a re-process's diff (docproc.reprocess_diff)
+DIFF_PARTS = ("diff", "diffed", "diff_changes")
+PARTS = ("", "jobs", "counted", "rejected", "sources", *DIFF_PARTS)
 
 
 class Batch(BaseModel):

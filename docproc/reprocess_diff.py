@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from docproc.batches import Batch, BatchServices, BatchStore
+from docproc.batches import DIFF_PARTS, Batch, BatchServices, BatchStore
 from docproc.jobs import Job, _text
 from docproc.results import DocumentResult
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 DIFF_LIST_DEFAULT = 100
 DIFF_LIST_MAX = 10_000  # changes whose job id is kept per field (GET .../diff?limit= allows as many)
 DIFF_CHUNK = 200  # re-processed jobs read per Redis round trip by rebuild_diff
-PARTS = ("diff", "diffed", "diff_changes")  # the re-process's keys (BatchStore.key(id, part)), in batches.PARTS
 
 # KEYS: batch, diff, diffed, diff_changes; ARGV: job id, most listed, then (field, '1' changed / '0')
 # pairs -> 1 recorded, 0 counted before, -1 the re-process is gone (its keys are not made again)
@@ -134,7 +133,7 @@ def record(r: redis.Redis, batch_id: str, job_id: str, changes: Sequence[tuple[s
     args: list[Any] = [job_id, DIFF_LIST_MAX]
     for name, changed in changes:
         args += [name, "1" if changed else "0"]
-    keys = [BatchStore.key(batch_id), *(BatchStore.key(batch_id, part) for part in PARTS)]
+    keys = [BatchStore.key(batch_id), *(BatchStore.key(batch_id, part) for part in DIFF_PARTS)]
     return int(r.register_script(_RECORD)(keys=keys, args=args))
 
 
@@ -146,13 +145,9 @@ def diff_step(job: Job, ctx: lifecycle.Context) -> None:
     original = ctx.store.load_many([job.reprocess_of])[0]
     if original is None or not original.result_key:
         return
-    if ctx.storage is None:
-        from docproc.storage import open_storage
+    from docproc.storage import open_storage
 
-        storage = open_storage(ctx.settings)
-    else:
-        storage = ctx.storage
-    old, new = read_pair(storage, job, original)
+    old, new = read_pair(ctx.storage or open_storage(ctx.settings), job, original)
     record(ctx.redis, job.batch_id, job.id, compare(old, new))
 
 
@@ -187,10 +182,9 @@ def diff_report(svc: BatchServices, batch: Batch, *, limit: int = DIFF_LIST_DEFA
 def _read_pairs(svc: BatchServices, job_ids: list[str]) -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
     """job id -> (its original's id, old fields, new fields), for the jobs whose pair is stored."""
     out: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}
-    with ThreadPoolExecutor(svc.settings.batch_expand_threads, thread_name_prefix="docproc-diff") as pool:
+    with _readers(svc) as pool:
         for chunk in _chunks(job_ids, DIFF_CHUNK):
-            for job, original, (old, new) in pool.map(lambda p: (*p, read_pair(svc.storage, *p)),
-                                                      filter(None, _stored_pairs(svc, chunk))):
+            for job, original, (old, new) in _read(svc, pool, filter(None, _stored_pairs(svc, chunk))):
                 out[job.id] = (original.id, old, new)
     return out
 
@@ -206,15 +200,25 @@ def rebuild_diff(svc: BatchServices, batch: Batch, *, fresh: bool = False) -> in
     were recorded. Jobs are read ``DIFF_CHUNK`` at a time and each chunk's result pairs by
     ``batch_expand_threads`` threads: storage latency / threads per document."""
     if fresh:
-        svc.redis.delete(*(BatchStore.key(batch.id, part) for part in PARTS))
+        svc.redis.delete(*(BatchStore.key(batch.id, part) for part in DIFF_PARTS))
     recorded = 0
-    with ThreadPoolExecutor(svc.settings.batch_expand_threads, thread_name_prefix="docproc-diff") as pool:
+    with _readers(svc) as pool:
         for chunk in _chunks((job_id for _, job_id in svc.batches.job_ids(batch.id)), DIFF_CHUNK):
             counted = svc.redis.smismember(BatchStore.key(batch.id, "diffed"), chunk)
             todo = [p for p, seen in zip(_stored_pairs(svc, chunk), counted, strict=True) if p and not seen]
-            for job, _, (old, new) in pool.map(lambda p: (*p, read_pair(svc.storage, *p)), todo):
+            for job, _, (old, new) in _read(svc, pool, todo):
                 recorded += record(svc.redis, batch.id, job.id, compare(old, new)) == 1
     return recorded
+
+
+def _readers(svc: BatchServices) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(svc.settings.batch_expand_threads, thread_name_prefix="docproc-diff")
+
+
+def _read(svc: BatchServices, pool: ThreadPoolExecutor, pairs: Iterable[tuple[Job, Job]]
+          ) -> Iterator[tuple[Job, Job, tuple[dict[str, Any], dict[str, Any]]]]:
+    """(job, original, (old fields, new fields)) per pair, the results read on ``pool``."""
+    return pool.map(lambda pair: (*pair, read_pair(svc.storage, *pair)), pairs)
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -213,17 +213,13 @@ class ModelWorker:
                          kwargs="{}", retries=work.retries)
 
     def holding(self) -> list[Delivery]:
-        """Every delivery held, as a copy: safe from another thread (the remote control's)."""
-        for _ in range(3):
-            try:
-                return [*self.held.values(), *self._extra]
-            except RuntimeError:  # the loop changed it while it was copied
-                continue
-        return []
+        """Every delivery held, as a new list (the remote control's thread reads it too: the
+        copy is made in one step under the GIL)."""
+        return [*self.held.values(), *self._extra]
 
     def _due(self) -> list[Delivery]:
         now = time.time()
-        return [d for d in list(self.held.values()) + self._extra if d.not_before <= now]
+        return [d for d in self.holding() if d.not_before <= now]
 
     def _settle(self, deliveries: dict[PageWork, list[Delivery]], outcome: PageOutcome) -> None:
         """Ack the page's message(s) once it is recorded; keep them for later otherwise."""

@@ -52,12 +52,12 @@ def _shutdown(worker: Any, **_: Any) -> dict[str, str]:
     return {"ok": "shutting down after the current batch"}
 
 
-def _request(worker: Any, delivery: Any, *, acknowledged: bool = False) -> dict[str, Any]:
+def _request(worker: Any, delivery: Any) -> dict[str, Any]:
     """A held page message as Celery describes a task request."""
     return {
         "id": delivery.task_id, "name": PAGE_TASK, "type": PAGE_TASK,
         "args": [delivery.work.job_id, delivery.work.page], "kwargs": {},
-        "hostname": worker.hostname, "time_start": None, "acknowledged": acknowledged,
+        "hostname": worker.hostname, "time_start": None, "acknowledged": False,
         "delivery_info": {"exchange": GPU_QUEUE, "routing_key": GPU_QUEUE, "priority": None,
                           "redelivered": bool(delivery.message.delivery_info.get("redelivered"))},
         "worker_pid": os.getpid(),

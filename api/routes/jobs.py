@@ -23,8 +23,8 @@ from docproc import lifecycle, metrics
 from docproc.errors import InvalidRequest, NotFound, ResultNotReady
 from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
 from docproc.results import DocumentResult, PageResult
-from docproc.settings import Settings
 from docproc.reprocess import newest_version
+from docproc.settings import Settings
 from docproc.storage import page_result_key
 from docproc.submit import Submitted, read_source, submit_job
 
