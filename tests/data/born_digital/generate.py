@@ -1,0 +1,618 @@
+"""Builds the labelled born-digital set that benchmarks/text_quality.py scores.
+
+Run ``python tests/data/born_digital/generate.py`` to write the PDFs and
+``labels.json`` beside this file. Every check below is written from the content
+this script puts on the page (the strings are literals here), never from any
+engine's output.
+
+Check kinds (``page`` is 1-based):
+  present   the text occurs in the page's body text (tables included)
+  absent    the text does not occur in the page's body text
+  once      the text occurs exactly once (neither lost nor duplicated)
+  order     ``before`` occurs, ``after`` occurs, and ``before`` comes first
+  cell      the table holding ``table_with`` has ``text`` in cell (row, col), row 0 the header
+  model     the page's text layer must not be trusted (routed to a model)
+  trusted   the page's text layer must be read as text (not routed to a model)
+Texts compare with whitespace collapsed; cells compare with whitespace removed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import pymupdf
+from PIL import Image, ImageDraw
+
+HERE = Path(__file__).resolve().parent
+LETTER = (612.0, 792.0)
+WORDS = (
+    "water river basin flow storage season survey volume channel rainfall gauge station model estimate "
+    "network demand supply region district record annual monthly capacity reservoir pressure quality "
+    "sample measure report change trend level increase decrease average period method result system"
+).split()
+
+
+def sentence_text(seed: int, n_words: int) -> str:
+    rng = random.Random(seed)
+    words = [rng.choice(WORDS) for _ in range(n_words)]
+    return " ".join(words).capitalize() + "."
+
+
+def wrap(text: str, width: float, size: float, font: str = "helv") -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if pymupdf.get_text_length(trial, fontname=font, fontsize=size) > width and line:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    if line:
+        lines.append(line)
+    return lines
+
+
+def paragraph(page, x: float, y: float, width: float, text: str, size: float = 9.5, font: str = "helv") -> float:
+    """Write ``text`` wrapped to ``width`` from baseline ``y``; returns the y after it."""
+    lead = size * 1.3
+    for line in wrap(text, width, size, font):
+        page.insert_text((x, y), line, fontsize=size, fontname=font)
+        y += lead
+    return y + lead * 0.6
+
+
+def numbered(page, x: float, y: float, width: float, number: int, key: str, seed: int) -> float:
+    return paragraph(page, x, y, width, f"{number}. {key} " + sentence_text(seed, 34))
+
+
+def hline(page, x0: float, x1: float, y: float, width: float = 0.8) -> None:
+    page.draw_line((x0, y), (x1, y), width=width)
+
+
+def vline(page, x: float, y0: float, y1: float) -> None:
+    page.draw_line((x, y0), (x, y1), width=0.8)
+
+
+def right(page, x1: float, y: float, text: str, size: float = 9.5, font: str = "helv") -> None:
+    """Right-aligned text ending at ``x1``."""
+    page.insert_text((x1 - pymupdf.get_text_length(text, fontname=font, fontsize=size), y), text,
+                     fontsize=size, fontname=font)
+
+
+def centred(page, x0: float, x1: float, y: float, text: str, size: float = 9.5, font: str = "helv") -> None:
+    w = pymupdf.get_text_length(text, fontname=font, fontsize=size)
+    page.insert_text(((x0 + x1 - w) / 2, y), text, fontsize=size, fontname=font)
+
+
+# ----------------------------------------------------------------- layouts
+
+
+def two_columns():
+    doc = pymupdf.open()
+    keys = ["Alder", "Birch", "Cedar", "Dogwood", "Elm", "Fir", "Ginkgo", "Hazel"]
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    centred(p, 50, 562, 70, "Regional Water Management Report", 20, "hebo")
+    centred(p, 50, 562, 92, "Prepared by the Basin Authority", 10)
+    y = 130
+    for i in range(4):
+        y = numbered(p, 50, y, 245, 150 + i, keys[i], i)
+    y = 130
+    for i in range(4, 8):
+        y = numbered(p, 317, y, 245, 150 + i, keys[i], i)
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    keys2 = ["Juniper", "Larch", "Maple", "Oak", "Pine", "Rowan", "Spruce", "Willow"]
+    y = 60
+    for i in range(2):
+        y = numbered(p2, 50, y, 245, 160 + i, keys2[i], 10 + i)
+    y = 60
+    for i in range(2, 4):
+        y = numbered(p2, 317, y, 245, 160 + i, keys2[i], 10 + i)
+    y = 330
+    p2.insert_text((50, y), "Figure 2. Inflow to the northern reservoirs across all seasons of the year", fontsize=10,
+                   fontname="hebo")
+    p2.draw_rect(pymupdf.Rect(50, y + 8, 562, y + 90), width=0.8)
+    y = 450
+    for i in range(4, 6):
+        y = numbered(p2, 50, y, 245, 160 + i, keys2[i], 10 + i)
+    y = 450
+    for i in range(6, 8):
+        y = numbered(p2, 317, y, 245, 160 + i, keys2[i], 10 + i)
+    checks = [
+        {"page": 1, "kind": "order", "before": "Regional Water Management Report", "after": "150. Alder"},
+        *[{"page": 1, "kind": "order", "before": f"{150 + i}. {keys[i]}", "after": f"{151 + i}. {keys[i + 1]}"}
+          for i in range(7)],
+        {"page": 1, "kind": "once", "text": "153. Dogwood"},
+        {"page": 2, "kind": "order", "before": "160. Juniper", "after": "162. Maple"},
+        {"page": 2, "kind": "order", "before": "161. Larch", "after": "162. Maple"},
+        {"page": 2, "kind": "order", "before": "163. Oak", "after": "Figure 2. Inflow"},
+        {"page": 2, "kind": "order", "before": "Figure 2. Inflow", "after": "164. Pine"},
+        {"page": 2, "kind": "order", "before": "165. Rowan", "after": "166. Spruce"},
+        {"page": 2, "kind": "order", "before": "166. Spruce", "after": "167. Willow"},
+    ]
+    return doc, checks
+
+
+def three_columns():
+    doc = pymupdf.open()
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    centred(p, 40, 572, 60, "The Valley Courier", 22, "hebo")
+    cols = [(40, 200), (216, 376), (392, 552)]
+    sections = [
+        [("Local News", "Town council approves the bridge"), ("Schools", "Enrolment rises again")],
+        [("Sports", "Rowing club wins the regatta"), ("Arts", "Gallery opens a print room")],
+        [("Weather", "A dry week ahead for farmers"), ("Notices", "Library hours change in May")],
+    ]
+    for c, (x0, x1) in enumerate(cols):
+        y = 100
+        for s, (head, lead) in enumerate(sections[c]):
+            p.insert_text((x0, y), head, fontsize=12, fontname="hebo")
+            y = paragraph(p, x0, y + 16, x1 - x0, f"{lead}. " + sentence_text(c * 10 + s, 40), 9)
+            y += 10
+    checks = [
+        {"page": 1, "kind": "order", "before": "The Valley Courier", "after": "Local News"},
+        {"page": 1, "kind": "order", "before": "Local News", "after": "Town council approves the bridge"},
+        {"page": 1, "kind": "order", "before": "Town council approves the bridge", "after": "Schools"},
+        {"page": 1, "kind": "order", "before": "Enrolment rises again", "after": "Sports"},
+        {"page": 1, "kind": "order", "before": "Sports", "after": "Rowing club wins the regatta"},
+        {"page": 1, "kind": "order", "before": "Gallery opens a print room", "after": "Weather"},
+        {"page": 1, "kind": "order", "before": "A dry week ahead for farmers", "after": "Notices"},
+        {"page": 1, "kind": "present", "text": "Library hours change in May"},
+    ]
+    return doc, checks
+
+
+# ------------------------------------------------------------------ tables
+
+
+def header_tables():
+    doc = pymupdf.open()
+    # page 1: booktabs style, three horizontal rules, no verticals
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((50, 60), "Table 1. Station records", fontsize=11, fontname="hebo")
+    xs = [50, 200, 300, 400, 500]
+    hline(p, 50, 520, 75)
+    for x, h in zip(xs, ["Station", "Elevation", "Rainfall", "Runoff"]):
+        p.insert_text((x, 90), h, fontsize=10, fontname="hebo")
+    hline(p, 50, 520, 97, 0.5)
+    data = [["Upper Creek", "412", "1,204", "388"], ["Mill Bridge", "275", "987", "301"],
+            ["Harbour Gate", "12", "860", "254"]]
+    for r, row in enumerate(data):
+        for x, v in zip(xs, row):
+            p.insert_text((x, 112 + r * 16), v, fontsize=10)
+    hline(p, 50, 520, 112 + 2 * 16 + 7)
+    p.insert_text((50, 190), "Runoff is given in millimetres over the catchment.", fontsize=10)
+    # a fully ruled grid with a two-row header: a group label over two columns each
+    p.insert_text((50, 240), "Table 2. Revenue and costs by region", fontsize=11, fontname="hebo")
+    gx = [50, 170, 260, 350, 440, 530]
+    top, rh = 250, 18
+    rows = 6
+    for r in range(rows + 1):
+        if r == 1:
+            hline(p, gx[1], gx[-1], top + r * rh)
+        else:
+            hline(p, gx[0], gx[-1], top + r * rh)
+    for i, x in enumerate(gx):
+        if i in (2, 4):
+            vline(p, x, top + rh, top + rows * rh)
+        else:
+            vline(p, x, top, top + rows * rh)
+    p.insert_text((56, top + rh + 4), "Region", fontsize=10, fontname="hebo")
+    centred(p, gx[1], gx[3], top + 13, "Revenue", 10, "hebo")
+    centred(p, gx[3], gx[5], top + 13, "Costs", 10, "hebo")
+    for i, y in enumerate(["2024", "2025", "2024", "2025"]):
+        centred(p, gx[1 + i], gx[2 + i], top + rh + 13, y, 10, "hebo")
+    body = [["North", "310", "342", "120", "131"], ["South", "285", "301", "99", "104"],
+            ["East", "190", "222", "88", "93"], ["West", "402", "455", "150", "161"]]
+    for r, row in enumerate(body):
+        y = top + (r + 2) * rh + 13
+        p.insert_text((56, y), row[0], fontsize=10)
+        for i, v in enumerate(row[1:]):
+            right(p, gx[2 + i] - 8, y, v, 10)
+    checks = [
+        {"page": 1, "kind": "cell", "table_with": "Upper Creek", "row": 0, "col": 0, "text": "Station"},
+        {"page": 1, "kind": "cell", "table_with": "Upper Creek", "row": 0, "col": 3, "text": "Runoff"},
+        {"page": 1, "kind": "cell", "table_with": "Upper Creek", "row": 1, "col": 0, "text": "Upper Creek"},
+        {"page": 1, "kind": "cell", "table_with": "Upper Creek", "row": 3, "col": 2, "text": "860"},
+        {"page": 1, "kind": "once", "text": "Elevation"},
+        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 0, "text": "Region"},
+        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 1, "text": "Revenue"},
+        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 1, "text": "2024"},
+        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 4, "text": "Costs"},
+        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 4, "text": "2025"},
+        {"page": 1, "kind": "cell", "table_with": "North", "row": 1, "col": 0, "text": "North"},
+        {"page": 1, "kind": "cell", "table_with": "North", "row": 4, "col": 2, "text": "455"},
+        {"page": 1, "kind": "order", "before": "Table 1. Station records", "after": "Upper Creek"},
+        {"page": 1, "kind": "order", "before": "Harbour Gate", "after": "Runoff is given in millimetres"},
+    ]
+    return doc, checks
+
+
+def multiline_cells():
+    doc = pymupdf.open()
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((50, 60), "Table 3. Training data mix", fontsize=11, fontname="hebo")
+    gx = [50, 200, 420, 540]
+    rows = [
+        (["Dataset", "Description", "Tokens"], 1),
+        (["StarCoder\nfiltered version\nfrom OLMoE Mix", "Permissively licensed source code\nfrom public repositories",
+          "1.3T"], 3),
+        (["Wikipedia", "Encyclopedia articles in\nall languages", "4.2B"], 2),
+        (["Semantic Scholar\npapers", "Open access research papers", "57B"], 2),
+    ]
+    y = 70
+    hline(p, gx[0], gx[-1], y)
+    for cells, n in rows:
+        h = 6 + 12 * n
+        for i, text in enumerate(cells):
+            for k, line in enumerate(text.split("\n")):
+                p.insert_text((gx[i] + 5, y + 14 + 12 * k), line, fontsize=10, fontname="hebo" if y == 70 else "helv")
+        y += h
+        hline(p, gx[0], gx[-1], y)
+    for x in gx:
+        vline(p, x, 70, y)
+    # unruled: wrapped descriptions, top-aligned, rows apart by a blank gap
+    p.insert_text((50, 290), "Table 4. Equipment list", fontsize=11, fontname="hebo")
+    ux = [50, 150, 430]
+    for x, h in zip(ux, ["Item", "Purpose", "Count"]):
+        p.insert_text((x, 310), h, fontsize=10, fontname="hebo")
+    items = [("Pump A", "Lifts water from the lower basin into the\nholding tank during dry months", "4"),
+             ("Valve kit", "Spare seals and gaskets for the main line", "12"),
+             ("Flow meter", "Ultrasonic meter, clamp-on type, for pipes\nfrom 50 to 300 mm", "3")]
+    y = 328
+    for item, purpose, count in items:
+        p.insert_text((ux[0], y), item, fontsize=10)
+        lines = purpose.split("\n")
+        for k, line in enumerate(lines):
+            p.insert_text((ux[1], y + 12 * k), line, fontsize=10)
+        right(p, ux[2] + 30, y, count, 10)
+        y += 12 * len(lines) + 8
+    checks = [
+        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 0, "col": 0, "text": "Dataset"},
+        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 1, "col": 0,
+         "text": "StarCoder filtered version from OLMoE Mix"},
+        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 1, "col": 1,
+         "text": "Permissively licensed source code from public repositories"},
+        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 1, "col": 2, "text": "1.3T"},
+        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 3, "col": 0, "text": "Semantic Scholar papers"},
+        {"page": 1, "kind": "once", "text": "from OLMoE Mix"},
+        {"page": 1, "kind": "once", "text": "all languages"},
+        {"page": 1, "kind": "cell", "table_with": "Valve kit", "row": 0, "col": 1, "text": "Purpose"},
+        {"page": 1, "kind": "cell", "table_with": "Valve kit", "row": 1, "col": 1,
+         "text": "Lifts water from the lower basin into the holding tank during dry months"},
+        {"page": 1, "kind": "cell", "table_with": "Valve kit", "row": 3, "col": 1,
+         "text": "Ultrasonic meter, clamp-on type, for pipes from 50 to 300 mm"},
+        {"page": 1, "kind": "cell", "table_with": "Valve kit", "row": 3, "col": 2, "text": "3"},
+        {"page": 1, "kind": "once", "text": "holding tank during dry months"},
+    ]
+    return doc, checks
+
+
+def currency():
+    doc = pymupdf.open()
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((50, 60), "Consolidated Statements of Operations", fontsize=12, fontname="hebo")
+    p.insert_text((50, 76), "(in millions)", fontsize=9)
+    centred(p, 330, 540, 100, "Year Ended December 31,", 9.5, "hebo")
+    hline(p, 330, 540, 104, 0.5)
+    right(p, 420, 118, "2025", 9.5, "hebo")
+    right(p, 540, 118, "2024", 9.5, "hebo")
+    rows = [("Revenue", "$", "5,812", "$", "4,953"), ("Cost of revenue", "$", "178", "$", "141"),
+            ("Research and development", "", "3,423", "", "2,532"), ("Sales and marketing", "", "1,206", "", "1,118"),
+            ("Total costs and expenses", "$", "4,807", "$", "3,791"), ("Income from operations", "$", "1,005", "$", "1,162")]
+    for r, (label, c1, v1, c2, v2) in enumerate(rows):
+        y = 136 + r * 16
+        p.insert_text((50, y), label, fontsize=9.5)
+        if c1:
+            p.insert_text((340, y), c1, fontsize=9.5)
+            p.insert_text((460, y), c2, fontsize=9.5)
+        right(p, 420, y, v1)
+        right(p, 540, y, v2)
+    hline(p, 380, 420, 136 + 3 * 16 + 4, 0.5)
+    hline(p, 500, 540, 136 + 3 * 16 + 4, 0.5)
+    # a euro table with the currency code after the number, in its own column
+    p.insert_text((50, 290), "Operating costs by site", fontsize=12, fontname="hebo")
+    for x, h in zip((50, 260, 400), ("Site", "Energy", "Staff")):
+        p.insert_text((x, 310), h, fontsize=9.5, fontname="hebo")
+    for r, (site, e, s) in enumerate([("Dortmund", "12.400", "88.150"), ("Leipzig", "9.870", "71.300"),
+                                       ("Bremen", "15.020", "93.410")]):
+        y = 328 + r * 16
+        p.insert_text((50, y), site, fontsize=9.5)
+        right(p, 320, y, e)
+        p.insert_text((326, y), "EUR", fontsize=9.5)
+        right(p, 460, y, s)
+        p.insert_text((466, y), "EUR", fontsize=9.5)
+    t1 = "Cost of revenue"
+    checks = [
+        {"page": 1, "kind": "cell", "table_with": t1, "row": 2, "col": 0, "text": "Cost of revenue"},
+        {"page": 1, "kind": "cell", "table_with": t1, "row": 2, "col": 1, "text": "$178"},
+        {"page": 1, "kind": "cell", "table_with": t1, "row": 2, "col": 2, "text": "$141"},
+        {"page": 1, "kind": "cell", "table_with": t1, "row": 3, "col": 1, "text": "3,423"},
+        {"page": 1, "kind": "cell", "table_with": t1, "row": 3, "col": 2, "text": "2,532"},
+        {"page": 1, "kind": "cell", "table_with": t1, "row": 1, "col": 1, "text": "$5,812"},
+        {"page": 1, "kind": "cell", "table_with": t1, "row": 6, "col": 2, "text": "$1,162"},
+        {"page": 1, "kind": "cell", "table_with": t1, "row": 0, "col": 1, "text": "2025"},
+        {"page": 1, "kind": "cell", "table_with": "Dortmund", "row": 1, "col": 1, "text": "12.400EUR"},
+        {"page": 1, "kind": "cell", "table_with": "Dortmund", "row": 3, "col": 2, "text": "93.410EUR"},
+        {"page": 1, "kind": "cell", "table_with": "Dortmund", "row": 0, "col": 2, "text": "Staff"},
+    ]
+    return doc, checks
+
+
+def unruled_tables():
+    doc = pymupdf.open()
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((50, 60), "Northwind Supplies Ltd", fontsize=16, fontname="hebo")
+    p.insert_text((50, 80), "Invoice number: NW-88213", fontsize=10)
+    p.insert_text((50, 94), "Date: 2026-02-11", fontsize=10)
+    xs = (50, 330, 400, 500)
+    for x, h in zip(xs, ("Description", "Qty", "Unit price", "Amount")):
+        p.insert_text((x, 140), h, fontsize=10, fontname="hebo")
+    items = [("Copper pipe 15 mm, 3 m", "20", "7.80", "156.00"), ("Elbow joint 15 mm", "40", "0.95", "38.00"),
+             ("Solder wire 250 g", "3", "12.40", "37.20"), ("Pipe clips (pack of 50)", "2", "6.10", "12.20")]
+    for r, row in enumerate(items):
+        y = 160 + r * 18
+        p.insert_text((xs[0], y), row[0], fontsize=10)
+        for x, v in zip((360, 450, 540), row[1:]):
+            right(p, x, y, v, 10)
+    p.insert_text((400, 250), "Total", fontsize=10, fontname="hebo")
+    right(p, 540, 250, "243.40", 10, "hebo")
+    p.insert_text((50, 300), "Payment within 30 days to the account shown overleaf.", fontsize=10)
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p2.insert_text((50, 60), "Spare parts list", fontsize=14, fontname="hebo")
+    xs2 = (50, 140, 360, 450)
+    for x, h in zip(xs2, ("Part no.", "Name", "Qty", "Weight (kg)")):
+        p2.insert_text((x, 100), h, fontsize=10, fontname="hebo")
+    parts = [("P-1001", "Impeller housing", "1", "4.20"), ("P-1002", "Shaft seal", "2", "0.15"),
+             ("P-1003", "Bearing, front", "2", "0.40"), ("P-1004", "Bearing, rear", "2", "0.38"),
+             ("P-1005", "Motor mount bracket", "4", "1.10")]
+    for r, row in enumerate(parts):
+        y = 120 + r * 16
+        for x, v in zip(xs2, row):
+            p2.insert_text((x, y), v, fontsize=10)
+    checks = [
+        {"page": 1, "kind": "present", "text": "NW-88213"},
+        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 0, "col": 0, "text": "Description"},
+        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 0, "col": 2, "text": "Unit price"},
+        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 2, "col": 0, "text": "Elbow joint 15 mm"},
+        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 2, "col": 3, "text": "38.00"},
+        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 4, "col": 1, "text": "2"},
+        {"page": 1, "kind": "present", "text": "243.40"},
+        {"page": 1, "kind": "once", "text": "Solder wire 250 g"},
+        {"page": 2, "kind": "cell", "table_with": "Shaft seal", "row": 0, "col": 3, "text": "Weight (kg)"},
+        {"page": 2, "kind": "cell", "table_with": "Shaft seal", "row": 3, "col": 1, "text": "Bearing, front"},
+        {"page": 2, "kind": "cell", "table_with": "Shaft seal", "row": 5, "col": 0, "text": "P-1005"},
+        {"page": 2, "kind": "cell", "table_with": "Shaft seal", "row": 5, "col": 3, "text": "1.10"},
+        {"page": 2, "kind": "once", "text": "Motor mount bracket"},
+    ]
+    return doc, checks
+
+
+# --------------------------------------------------------------- furniture
+
+
+def running_headers():
+    doc = pymupdf.open()
+    starts = ["Groundwater recharge", "Sediment transport", "Flood frequency"]
+    for n in range(3):
+        p = doc.new_page(width=LETTER[0], height=LETTER[1])
+        p.insert_text((50, 40), "Journal of Applied Hydrology | Volume 8 | Issue 3", fontsize=8)
+        right(p, 562, 40, "March 2026", 8)
+        hline(p, 50, 562, 46, 0.4)
+        y = 80
+        for k in range(5):
+            y = paragraph(p, 50, y, 512, (f"{starts[n]} section. " if k == 0 else "") + sentence_text(n * 10 + k, 60), 10)
+        centred(p, 50, 562, 760, f"Page {n + 1} of 3", 8)
+    checks = []
+    for n in range(3):
+        checks += [
+            {"page": n + 1, "kind": "absent", "text": "Journal of Applied Hydrology"},
+            {"page": n + 1, "kind": "absent", "text": f"Page {n + 1} of 3"},
+            {"page": n + 1, "kind": "present", "text": f"{starts[n]} section."},
+        ]
+    # one page: header and footer told apart by position and size alone
+    single = pymupdf.open()
+    p = single.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((50, 30), "CONFIDENTIAL - Internal use only", fontsize=7)
+    p.insert_text((50, 80), "Quarterly Maintenance Summary", fontsize=16, fontname="hebo")
+    y = 110
+    for k in range(4):
+        y = paragraph(p, 50, y, 512, sentence_text(40 + k, 50), 10)
+    p.insert_text((50, 770), "(c) 2026 Acme Utilities. All rights reserved.", fontsize=7)
+    right(p, 562, 770, "7", 7)
+    single_checks = [
+        {"page": 1, "kind": "absent", "text": "CONFIDENTIAL - Internal use only"},
+        {"page": 1, "kind": "absent", "text": "All rights reserved"},
+        {"page": 1, "kind": "present", "text": "Quarterly Maintenance Summary"},
+    ]
+    return [(doc, checks, "running_headers.pdf"), (single, single_checks, "single_page_furniture.pdf")]
+
+
+def margin_text():
+    doc = pymupdf.open()
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((30, 700), "Downloaded from https://journals.example.org/ by guest on 14 March 2026 at 6:51",
+                  fontsize=8, rotate=90)
+    p.insert_text((590, 120), "arXiv:2603.01234v1 [physics.flu-dyn] 14 Mar 2026", fontsize=9, rotate=90)
+    centred(p, 70, 560, 80, "Turbulent Mixing in Shallow Estuaries", 18, "hebo")
+    centred(p, 70, 560, 102, "A. Ramirez and K. Osei", 11)
+    p.insert_text((70, 140), "Abstract", fontsize=11, fontname="hebo")
+    y = paragraph(p, 70, 158, 490, sentence_text(77, 70), 10)
+    p.insert_text((70, y + 10), "1 Introduction", fontsize=11, fontname="hebo")
+    paragraph(p, 70, y + 28, 490, sentence_text(78, 90), 10)
+    checks = [
+        {"page": 1, "kind": "absent", "text": "Downloaded from"},
+        {"page": 1, "kind": "absent", "text": "arXiv:2603.01234v1"},
+        {"page": 1, "kind": "order", "before": "Turbulent Mixing in Shallow Estuaries", "after": "A. Ramirez"},
+        {"page": 1, "kind": "order", "before": "A. Ramirez", "after": "Abstract"},
+        {"page": 1, "kind": "order", "before": "Abstract", "after": "1 Introduction"},
+    ]
+    return doc, checks
+
+
+# --------------------------------------------------- text layers not to trust
+
+
+def vector_glyphs(text: str, size: float) -> pymupdf.Document:
+    """A one-page PDF holding ``text`` drawn as vector outlines, not as text."""
+    src = pymupdf.open()
+    page = src.new_page(width=520, height=size * 1.6)
+    page.insert_text((4, size * 1.2), text, fontsize=size, fontname="hebo")
+    svg = page.get_svg_image(text_as_path=True)
+    return pymupdf.open(stream=pymupdf.open("svg", svg.encode()).convert_to_pdf(), filetype="pdf")
+
+
+def graphics_titles():
+    doc = pymupdf.open()
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.show_pdf_page(pymupdf.Rect(50, 40, 570, 40 + 22 * 1.6), vector_glyphs("Annual Safety Review 2026", 22), 0)
+    y = 110
+    for k in range(5):
+        y = paragraph(p, 50, y, 512, sentence_text(90 + k, 55), 10)
+    # a page with a small vector logo and real text: to be read as text
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p2.draw_circle((70, 60), 14, fill=(0.1, 0.3, 0.7))
+    p2.draw_rect(pymupdf.Rect(90, 48, 130, 72), fill=(0.8, 0.2, 0.2))
+    p2.insert_text((150, 66), "Harbour Board Newsletter", fontsize=16, fontname="hebo")
+    y = 110
+    for k in range(4):
+        y = paragraph(p2, 50, y, 512, sentence_text(95 + k, 55), 10)
+    checks = [
+        {"page": 1, "kind": "model"},
+        {"page": 2, "kind": "trusted"},
+        {"page": 2, "kind": "present", "text": "Harbour Board Newsletter"},
+    ]
+    return doc, checks
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def scribbles(width: int, height: int, seed: int) -> bytes:
+    """A grey 'handwritten' page: lines of cursive-like strokes, no real letters."""
+    rng = random.Random(seed)
+    im = Image.new("L", (width, height), 255)
+    d = ImageDraw.Draw(im)
+    for row in range(12):
+        y = 60 + row * 40
+        x = 40
+        while x < width - 80:
+            pts = []
+            for _ in range(rng.randint(5, 12)):
+                pts.append((x, y + rng.randint(-9, 9)))
+                x += rng.randint(3, 7)
+            d.line(pts, fill=30, width=2)
+            x += rng.randint(8, 18)
+    return _png(im)
+
+
+def printed_scan(lines: list[str], size: float = 12) -> tuple[bytes, list[tuple[float, str]]]:
+    """A 100 dpi greyscale 'scan' of ``lines`` on a letter page, and each line's baseline."""
+    src = pymupdf.open()
+    page = src.new_page(width=LETTER[0], height=LETTER[1])
+    baselines = []
+    for k, line in enumerate(lines):
+        y = 90 + k * size * 1.6
+        page.insert_text((60, y), line, fontsize=size, fontname="tiro")
+        baselines.append((y, line))
+    pix = page.get_pixmap(dpi=100, colorspace=pymupdf.csGRAY)
+    return pix.tobytes("png"), baselines
+
+
+SCAN_LINES = [
+    "Minutes of the harbour committee meeting",
+    "held on the third of February in the town hall.",
+    "Present were the chair, the treasurer and five members.",
+    "The committee agreed to repair the north jetty before",
+    "the summer season and to ask the council for a grant.",
+    "The treasurer reported a balance of four thousand pounds.",
+]
+GIBBERISH = "l1,; ~rn.u ;:'Il |i1.. ,.~ nrn1 ;lI: '.,i tl| ~;,1 uu.: I;l' rn~, .1|; lI;i ,:~' nn1. |l;,"
+
+
+def bad_ocr():
+    doc = pymupdf.open()
+    full = pymupdf.Rect(0, 0, *LETTER)
+    # 1: a handwritten page whose invisible text layer came from a bad OCR run
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_image(full, stream=scribbles(850, 1100, 1))
+    tokens = GIBBERISH.split()
+    for row in range(12):
+        y = (60 + row * 40) * 72 / 100 + 4
+        p.insert_text((30, y), " ".join(tokens[row % 5: row % 5 + 8]), fontsize=9, render_mode=3)
+    # 2: a scan with a good invisible OCR layer over its own lines: to be read as text
+    png, baselines = printed_scan(SCAN_LINES)
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p2.insert_image(full, stream=png)
+    for y, line in baselines:
+        p2.insert_text((60, y), line, fontsize=12, fontname="tiro", render_mode=3)
+    # 3: a scan whose invisible layer sits where the page is blank: it disagrees with the page
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p3.insert_image(full, stream=png)
+    for y, line in baselines:
+        p3.insert_text((60, y + 420), line, fontsize=12, fontname="tiro", render_mode=3)
+    checks = [
+        {"page": 1, "kind": "model"},
+        {"page": 1, "kind": "absent", "text": "rn.u"},
+        {"page": 2, "kind": "trusted"},
+        {"page": 2, "kind": "present", "text": "Minutes of the harbour committee meeting"},
+        {"page": 3, "kind": "model"},
+    ]
+    return doc, checks
+
+
+def text_coverage():
+    doc = pymupdf.open()
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((72, 100), "Hello, world!", fontsize=12)
+    png, _ = printed_scan(SCAN_LINES)
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p2.insert_image(pymupdf.Rect(0, 0, *LETTER), stream=png)
+    p2.insert_text((290, 770), "Page 1", fontsize=9)
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p3.insert_text((72, 100), "Page 1", fontsize=12)
+    checks = [
+        {"page": 1, "kind": "trusted"},
+        {"page": 1, "kind": "present", "text": "Hello, world!"},
+        {"page": 2, "kind": "model"},
+        {"page": 3, "kind": "trusted"},
+    ]
+    return doc, checks
+
+
+SET = [
+    ("two_columns", two_columns, "two_columns.pdf"),
+    ("three_columns", three_columns, "three_columns.pdf"),
+    ("header_rows", header_tables, "header_rows.pdf"),
+    ("multiline_cells", multiline_cells, "multiline_cells.pdf"),
+    ("currency", currency, "currency.pdf"),
+    ("unruled_tables", unruled_tables, "unruled_tables.pdf"),
+    ("running_headers", running_headers, None),
+    ("margin_text", margin_text, "margin_text.pdf"),
+    ("graphics_titles", graphics_titles, "graphics_titles.pdf"),
+    ("bad_ocr_layer", bad_ocr, "bad_ocr_layer.pdf"),
+    ("text_coverage", text_coverage, "text_coverage.pdf"),
+]
+
+
+def build(out: Path = HERE) -> list[dict]:
+    labels = []
+    for category, make, name in SET:
+        made = make()
+        docs = made if isinstance(made, list) else [(*made, name)]
+        for doc, checks, filename in docs:
+            doc.set_metadata({"producer": "docproc tests", "creator": "generate.py"})
+            (out / filename).write_bytes(doc.tobytes(garbage=4, deflate=True, no_new_id=True))
+            labels.append({"file": filename, "category": category, "checks": checks})
+    (out / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
+    return labels
+
+
+if __name__ == "__main__":
+    for entry in build():
+        print(f"{entry['category']:16} {entry['file']:28} {len(entry['checks'])} checks")

@@ -1,0 +1,122 @@
+"""Page furniture: running headers, footers, page numbers and margin text.
+
+Told apart from the body two ways:
+
+- across pages: a line in the top or bottom band of the page whose text (digits
+  ignored) is also in the same band of a neighbouring page, at about the same
+  height, is a running header or footer;
+- on the page alone: small lines at the very top or bottom, set apart from the
+  body by a gap and no larger than the body text, page numbers ("7", "Page 2 of
+  3", "- 4 -") in those bands, vertical text (a margin stamp such as "Downloaded
+  from ... at 6:51") and text in the side strips outside the body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.engines.text_lines import Line, body_size
+
+BAND = 0.12
+"""Top and bottom share of the page searched for running headers and footers."""
+EDGE = 0.1
+"""A line set apart from the body within this share of the top or bottom is furniture."""
+SIDE = 0.07
+"""Horizontal text entirely within this share of the page's left or right edge is margin text."""
+NEIGHBOURS = 2
+"""Pages on each side compared for running headers and footers."""
+_PAGE_NUMBER = re.compile(r"(page\s*)?[-–]?\s*\d{1,4}\s*[-–]?(\s*(of|/)\s*\d{1,4})?", re.IGNORECASE)
+
+
+@dataclass(slots=True)
+class Furniture:
+    headers: list[Line] = field(default_factory=list)
+    footers: list[Line] = field(default_factory=list)
+    margin: list[Line] = field(default_factory=list)
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\d+", "#", " ".join(text.lower().split()))
+
+
+def band_lines(page: Any) -> list[tuple[str, float, str]]:
+    """(band, y, normalised text) for every line in the top and bottom bands of ``page``."""
+    height = page.rect.height
+    out = []
+    for band, clip in (("top", (0, 0, page.rect.width, BAND * height)),
+                       ("bottom", (0, (1 - BAND) * height, page.rect.width, height))):
+        lines: dict[tuple[int, int], list] = {}
+        for w in page.get_text("words", clip=clip):
+            lines.setdefault((w[5], w[6]), []).append(w)
+        for words in lines.values():
+            out.append((band, words[0][1], normalise(" ".join(w[4] for w in words))))
+    return out
+
+
+def neighbour_bands(page: Any) -> list[tuple[str, float, str]]:
+    """The band lines of the pages around ``page`` in its document (none for a lone page)."""
+    doc = page.parent
+    if doc is None or len(doc) < 2:
+        return []
+    n = page.number
+    out = []
+    for k in range(max(0, n - NEIGHBOURS), min(len(doc), n + NEIGHBOURS + 1)):
+        if k != n:
+            out += band_lines(doc[k])
+    return out
+
+
+def _edge_group(lines: Sequence[Line], top: bool, height: float, body: float) -> list[Line]:
+    """The small lines at the very top (bottom) of the page when a gap parts them from the rest."""
+    ordered = sorted(lines, key=lambda ln: ln.y0 if top else -ln.y1)
+    group: list[Line] = []
+    for line in ordered:
+        in_edge = line.y1 <= EDGE * height if top else line.y0 >= (1 - EDGE) * height
+        if in_edge and line.size <= 1.05 * body:
+            group.append(line)
+            continue
+        if not group:
+            return []
+        gap = line.y0 - max(g.y1 for g in group) if top else min(g.y0 for g in group) - line.y1
+        return group if gap >= max(1.0 * body, 8.0) else []
+    return group if len(group) < len(lines) else []
+
+
+def split_furniture(page: Any, lines: Sequence[Line], neighbours: Sequence[tuple[str, float, str]] | None = None
+                    ) -> tuple[list[Line], Furniture]:
+    """The page's body lines, and its furniture apart."""
+    width, height = page.rect.width, page.rect.height
+    neighbours = neighbour_bands(page) if neighbours is None else neighbours
+    furniture = Furniture()
+    chars = sum(len(ln.text) for ln in lines) or 1
+    vertical = sum(len(ln.text) for ln in lines if not ln.horizontal)
+    body = body_size(ln for ln in lines if ln.horizontal)
+    top_group = {id(ln) for ln in _edge_group([ln for ln in lines if ln.horizontal], True, height, body)}
+    bottom_group = {id(ln) for ln in _edge_group([ln for ln in lines if ln.horizontal], False, height, body)}
+    kept = []
+    for line in lines:
+        if not line.horizontal:
+            if vertical < 0.5 * chars:
+                furniture.margin.append(line)
+                continue
+            kept.append(line)
+            continue
+        if line.x1 <= SIDE * width or line.x0 >= (1 - SIDE) * width:
+            furniture.margin.append(line)
+            continue
+        top = line.y1 <= BAND * height
+        bottom = line.y0 >= (1 - BAND) * height
+        if top or bottom:
+            band = "top" if top else "bottom"
+            key = normalise(line.text)
+            repeated = any(b == band and abs(y - line.y0) <= 10 and t == key for b, y, t in neighbours)
+            number = bool(_PAGE_NUMBER.fullmatch(line.text.strip())) and (
+                line.y1 <= EDGE * height or line.y0 >= (1 - EDGE) * height)
+            if repeated or number or id(line) in top_group or id(line) in bottom_group:
+                (furniture.headers if top else furniture.footers).append(line)
+                continue
+        kept.append(line)
+    return kept, furniture

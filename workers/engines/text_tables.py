@@ -1,0 +1,366 @@
+"""Tables on a born-digital page: ruled ones from PyMuPDF's line finder, unruled ones
+from aligned text, with their header rows, whole multi-line cells and currency
+signs kept with their numbers.
+
+Every cell is read from the page's words once (a word belongs to the cell its
+centre lies in), not with a per-cell text extraction; the words a table takes are
+reported so that the page text does not repeat them, and words it does not take
+stay in the text.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.engines.text_lines import Box, Line, Segment, Word, centre_in
+
+CURRENCY_BEFORE = {"$", "€", "£", "¥", "US$", "C$", "A$", "CHF", "R$"}
+CURRENCY_AFTER = {"%", "EUR", "USD", "GBP", "JPY", "CHF", "€", "kr", "Kč", "zł"}
+_NUMBER = re.compile(r"[-+(]?\s*\d[\d.,' ]*\)?%?")
+MIN_GUTTER = 5.0
+"""Narrower x-gaps between aligned text are not column gutters (points)."""
+
+
+@dataclass(slots=True)
+class Found:
+    """A table before it becomes a result: its box, its rows of cells, the words it took."""
+
+    bbox: Box
+    rows: list[list[str]]
+    words: set[int] = field(default_factory=set)  # id() of every Word inside a cell
+
+
+@dataclass(slots=True)
+class TextRow:
+    """Horizontal lines side by side on one row of the page."""
+
+    y0: float
+    y1: float
+    size: float
+    segments: list[Segment]
+
+    @property
+    def cy(self) -> float:
+        return (self.y0 + self.y1) / 2
+
+
+def is_numeric(cell: str) -> bool:
+    parts = [p for p in cell.split() if p not in CURRENCY_BEFORE | CURRENCY_AFTER]
+    return bool(parts) and bool(_NUMBER.fullmatch(" ".join(parts).replace("$", "").replace("€", "")))
+
+
+def text_rows(lines: Sequence[Line]) -> list[TextRow]:
+    rows: list[TextRow] = []
+    for line in sorted((ln for ln in lines if ln.horizontal and ln.segments), key=lambda ln: (ln.y0 + ln.y1) / 2):
+        cy = (line.y0 + line.y1) / 2
+        if rows and abs(cy - rows[-1].cy) <= 0.35 * max(line.size, rows[-1].size):
+            row = rows[-1]
+            row.segments.extend(line.segments)
+            row.y0, row.y1, row.size = min(row.y0, line.y0), max(row.y1, line.y1), max(row.size, line.size)
+        else:
+            rows.append(TextRow(line.y0, line.y1, line.size, list(line.segments)))
+    for row in rows:
+        row.segments.sort(key=lambda s: s.x0)
+    return rows
+
+
+# ------------------------------------------------------------------ columns
+
+
+def gutters_columns(spans: Sequence[tuple[float, float]], min_gutter: float = MIN_GUTTER) -> list[tuple[float, float]]:
+    """The x-intervals the ``spans`` cover, merged across gaps narrower than ``min_gutter``."""
+    columns: list[list[float]] = []
+    for x0, x1 in sorted(spans):
+        if columns and x0 - columns[-1][1] < min_gutter:
+            columns[-1][1] = max(columns[-1][1], x1)
+        else:
+            columns.append([x0, x1])
+    return [(a, b) for a, b in columns]
+
+
+def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0))
+
+
+def columns_of(segment: Segment, columns: Sequence[tuple[float, float]]) -> list[int]:
+    """The columns a segment overlaps, the one it overlaps most first."""
+    hits = [(_overlap(segment.x0, segment.x1, c0, c1), i) for i, (c0, c1) in enumerate(columns)]
+    return [i for ov, i in sorted(hits, reverse=True) if ov > 0]
+
+
+# ------------------------------------------------------------ finishing rows
+
+
+def join_header(rows: list[list[str]], header_rows: int) -> list[list[str]]:
+    """Rows ``0..header_rows-1`` joined into one header row, column by column."""
+    if header_rows <= 1:
+        return rows
+    width = len(rows[0])
+    header = []
+    for c in range(width):
+        parts = [rows[r][c] for r in range(header_rows) if rows[r][c]]
+        header.append(" ".join(dict.fromkeys(parts)))
+    return [header, *rows[header_rows:]]
+
+
+def header_depth(rows: Sequence[Sequence[str]], spanned: Sequence[Sequence[bool]]) -> int:
+    """How many leading rows make the header: the first, and the next ones while the
+    header so far has an empty or spanning cell and the next row holds no number."""
+    depth = 1
+    while depth < len(rows) - 1:
+        above_open = any(not rows[r][c] or spanned[r][c] for r in range(depth) for c in range(len(rows[0])))
+        nxt = rows[depth]
+        if not above_open or any(is_numeric(c) for c in nxt if c) or not any(nxt):
+            break
+        depth += 1
+    return depth
+
+
+def merge_currency_columns(rows: list[list[str]]) -> list[list[str]]:
+    """A column holding only currency signs or units joins the number column beside it."""
+    c = 0
+    while rows and c < len(rows[0]):
+        body = [r[c] for r in rows[1:] if r[c]]
+        if body and all(v in CURRENCY_BEFORE | CURRENCY_AFTER for v in body) and len(rows[0]) > 1:
+            after = all(v in CURRENCY_AFTER for v in body) and c > 0 and (
+                c == len(rows[0]) - 1 or any(is_numeric(r[c - 1]) for r in rows[1:] if r[c - 1]))
+            to = c - 1 if after or c == len(rows[0]) - 1 else c + 1
+            for r in rows:
+                sign, r[c] = r[c], ""
+                if sign and r[to] and r[to] != sign:
+                    r[to] = f"{r[to]} {sign}" if to < c else f"{sign} {r[to]}"
+                elif sign:
+                    r[to] = r[to] or sign
+            for r in rows:
+                del r[c]
+        else:
+            c += 1
+    return rows
+
+
+def finish(rows: list[list[str]], spanned: list[list[bool]]) -> list[list[str]]:
+    """Header rows joined, merged cells kept only in the header, currency columns joined."""
+    depth = header_depth(rows, spanned)
+    rows = [[("" if r >= depth and spanned[r][c] else v) for c, v in enumerate(row)] for r, row in enumerate(rows)]
+    rows = merge_currency_columns(join_header(rows, depth))
+    return [r for r in rows if any(r)]
+
+
+# ------------------------------------------------------------ ruled tables
+
+
+def _words_text(words: Sequence[Word]) -> str:
+    """Words in reading order: by line (top within half a line), then left to right."""
+    ordered = sorted(words, key=lambda w: (w.y0 + w.y1) / 2)
+    lines: list[list[Word]] = []
+    for w in ordered:
+        if lines and abs((w.y0 + w.y1) / 2 - (lines[-1][0].y0 + lines[-1][0].y1) / 2) < 0.5 * (w.y1 - w.y0):
+            lines[-1].append(w)
+        else:
+            lines.append([w])
+    return " ".join(" ".join(w.text for w in sorted(ln, key=lambda w: w.x0)) for ln in lines)
+
+
+def _header_row_above(grid_rows: list[list[Box | None]], bbox: Box, rows: Sequence[TextRow]) -> TextRow | None:
+    """A text row just above a ruled table whose segments each sit in one of its columns:
+    the header the finder left out (a header above the table's first rule)."""
+    above = [r for r in rows if r.y1 <= bbox[1] + 1 and bbox[1] - r.y1 <= 1.5 * r.size]
+    if not above:
+        return None
+    row = above[-1]
+    edges = sorted({round(c[0], 1) for r in grid_rows for c in r if c} | {round(bbox[2], 1)})
+    columns = list(zip(edges, edges[1:]))
+    inside = [s for s in row.segments if s.x0 >= bbox[0] - 2 and s.x1 <= bbox[2] + 2]
+    if len(inside) < 2 or len(inside) != len(row.segments):
+        return None
+    if any(len(columns_of(s, columns)) != 1 for s in inside):
+        return None
+    return row
+
+
+def _merged_source(grid: Sequence[Sequence[Box | None]], r: int, c: int) -> tuple[int, int] | None:
+    """The cell that covers the merged grid position (r, c): one to its left that reaches
+    over it, else one above that reaches down to it."""
+    top = next((cell[1] for cell in grid[r] if cell), None)  # row r's top edge
+    left = next((row[c][0] for row in grid if row[c]), None)  # column c's left edge
+    for k in range(c - 1, -1, -1):
+        cell = grid[r][k]
+        if cell is not None:
+            if left is None or cell[2] > left + 1:
+                return (r, k)
+            break
+    for k in range(r - 1, -1, -1):
+        cell = grid[k][c]
+        if cell is not None:
+            if top is None or cell[3] > top + 1:
+                return (k, c)
+            break
+    return None
+
+
+def ruled_tables(page: Any, words: Sequence[Word], rows: Sequence[TextRow]) -> list[Found]:
+    found = []
+    for table in page.find_tables(use_layout=False).tables:
+        grid = [list(r.cells) for r in table.rows]
+        bbox = tuple(table.bbox)
+        width = max(len(r) for r in grid)
+        grid = [r + [None] * (width - len(r)) for r in grid]
+        header = _header_row_above(grid, bbox, rows)
+        inside = [w for w in words if centre_in(w.x0, w.y0, w.x1, w.y1, bbox)]
+        taken: set[int] = set()
+        cells: list[list[str]] = []
+        spanned: list[list[bool]] = []
+        for r, row in enumerate(grid):
+            out, span = [], []
+            for c, cell in enumerate(row):
+                if cell is None:
+                    src = _merged_source(grid, r, c)
+                    out.append(cells[src[0]][src[1]] if src and src[0] < r else out[src[1]] if src else "")
+                    span.append(src is not None)
+                    continue
+                mine = [w for w in inside if centre_in(w.x0, w.y0, w.x1, w.y1, cell)]
+                taken.update(id(w) for w in mine)
+                out.append(_words_text(mine))
+                span.append(False)
+            cells.append(out)
+            spanned.append(span)
+        for w in inside:  # a word on a rule: in the table's box, so the table keeps it
+            if id(w) not in taken:
+                best = min(((abs((w.y0 + w.y1) / 2 - (c[1] + c[3]) / 2) + abs((w.x0 + w.x1) / 2 - (c[0] + c[2]) / 2),
+                             r, k) for r, row in enumerate(grid) for k, c in enumerate(row) if c), default=None)
+                if best:
+                    _, r, k = best
+                    cells[r][k] = f"{cells[r][k]} {w.text}".strip()
+                    taken.add(id(w))
+        if header is not None:
+            edges = sorted({round(c[0], 1) for r in grid for c in r if c} | {round(bbox[2], 1)})
+            columns = list(zip(edges, edges[1:]))
+            head = [""] * len(columns)
+            for s in header.segments:
+                k = columns_of(s, columns)[0]
+                head[k] = f"{head[k]} {s.text}".strip()
+                taken.update(id(w) for w in s.words)
+            if len(head) == width:
+                cells.insert(0, head)
+                spanned.insert(0, [False] * width)
+                bbox = (bbox[0], header.y0, bbox[2], bbox[3])
+        rows_out = finish(cells, spanned)
+        if rows_out:
+            found.append(Found(bbox, rows_out, taken))
+    return found
+
+
+# ----------------------------------------------------------- unruled tables
+
+
+def _prose(cells: Sequence[str]) -> bool:
+    counts = [len(c.split()) for c in cells if c]
+    return bool(counts) and statistics.median(counts) >= 5
+
+
+def _runs(rows: Sequence[TextRow]) -> list[list[TextRow]]:
+    """Stretches of close rows where most rows have two or more segments."""
+    runs: list[list[TextRow]] = []
+    current: list[TextRow] = []
+    for i, row in enumerate(rows):
+        multi = len(row.segments) >= 2
+        if current:
+            close = row.y0 - current[-1].y1 <= 1.6 * row.size
+            nxt = rows[i + 1] if i + 1 < len(rows) else None
+            sandwiched = nxt is not None and len(nxt.segments) >= 2 and nxt.y0 - row.y1 <= 1.6 * row.size
+            left = min(s.x0 for r in current for s in r.segments)
+            indented = row.segments[0].x0 > left + 10
+            if close and (multi or sandwiched or indented):
+                current.append(row)
+                continue
+            runs.append(current)
+            current = []
+        if multi:
+            current = [row]
+    if current:
+        runs.append(current)
+    return runs
+
+
+def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[list[str]], list[list[bool]],
+                                                                          list[tuple[float, float]]] | None:
+    columns = gutters_columns([(s.x0, s.x1) for r in run for s in r.segments])
+    if len(columns) < 2:
+        return None
+    physical = ([above] if above else []) + list(run)
+    # one logical row per row with two or more cells; a row with one cell closer than the
+    # table's row pitch continues the row above (a wrapped cell)
+    multi = [r for r in run if len(r.segments) >= 2]
+    pitches = [b.cy - a.cy for a, b in zip(multi, multi[1:])]
+    pitch = statistics.median(pitches) if pitches else 0.0
+    rows: list[list[str]] = []
+    spanned: list[list[bool]] = []
+    prev: TextRow | None = None
+    for k, row in enumerate(physical):
+        cells = [""] * len(columns)
+        span = [False] * len(columns)
+        header = k == 0 and above is not None
+        for s in row.segments:
+            hits = columns_of(s, columns) or [0]
+            for c in hits if header else hits[:1]:
+                cells[c] = f"{cells[c]} {s.text}".strip()
+                span[c] = len(hits) > 1
+        filled = sum(bool(c) for c in cells)
+        wrapped = prev is not None and filled == 1 and (row.cy - prev.cy < pitch - 1.0 if pitch else
+                                                         row.y0 - prev.y1 < 0.5 * row.size)
+        if wrapped and rows and k > (1 if above else 0):
+            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells)]
+        else:
+            rows.append(cells)
+            spanned.append(span)
+        prev = row
+    return rows, spanned, columns
+
+
+def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
+    """Tables of aligned text: at least three rows of two or more cells in shared columns."""
+    free = [r for r in rows if not any(id(w) in taken for s in r.segments for w in s.words)]
+    found = []
+    for run in _runs(free):
+        if sum(len(r.segments) >= 2 for r in run) < 3:
+            continue
+        columns = gutters_columns([(s.x0, s.x1) for r in run for s in r.segments])
+        first = run[0]
+        above = None
+        if columns and len(columns) >= 2 and not any(columns_of(s, columns)[:1] == [0] for s in first.segments):
+            index = free.index(first)
+            if index and first.y0 - free[index - 1].y1 <= 1.2 * first.size:
+                cand = free[index - 1]
+                if all(s.x0 >= columns[1][0] - 2 for s in cand.segments):
+                    above = cand
+        grid = _grid_of_run(run, above)
+        if grid is None:
+            continue
+        cells, spanned, columns = grid
+        by_column = list(zip(*cells[1:])) if len(cells) > 1 else []
+        prose = [_prose(col) for col in by_column]
+        if sum(prose) >= 2 and not any(not p for p in prose):
+            continue
+        if sum(prose) == len(prose):
+            continue
+        physical = ([above] if above else []) + list(run)
+        words = {id(w) for r in physical for s in r.segments for w in s.words}
+        bbox = (min(s.x0 for r in physical for s in r.segments), physical[0].y0,
+                max(s.x1 for r in physical for s in r.segments), physical[-1].y1)
+        rows_out = finish(cells, spanned)
+        if len(rows_out) >= 2 and len(rows_out[0]) >= 2:
+            found.append(Found(bbox, rows_out, words))
+    return found
+
+
+def find_tables(page: Any, lines: Sequence[Line]) -> list[Found]:
+    """Every table on the page, ruled ones first, top to bottom."""
+    rows = text_rows(lines)
+    words = [w for line in lines if line.horizontal for w in line.words]
+    ruled = ruled_tables(page, words, rows)
+    taken = set().union(*(t.words for t in ruled)) if ruled else set()
+    return sorted(ruled + unruled_tables(rows, taken), key=lambda t: (t.bbox[1], t.bbox[0]))
