@@ -80,15 +80,20 @@ def _gaps(items: Sequence[Item], x0: float, x1: float) -> list[tuple[float, floa
     return out
 
 
-def _intersect(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]], x0: float, x1: float
-               ) -> list[tuple[float, float]]:
+def _intersect(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     out = []
     for p0, p1 in a:
         for q0, q1 in b:
             lo, hi = max(p0, q0), min(p1, q1)
-            if hi - lo >= GUTTER and lo > x0 + 0.5 and hi < x1 - 0.5:
+            if hi - lo >= GUTTER:
                 out.append((lo, hi))
     return out
+
+
+def _gutters(items: Sequence[Item], gaps: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The gaps with items on both sides: column gutters, not the empty strips at the edges."""
+    return [(a, b) for a, b in gaps
+            if any(i.bbox[2] <= a + 0.5 for i in items) and any(i.bbox[0] >= b - 0.5 for i in items)]
 
 
 def _columns(items: Sequence[Item]) -> list[list[Item]]:
@@ -118,25 +123,28 @@ def _bands(items: Sequence[Item]) -> list[list[Item]]:
 
 
 def reading_order(items: Sequence[Item], depth: int = 0) -> list[Item]:
+    """Items in reading order: bands top to bottom, the runs of a column layout column by column."""
     if len(items) <= 1 or depth > 40:
         return sorted(items, key=lambda i: (i.bbox[1], i.bbox[0]))
+    bands = _bands(items)
+    if len(bands) > 1:
+        x0 = min(i.bbox[0] for i in items)
+        x1 = max(i.bbox[2] for i in items)
+        # a band joins the group above when the group has column gutters and the band
+        # leaves one of them free: the runs of one column layout are read together
+        groups: list[tuple[list[Item], list[tuple[float, float]]]] = []
+        for band in bands:
+            gaps = _gaps(band, x0, x1)
+            if groups:
+                shared = _intersect(groups[-1][1], gaps)
+                if shared:
+                    merged = groups[-1][0] + band
+                    groups[-1] = (merged, _gutters(merged, shared))
+                    continue
+            groups.append((list(band), _gutters(band, gaps)))
+        if len(groups) > 1:
+            return [i for group, _ in groups for i in reading_order(group, depth + 1)]
     columns = _columns(items)
     if len(columns) > 1:
         return [i for col in columns for i in reading_order(col, depth + 1)]
-    bands = _bands(items)
-    if len(bands) == 1:
-        return sorted(items, key=lambda i: (i.bbox[1], i.bbox[0]))
-    x0 = min(i.bbox[0] for i in items)
-    x1 = max(i.bbox[2] for i in items)
-    groups: list[tuple[list[Item], list[tuple[float, float]]]] = []
-    for band in bands:
-        gaps = _gaps(band, x0, x1)
-        if groups:
-            shared = _intersect(groups[-1][1], gaps, x0, x1)
-            if shared:
-                groups[-1] = (groups[-1][0] + band, shared)
-                continue
-        groups.append((list(band), gaps))
-    if len(groups) == 1:
-        return [i for band in bands for i in reading_order(band, depth + 1)]
-    return [i for group, _ in groups for i in reading_order(group, depth + 1)]
+    return sorted(items, key=lambda i: (i.bbox[1], i.bbox[0]))

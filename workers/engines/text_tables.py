@@ -53,6 +53,11 @@ def is_numeric(cell: str) -> bool:
     return bool(parts) and bool(_NUMBER.fullmatch(" ".join(parts).replace("$", "").replace("€", "")))
 
 
+def is_body_number(cell: str) -> bool:
+    """A number that marks a body row (a year such as "2025" heads columns as often)."""
+    return is_numeric(cell) and not re.fullmatch(r"(19|20)\d\d", cell.strip())
+
+
 def text_rows(lines: Sequence[Line]) -> list[TextRow]:
     rows: list[TextRow] = []
     for line in sorted((ln for ln in lines if ln.horizontal and ln.segments), key=lambda ln: (ln.y0 + ln.y1) / 2):
@@ -114,7 +119,7 @@ def header_depth(rows: Sequence[Sequence[str]], spanned: Sequence[Sequence[bool]
     while depth < len(rows) - 1:
         above_open = any(not rows[r][c] or spanned[r][c] for r in range(depth) for c in range(len(rows[0])))
         nxt = rows[depth]
-        if not above_open or any(is_numeric(c) for c in nxt if c) or not any(nxt):
+        if not above_open or any(is_body_number(c) for c in nxt if c) or not any(nxt):
             break
         depth += 1
     return depth
@@ -286,6 +291,29 @@ def _runs(rows: Sequence[TextRow]) -> list[list[TextRow]]:
     return runs
 
 
+def merge_header_only_columns(rows: list[list[str]], spanned: list[list[bool]], columns: list[tuple[float, float]],
+                              head: int) -> None:
+    """A column with text only in the header rows (a left-aligned heading over right-aligned
+    numbers the gutter split off) joins the nearer neighbour that has a body and no heading."""
+    c = 0
+    while c < len(columns) and len(columns) > 2:
+        if any(r[c] for r in rows[:head]) and not any(r[c] for r in rows[head:]):
+            near = []
+            for n in (c - 1, c + 1):
+                if 0 <= n < len(columns) and not any(r[n] for r in rows[:head]) and any(r[n] for r in rows[head:]):
+                    near.append((columns[n][0] - columns[c][1] if n > c else columns[c][0] - columns[n][1], n))
+            if near:
+                n = min(near)[1]
+                for r in range(head):
+                    rows[r][n] = rows[r][c]
+                for grid in (rows, spanned):
+                    for r in grid:
+                        del r[c]
+                del columns[c]
+                continue
+        c += 1
+
+
 def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[list[str]], list[list[bool]],
                                                                           list[tuple[float, float]]] | None:
     columns = gutters_columns([(s.x0, s.x1) for r in run for s in r.segments])
@@ -318,6 +346,7 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
             rows.append(cells)
             spanned.append(span)
         prev = row
+    merge_header_only_columns(rows, spanned, columns, 2 if above else 1)
     return rows, spanned, columns
 
 
