@@ -26,6 +26,10 @@ EDGE = 0.1
 """A line set apart from the body within this share of the top or bottom is furniture."""
 SIDE = 0.07
 """Horizontal text entirely within this share of the page's left or right edge is margin text."""
+SMALL = 0.9
+"""On a page alone, a header or footer is set smaller than this share of the body size."""
+LINE_NUMBERS = 3
+"""This many number-only lines beside the text block (a manuscript's line numbers) are margin text."""
 NEIGHBOURS = 2
 """Pages on each side compared for running headers and footers."""
 _PAGE_NUMBER = re.compile(r"(page\s*)?[-–]?\s*\d{1,4}\s*[-–]?(\s*(of|/)\s*\d{1,4})?", re.IGNORECASE)
@@ -70,19 +74,32 @@ def neighbour_bands(page: Any) -> list[tuple[str, float, str]]:
 
 
 def _edge_group(lines: Sequence[Line], top: bool, height: float, body: float) -> list[Line]:
-    """The small lines at the very top (bottom) of the page when a gap parts them from the rest."""
+    """The small lines at the very top (bottom) of the page, when a gap parts them from the rest."""
     ordered = sorted(lines, key=lambda ln: ln.y0 if top else -ln.y1)
     group: list[Line] = []
     for line in ordered:
+        if group:
+            gap = line.y0 - max(g.y1 for g in group) if top else min(g.y0 for g in group) - line.y1
+            if gap >= max(1.0 * body, 8.0):
+                return group
         in_edge = line.y1 <= EDGE * height if top else line.y0 >= (1 - EDGE) * height
-        if in_edge and line.size <= 1.05 * body:
-            group.append(line)
-            continue
-        if not group:
+        if not in_edge or line.size > SMALL * body:
             return []
-        gap = line.y0 - max(g.y1 for g in group) if top else min(g.y0 for g in group) - line.y1
-        return group if gap >= max(1.0 * body, 8.0) else []
-    return group if len(group) < len(lines) else []
+        group.append(line)
+    return []
+
+
+def _line_numbers(lines: Sequence[Line]) -> set[int]:
+    """Number-only lines left or right of all other text: a manuscript's line numbers."""
+    numbers = [ln for ln in lines if ln.text.strip().isdigit() and len(ln.text.strip()) <= 4]
+    text = [ln for ln in lines if not ln.text.strip().isdigit()]
+    if len(numbers) < LINE_NUMBERS or not text:
+        return set()
+    left, right_edge = min(ln.x0 for ln in text), max(ln.x1 for ln in text)
+    outside = sorted((ln for ln in numbers if ln.x1 < left - 4 or ln.x0 > right_edge + 4), key=lambda ln: ln.y0)
+    values = [int(ln.text) for ln in outside]
+    counting = sum(b == a + 1 for a, b in zip(values, values[1:])) >= 0.8 * (len(values) - 1)
+    return {id(ln) for ln in outside} if len(outside) >= LINE_NUMBERS and counting else set()
 
 
 def split_furniture(page: Any, lines: Sequence[Line], neighbours: Sequence[tuple[str, float, str]] | None = None
@@ -96,8 +113,12 @@ def split_furniture(page: Any, lines: Sequence[Line], neighbours: Sequence[tuple
     body = body_size(ln for ln in lines if ln.horizontal)
     top_group = {id(ln) for ln in _edge_group([ln for ln in lines if ln.horizontal], True, height, body)}
     bottom_group = {id(ln) for ln in _edge_group([ln for ln in lines if ln.horizontal], False, height, body)}
+    numbers = _line_numbers([ln for ln in lines if ln.horizontal])
     kept = []
     for line in lines:
+        if id(line) in numbers:
+            furniture.margin.append(line)
+            continue
         if not line.horizontal:
             if vertical < 0.5 * chars:
                 furniture.margin.append(line)

@@ -17,6 +17,9 @@ from workers.engines.text_lines import Box, Line, union
 
 GUTTER = 8.0
 """Narrowest gap between columns (points)."""
+RUN_GAP = 48.0
+"""A band further below the column run above it than this starts a new part of the page
+(a footnote under the columns is read after them, not at the foot of one column)."""
 
 
 @dataclass(slots=True)
@@ -135,7 +138,7 @@ def reading_order(items: Sequence[Item], depth: int = 0) -> list[Item]:
         groups: list[tuple[list[Item], list[tuple[float, float]]]] = []
         for band in bands:
             gaps = _gaps(band, x0, x1)
-            if groups:
+            if groups and band[0].bbox[1] - max(i.bbox[3] for i in groups[-1][0]) <= RUN_GAP:
                 shared = _intersect(groups[-1][1], gaps)
                 if shared:
                     merged = groups[-1][0] + band

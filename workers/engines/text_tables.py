@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.engines.text_lines import Box, Line, Segment, Word, centre_in
+from workers.engines.text_lines import Box, Line, Segment, Word, centre_in, union
 
 CURRENCY_BEFORE = {"$", "€", "£", "¥", "US$", "C$", "A$", "CHF", "R$"}
 CURRENCY_AFTER = {"%", "EUR", "USD", "GBP", "JPY", "CHF", "€", "kr", "Kč", "zł"}
@@ -207,9 +207,35 @@ def _merged_source(grid: Sequence[Sequence[Box | None]], r: int, c: int) -> tupl
     return None
 
 
+def ruling_box(page: Any) -> Box | None:
+    """The box around the page's horizontal and vertical rules, or None when there are not
+    two of each (then PyMuPDF's line finder can find no table, and is not asked: it reads
+    every character of the page first, the most of a page's time)."""
+    across, down = [], []
+    for path in page.get_cdrawings():
+        for item in path["items"]:
+            if item[0] == "re":
+                x0, y0, x1, y1 = item[1]
+                across += [(x0, y0, x1, y0), (x0, y1, x1, y1)]
+                down += [(x0, y0, x0, y1), (x1, y0, x1, y1)]
+            elif item[0] == "l":
+                (x0, y0), (x1, y1) = item[1], item[2]
+                if abs(y1 - y0) < 1 and abs(x1 - x0) >= 5:
+                    across.append((min(x0, x1), y0, max(x0, x1), y1))
+                elif abs(x1 - x0) < 1 and abs(y1 - y0) >= 5:
+                    down.append((x0, min(y0, y1), x1, max(y0, y1)))
+    if len(across) < 2 or len(down) < 2:
+        return None
+    x0, y0, x1, y1 = union(across + down)
+    return (x0 - 2, y0 - 2, x1 + 2, y1 + 2)
+
+
 def ruled_tables(page: Any, words: Sequence[Word], rows: Sequence[TextRow]) -> list[Found]:
+    box = ruling_box(page)
+    if box is None:
+        return []
     found = []
-    for table in page.find_tables(use_layout=False).tables:
+    for table in page.find_tables(clip=box, use_layout=False).tables:
         grid = [list(r.cells) for r in table.rows]
         bbox = tuple(table.bbox)
         width = max(len(r) for r in grid)
@@ -263,8 +289,9 @@ def ruled_tables(page: Any, words: Sequence[Word], rows: Sequence[TextRow]) -> l
 
 
 def _prose(cells: Sequence[str]) -> bool:
-    counts = [len(c.split()) for c in cells if c]
-    return bool(counts) and statistics.median(counts) >= 5
+    """A column of running text: most of its cells are long lines of words."""
+    counts = [len(c) for c in cells if c]
+    return bool(counts) and statistics.median(counts) >= 20
 
 
 def _runs(rows: Sequence[TextRow]) -> list[list[TextRow]]:
@@ -320,27 +347,35 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
     if len(columns) < 2:
         return None
     physical = ([above] if above else []) + list(run)
-    # one logical row per row with two or more cells; a row with one cell closer than the
-    # table's row pitch continues the row above (a wrapped cell)
-    multi = [r for r in run if len(r.segments) >= 2]
-    pitches = [b.cy - a.cy for a, b in zip(multi, multi[1:])]
-    pitch = statistics.median(pitches) if pitches else 0.0
-    rows: list[list[str]] = []
-    spanned: list[list[bool]] = []
-    prev: TextRow | None = None
+    placed = []
     for k, row in enumerate(physical):
         cells = [""] * len(columns)
         span = [False] * len(columns)
         header = k == 0 and above is not None
-        for s in row.segments:
-            hits = columns_of(s, columns) or [0]
+        for seg in row.segments:
+            hits = columns_of(seg, columns) or [0]
             for c in hits if header else hits[:1]:
-                cells[c] = f"{cells[c]} {s.text}".strip()
+                cells[c] = f"{cells[c]} {seg.text}".strip()
                 span[c] = len(hits) > 1
+        placed.append((row, cells, span))
+    # a row closer to the one above than the table's row pitch, with fewer cells than a
+    # full row, continues the row above (its cells wrapped)
+    most = statistics.median_high([sum(bool(c) for c in cells) for _, cells, _ in placed])
+    full = [row for row, cells, _ in placed if sum(bool(c) for c in cells) >= most]
+    pitches = [b.cy - a.cy for a, b in zip(full, full[1:])]
+    pitch = statistics.median(pitches) if pitches else 0.0
+    rows: list[list[str]] = []
+    spanned: list[list[bool]] = []
+    prev: TextRow | None = None
+    for k, (row, cells, span) in enumerate(placed):
         filled = sum(bool(c) for c in cells)
-        wrapped = prev is not None and filled == 1 and (row.cy - prev.cy < pitch - 1.0 if pitch else
-                                                         row.y0 - prev.y1 < 0.5 * row.size)
-        if wrapped and rows and k > (1 if above else 0):
+        if prev is None:
+            tight = False
+        elif pitch:
+            tight = row.cy - prev.cy < pitch - 1.0
+        else:
+            tight = filled == 1 and row.y0 - prev.y1 < 0.5 * row.size
+        if tight and filled < most and rows and k > (1 if above else 0):
             rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells)]
         else:
             rows.append(cells)

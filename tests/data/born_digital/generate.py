@@ -120,7 +120,36 @@ def two_columns():
     y = 450
     for i in range(6, 8):
         y = numbered(p2, 317, y, 245, 160 + i, keys2[i], 10 + i)
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p3.insert_text((50, 36), "Regional Water Management Report", fontsize=8)
+    right(p3, 562, 36, "3", 8)
+    y = paragraph(p3, 50, 70, 245, "170. Quince " + sentence_text(20, 50))
+    y = paragraph(p3, 50, y, 245, "171. Redwood " + sentence_text(21, 40))
+    p3.insert_text((50, y + 4), "3. Methods", fontsize=12, fontname="hebo")
+    y = paragraph(p3, 317, 70, 245, "172. Sequoia " + sentence_text(22, 30))
+    paragraph(p3, 317, y, 245, "173. Tamarack " + sentence_text(23, 44))
+    gx, top = [50, 250, 330, 410, 490, 562], 320
+    heads = ["Reservoir", "Capacity", "Inflow", "Outflow", "Level"]
+    vals = [["North Lake", "1,200", "340", "310", "92%"], ["Stone Dam", "860", "120", "135", "78%"]]
+    for r in range(4):
+        hline(p3, gx[0], gx[-1], top + r * 18)
+    for x in gx:
+        vline(p3, x, top, top + 54)
+    for r, row in enumerate([heads, *vals]):
+        for k, v in enumerate(row):
+            p3.insert_text((gx[k] + 4, top + r * 18 + 13), v, fontsize=9.5, fontname="hebo" if r == 0 else "helv")
+    y = paragraph(p3, 50, 410, 245, "174. Umbrella pine " + sentence_text(24, 40))
+    paragraph(p3, 317, 410, 245, "175. Viburnum " + sentence_text(25, 40))
+    p3.insert_text((50, 700), "1 Capacities are given in millions of cubic metres.", fontsize=7.5)
     checks = [
+        {"page": 3, "kind": "order", "before": "171. Redwood", "after": "3. Methods"},
+        {"page": 3, "kind": "order", "before": "3. Methods", "after": "172. Sequoia"},
+        {"page": 3, "kind": "order", "before": "173. Tamarack", "after": "North Lake"},
+        {"page": 3, "kind": "order", "before": "Stone Dam", "after": "174. Umbrella pine"},
+        {"page": 3, "kind": "order", "before": "174. Umbrella pine", "after": "175. Viburnum"},
+        {"page": 3, "kind": "order", "before": "175. Viburnum", "after": "Capacities are given in millions"},
+        {"page": 3, "kind": "cell", "table_with": "Stone Dam", "row": 0, "col": 4, "text": "Level"},
+        {"page": 3, "kind": "cell", "table_with": "Stone Dam", "row": 2, "col": 1, "text": "860"},
         {"page": 1, "kind": "order", "before": "Regional Water Management Report", "after": "150. Alder"},
         *[{"page": 1, "kind": "order", "before": f"{150 + i}. {keys[i]}", "after": f"{151 + i}. {keys[i + 1]}"}
           for i in range(7)],
@@ -151,7 +180,29 @@ def three_columns():
             p.insert_text((x0, y), head, fontsize=12, fontname="hebo")
             y = paragraph(p, x0, y + 16, x1 - x0, f"{lead}. " + sentence_text(c * 10 + s, 40), 9)
             y += 10
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    y = paragraph(p2, 40, 60, 250, "Editor's note. " + sentence_text(31, 60), 9)
+    paragraph(p2, 302, 60, 250, "Letters policy. " + sentence_text(32, 60), 9)
+    centred(p2, 40, 552, 200, "Market Prices This Week", 14, "hebo")
+    for c, (x0, x1) in enumerate(cols):
+        paragraph(p2, x0, 230, x1 - x0, ["Grain prices held", "Livestock sales rose", "Vegetable stalls busy"][c] + ". "
+                  + sentence_text(33 + c, 45), 9)
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    y = paragraph(p3, 40, 60, 160, "Harvest festival plans. " + sentence_text(35, 70), 9)
+    p3.insert_text((40, y + 2), "Road Works", fontsize=12, fontname="hebo")
+    y = paragraph(p3, 216, 60, 160, "The bypass closes at night. " + sentence_text(36, 80), 9)
+    paragraph(p3, 392, 60, 160, "Choir seeks tenors. " + sentence_text(37, 30), 9)
+    centred(p3, 40, 552, 420, "Continued on page 4: more local stories and the full events calendar", 9, "hebo")
     checks = [
+        {"page": 3, "kind": "order", "before": "Harvest festival plans.", "after": "Road Works"},
+        {"page": 3, "kind": "order", "before": "Road Works", "after": "The bypass closes at night."},
+        {"page": 3, "kind": "order", "before": "The bypass closes at night.", "after": "Choir seeks tenors."},
+        {"page": 3, "kind": "order", "before": "Choir seeks tenors.", "after": "Continued on page 4"},
+        {"page": 2, "kind": "order", "before": "Editor's note.", "after": "Letters policy."},
+        {"page": 2, "kind": "order", "before": "Letters policy.", "after": "Market Prices This Week"},
+        {"page": 2, "kind": "order", "before": "Market Prices This Week", "after": "Grain prices held"},
+        {"page": 2, "kind": "order", "before": "Grain prices held", "after": "Livestock sales rose"},
+        {"page": 2, "kind": "order", "before": "Livestock sales rose", "after": "Vegetable stalls busy"},
         {"page": 1, "kind": "order", "before": "The Valley Courier", "after": "Local News"},
         {"page": 1, "kind": "order", "before": "Local News", "after": "Town council approves the bridge"},
         {"page": 1, "kind": "order", "before": "Town council approves the bridge", "after": "Schools"},
@@ -269,7 +320,38 @@ def multiline_cells():
             p.insert_text((ux[1], y + 12 * k), line, fontsize=10)
         right(p, ux[2] + 30, y, count, 10)
         y += 12 * len(lines) + 8
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p2.insert_text((50, 60), "Table 5. Model variants", fontsize=11, fontname="hebo")
+    bx = [50, 170, 360, 470]
+    hline(p2, 50, 540, 70)
+    for x, h in zip(bx, ["Model", "Training recipe", "Params", "Score"]):
+        p2.insert_text((x, 84), h, fontsize=10, fontname="hebo")
+    hline(p2, 50, 540, 90, 0.5)
+    variants = [(["Base"], ["Pretrained on the web", "mix only"], "1.2B", "61.4"),
+                (["Instruct", "(SFT + DPO)"], ["Base, then supervised", "tuning and preference", "optimisation"],
+                 "1.2B", "68.9"),
+                (["Long context"], ["Instruct, extended to", "32k tokens"], "1.3B", "67.2")]
+    y = 104
+    for name, recipe, params, score in variants:
+        for k, line in enumerate(name):
+            p2.insert_text((bx[0], y + 12 * k), line, fontsize=10)
+        for k, line in enumerate(recipe):
+            p2.insert_text((bx[1], y + 12 * k), line, fontsize=10)
+        p2.insert_text((bx[2], y), params, fontsize=10)
+        p2.insert_text((bx[3], y), score, fontsize=10)
+        y += 12 * max(len(name), len(recipe)) + 8
+    hline(p2, 50, 540, y - 6)
     checks = [
+        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 0, "col": 1, "text": "Training recipe"},
+        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 1, "col": 1,
+         "text": "Pretrained on the web mix only"},
+        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 2, "col": 0, "text": "Instruct (SFT + DPO)"},
+        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 2, "col": 1,
+         "text": "Base, then supervised tuning and preference optimisation"},
+        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 2, "col": 3, "text": "68.9"},
+        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 3, "col": 1,
+         "text": "Instruct, extended to 32k tokens"},
+        {"page": 2, "kind": "once", "text": "preference optimisation"},
         {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 0, "col": 0, "text": "Dataset"},
         {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 1, "col": 0,
          "text": "StarCoder filtered version from OLMoE Mix"},
@@ -372,7 +454,27 @@ def unruled_tables():
         y = 120 + r * 16
         for x, v in zip(xs2, row):
             p2.insert_text((x, y), v, fontsize=10)
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    y = paragraph(p3, 50, 60, 500, "The meter readings below were taken on the first working day of each quarter "
+                  "by the district inspector.", 10)
+    ux = [50, 190, 260, 330, 400, 470]
+    for x, h in zip(ux, ["Meter", "Q1", "Q2", "Q3", "Q4", "Year"]):
+        p3.insert_text((x, y + 4), h, fontsize=10, fontname="hebo")
+    readings = [["Main street", "410", "395", "", "402", "1,207"], ["Station road", "220", "", "231", "240", "691"],
+                ["Mill lane", "98", "102", "110", "", "310"], ["Church hill", "", "75", "81", "79", "235"]]
+    for r, row in enumerate(readings):
+        for x, v in zip(ux, row):
+            p3.insert_text((x, y + 22 + 16 * r), v, fontsize=10)
+    p3.insert_text((ux[0], y + 22 + 16 * 4), "All meters", fontsize=10, fontname="hebo")
+    p3.insert_text((ux[5], y + 22 + 16 * 4), "2,443", fontsize=10, fontname="hebo")
     checks = [
+        {"page": 3, "kind": "present", "text": "taken on the first working day of each quarter"},
+        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 0, "col": 5, "text": "Year"},
+        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 2, "col": 3, "text": "231"},
+        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 3, "col": 3, "text": "110"},
+        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 4, "col": 2, "text": "75"},
+        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 5, "col": 5, "text": "2,443"},
+        {"page": 3, "kind": "once", "text": "Church hill"},
         {"page": 1, "kind": "present", "text": "NW-88213"},
         {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 0, "col": 0, "text": "Description"},
         {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 0, "col": 2, "text": "Unit price"},
@@ -391,6 +493,10 @@ def unruled_tables():
 
 
 # --------------------------------------------------------------- furniture
+
+
+FOOTNOTES = ["gauge data come from the national archive.", "two stations were moved in 2019.",
+             "winter readings are estimated.", "see the appendix for the full series."]
 
 
 def running_headers():
@@ -412,6 +518,29 @@ def running_headers():
             {"page": n + 1, "kind": "absent", "text": f"Page {n + 1} of 3"},
             {"page": n + 1, "kind": "present", "text": f"{starts[n]} section."},
         ]
+    book = pymupdf.open()
+    for n in range(4):
+        p = book.new_page(width=LETTER[0], height=LETTER[1])
+        number = 40 + n
+        if n % 2 == 0:
+            p.insert_text((50, 42), f"{number}   Water Balance Models", fontsize=10)
+        else:
+            right(p, 562, 42, f"Chapter 3. Catchment Storage   {number}", 10)
+        y = 80
+        for k in range(4):
+            y = paragraph(p, 50, y, 512, (f"Part {n + 1} opens here. " if k == 0 else "") + sentence_text(50 + n * 5 + k, 70), 10)
+        hline(p, 50, 150, 712, 0.4)
+        p.insert_text((50, 726), f"{n + 1} Note {n + 1}: " + FOOTNOTES[n], fontsize=8)
+        centred(p, 50, 562, 765, "www.hydrology.example.org", 8)
+    book_checks = []
+    for n in range(4):
+        head = "Water Balance Models" if n % 2 == 0 else "Chapter 3. Catchment Storage"
+        book_checks += [
+            {"page": n + 1, "kind": "absent", "text": head},
+            {"page": n + 1, "kind": "absent", "text": "www.hydrology.example.org"},
+            {"page": n + 1, "kind": "present", "text": f"Note {n + 1}: " + FOOTNOTES[n]},
+            {"page": n + 1, "kind": "present", "text": f"Part {n + 1} opens here."},
+        ]
     # one page: header and footer told apart by position and size alone
     single = pymupdf.open()
     p = single.new_page(width=LETTER[0], height=LETTER[1])
@@ -427,7 +556,8 @@ def running_headers():
         {"page": 1, "kind": "absent", "text": "All rights reserved"},
         {"page": 1, "kind": "present", "text": "Quarterly Maintenance Summary"},
     ]
-    return [(doc, checks, "running_headers.pdf"), (single, single_checks, "single_page_furniture.pdf")]
+    return [(doc, checks, "running_headers.pdf"), (book, book_checks, "running_headers_book.pdf"),
+            (single, single_checks, "single_page_furniture.pdf")]
 
 
 def margin_text():
@@ -442,7 +572,19 @@ def margin_text():
     y = paragraph(p, 70, 158, 490, sentence_text(77, 70), 10)
     p.insert_text((70, y + 10), "1 Introduction", fontsize=11, fontname="hebo")
     paragraph(p, 70, y + 28, 490, sentence_text(78, 90), 10)
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p2.insert_text((596, 500), "DRAFT - not for distribution", fontsize=10, rotate=90)
+    lines = wrap("Our survey of twelve estuaries shows that mixing is strongest on spring tides and weakest "
+                 "during neap tides, when the salt wedge reaches furthest upstream. " + sentence_text(79, 80), 480, 10)
+    for k, line in enumerate(lines):
+        y = 80 + 14 * k
+        right(p2, 52, y, str(k + 1), 8)
+        p2.insert_text((70, y), line, fontsize=10)
+    first, second = lines[0].split()[-2:], lines[1].split()[:2]
     checks = [
+        {"page": 2, "kind": "absent", "text": "DRAFT - not for distribution"},
+        {"page": 2, "kind": "present", "text": " ".join(first + second)},
+        {"page": 2, "kind": "present", "text": " ".join(lines[2].split()[-2:] + lines[3].split()[:2])},
         {"page": 1, "kind": "absent", "text": "Downloaded from"},
         {"page": 1, "kind": "absent", "text": "arXiv:2603.01234v1"},
         {"page": 1, "kind": "order", "before": "Turbulent Mixing in Shallow Estuaries", "after": "A. Ramirez"},
