@@ -16,11 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.engines.text_layout import make_blocks
 from workers.engines.text_lines import Box, Line, Segment, Word, centre_in, union
 
 CURRENCY_BEFORE = {"$", "€", "£", "¥", "US$", "C$", "A$", "CHF", "R$"}
 CURRENCY_AFTER = {"%", "EUR", "USD", "GBP", "JPY", "CHF", "€", "kr", "Kč", "zł"}
 _NUMBER = re.compile(r"[-+(]?\s*\d[\d.,' ]*\)?%?")
+PROSE_LINES = 3
+PROSE_CHARS = 25
+"""A block of at least PROSE_LINES lines whose median length is PROSE_CHARS characters is a paragraph."""
 MIN_GUTTER = 5.0
 """Narrower x-gaps between aligned text are not column gutters (points)."""
 
@@ -375,14 +379,48 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
             tight = row.cy - prev.cy < pitch - 1.0
         else:
             tight = filled == 1 and row.y0 - prev.y1 < 0.5 * row.size
-        if tight and filled < most and rows and k > (1 if above else 0):
+        nxt = placed[k + 1][1] if k + 1 < len(placed) else None
+        leads_on = nxt is not None and cells[0] and not any(cells[1:]) and nxt[0][:1].islower() and any(nxt[1:])
+        if tight and filled < most and rows and k > (1 if above else 0) and not leads_on:
             rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells)]
         else:
             rows.append(cells)
             spanned.append(span)
         prev = row
     merge_header_only_columns(rows, spanned, columns, 2 if above else 1)
+    join_wrapped_labels(rows, spanned, 2 if above else 1)
     return rows, spanned, columns
+
+
+def _header_line_above(first: TextRow, rows: Sequence[TextRow], columns: Sequence[tuple[float, float]]
+                       ) -> TextRow | None:
+    """The row right above a run when it is the upper line of the table's header: its text
+    sits over the columns after the first ("Unit" over "price", "Year Ended" over the years)."""
+    if len(columns) < 2:
+        return None
+    index = rows.index(first)
+    if not index or first.y0 - rows[index - 1].y1 > 1.2 * first.size:
+        return None
+    cand = rows[index - 1]
+    if not all(s.x0 >= columns[1][0] - 2 for s in cand.segments):
+        return None
+    first_has_label = any(columns_of(s, columns)[:1] == [0] for s in first.segments)
+    if first_has_label and any(len(columns_of(s, columns)) != 1 for s in cand.segments):
+        return None
+    return cand
+
+
+def join_wrapped_labels(rows: list[list[str]], spanned: list[list[bool]], head: int) -> None:
+    """A body row with only its first cell, followed by a row whose first cell goes on in
+    lower case, is the upper line of that row's label (numbers set on a label's last line)."""
+    r = head
+    while r < len(rows) - 1:
+        row, nxt = rows[r], rows[r + 1]
+        if row[0] and not any(row[1:]) and not row[0].endswith(":") and nxt[0][:1].islower() and any(nxt[1:]):
+            nxt[0] = f"{row[0]} {nxt[0]}"
+            del rows[r], spanned[r]
+            continue
+        r += 1
 
 
 def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
@@ -393,14 +431,7 @@ def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
         if sum(len(r.segments) >= 2 for r in run) < 3:
             continue
         columns = gutters_columns([(s.x0, s.x1) for r in run for s in r.segments])
-        first = run[0]
-        above = None
-        if columns and len(columns) >= 2 and not any(columns_of(s, columns)[:1] == [0] for s in first.segments):
-            index = free.index(first)
-            if index and first.y0 - free[index - 1].y1 <= 1.2 * first.size:
-                cand = free[index - 1]
-                if all(s.x0 >= columns[1][0] - 2 for s in cand.segments):
-                    above = cand
+        above = _header_line_above(run[0], free, columns)
         grid = _grid_of_run(run, above)
         if grid is None:
             continue
@@ -421,9 +452,25 @@ def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
     return found
 
 
+def prose_lines(lines: Sequence[Line]) -> set[int]:
+    """id() of the lines of paragraphs (three or more long lines that, but for the last,
+    end near the same right edge): never table cells, and beside a table (a paper's
+    other column) they would look like one more column."""
+    out: set[int] = set()
+    for block in make_blocks(lines):
+        if len(block.lines) < PROSE_LINES or statistics.median(len(ln.text) for ln in block.lines) < PROSE_CHARS:
+            continue
+        x0, _, x1, _ = block.bbox
+        ends = [ln.x1 for ln in block.lines[:-1]]
+        if max(ends) - min(ends) <= 0.25 * (x1 - x0):
+            out.update(id(ln) for ln in block.lines)
+    return out
+
+
 def find_tables(page: Any, lines: Sequence[Line]) -> list[Found]:
     """Every table on the page, ruled ones first, top to bottom."""
-    rows = text_rows(lines)
+    prose = prose_lines(lines)
+    rows = text_rows([ln for ln in lines if id(ln) not in prose])
     words = [w for line in lines if line.horizontal for w in line.words]
     ruled = ruled_tables(page, words, rows)
     taken = set().union(*(t.words for t in ruled)) if ruled else set()

@@ -341,7 +341,31 @@ def multiline_cells():
         p2.insert_text((bx[3], y), score, fontsize=10)
         y += 12 * max(len(name), len(recipe)) + 8
     hline(p2, 50, 540, y - 6)
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p3.insert_text((50, 60), "Cash flow summary", fontsize=12, fontname="hebo")
+    right(p3, 420, 84, "2025", 9.5, "hebo")
+    right(p3, 520, 84, "2024", 9.5, "hebo")
+    flows = [(["Net cash provided by operating activities"], "4,210", "3,877"),
+             (["Net cash used in investing activities, including", "purchases of property and equipment"], "(1,932)",
+              "(2,104)"),
+             (["Net increase (decrease) in cash and cash", "equivalents and restricted cash"], "2,278", "1,773"),
+             (["Cash at end of year"], "9,614", "7,336")]
+    y = 102
+    for label, a, b in flows:
+        for k, line in enumerate(label):
+            p3.insert_text((50, y), line, fontsize=9.5)
+            if k == len(label) - 1:
+                right(p3, 420, y, a)
+                right(p3, 520, y, b)
+            y += 14
     checks = [
+        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 2, "col": 0,
+         "text": "Net cash used in investing activities, including purchases of property and equipment"},
+        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 2, "col": 1, "text": "(1,932)"},
+        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 3, "col": 0,
+         "text": "Net increase (decrease) in cash and cash equivalents and restricted cash"},
+        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 3, "col": 2, "text": "1,773"},
+        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 4, "col": 1, "text": "9,614"},
         {"page": 2, "kind": "cell", "table_with": "Long context", "row": 0, "col": 1, "text": "Training recipe"},
         {"page": 2, "kind": "cell", "table_with": "Long context", "row": 1, "col": 1,
          "text": "Pretrained on the web mix only"},
@@ -467,7 +491,84 @@ def unruled_tables():
             p3.insert_text((x, y + 22 + 16 * r), v, fontsize=10)
     p3.insert_text((ux[0], y + 22 + 16 * 4), "All meters", fontsize=10, fontname="hebo")
     p3.insert_text((ux[5], y + 22 + 16 * 4), "2,443", fontsize=10, fontname="hebo")
+    p4 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p4.insert_text((50, 60), "Credit note CN-2291", fontsize=14, fontname="hebo")
+    cx = (50, 300, 380, 470)
+    p4.insert_text((cx[2], 96), "Unit", fontsize=10, fontname="hebo")
+    for x, h in zip(cx, ("Item", "Qty", "price", "Amount")):
+        p4.insert_text((x, 108), h, fontsize=10, fontname="hebo")
+    returned = [("Returned valve kit", "2", "18.50", "(37.00)"), ("Damaged flow meter", "1", "240.00", "(240.00)"),
+                ("Restocking fee", "1", "25.00", "25.00")]
+    for r, row in enumerate(returned):
+        yy = 126 + 16 * r
+        for x, v in zip(cx, row):
+            p4.insert_text((x, yy), v, fontsize=10)
+    p4.insert_text((cx[2], 190), "Credit total", fontsize=10, fontname="hebo")
+    p4.insert_text((cx[3] + 20, 190), "(252.00)", fontsize=10, fontname="hebo")
+    # page 5: a bank statement, debit and credit columns mostly empty, right-aligned amounts
+    p5 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p5.insert_text((50, 60), "Statement of account 0042-118877", fontsize=13, fontname="hebo")
+    sx = (50, 120, 400, 470, 540)
+    p5.insert_text((sx[0], 100), "Date", fontsize=9.5, fontname="hebo")
+    p5.insert_text((sx[1], 100), "Description", fontsize=9.5, fontname="hebo")
+    for x, h in zip(sx[2:], ("Debit", "Credit", "Balance")):
+        right(p5, x, 100, h, 9.5, "hebo")
+    entries = [("01.03.", "Opening balance", "", "", "1,520.40"), ("03.03.", "Card payment Hardware Store", "84.20", "",
+                "1,436.20"), ("07.03.", "Salary March", "", "2,950.00", "4,386.20"),
+               ("12.03.", "Standing order rent", "1,100.00", "", "3,286.20"),
+               ("28.03.", "Interest", "", "1.35", "3,287.55")]
+    for r, (d, desc, debit, credit, bal) in enumerate(entries):
+        yy = 118 + 15 * r
+        p5.insert_text((sx[0], yy), d, fontsize=9.5)
+        p5.insert_text((sx[1], yy), desc, fontsize=9.5)
+        for x, v in zip(sx[2:], (debit, credit, bal)):
+            if v:
+                right(p5, x, yy, v)
+    # page 6: a timetable, times centred under their stop names
+    p6 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p6.insert_text((50, 60), "Bus 42 weekday timetable", fontsize=13, fontname="hebo")
+    stops = ["Harbour", "Market Square", "Hospital", "Ridge Road"]
+    tx = [110, 230, 350, 470]
+    for x, stop in zip(tx, stops):
+        centred(p6, x - 50, x + 50, 96, stop, 9.5, "hebo")
+    times = [["06:15", "06:24", "06:31", "06:40"], ["07:15", "07:25", "07:33", "07:43"],
+             ["08:15", "08:26", "08:35", "08:46"], ["09:15", "09:24", "", "09:38"]]
+    for r, row in enumerate(times):
+        for x, t in zip(tx, row):
+            if t:
+                centred(p6, x - 50, x + 50, 114 + 15 * r, t, 9.5)
+    p6.insert_text((50, 190), "The 09:15 does not stop at the hospital.", fontsize=9.5)
+    # page 7: a two-column paper with a small unruled table in the left column, prose on the right
+    p7 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    y = paragraph(p7, 50, 60, 245, "Results. " + sentence_text(140, 45))
+    p7.insert_text((50, y), "Table 6. Error by method", fontsize=9.5, fontname="hebo")
+    for x, h in zip((50, 170, 240), ("Method", "MAE", "RMSE")):
+        p7.insert_text((x, y + 16), h, fontsize=9.5, fontname="hebo")
+    for r, row in enumerate([("Persistence", "4.12", "5.80"), ("Linear model", "3.05", "4.41"),
+                             ("Gradient boosting", "2.31", "3.37")]):
+        for x, v in zip((50, 170, 240), row):
+            p7.insert_text((x, y + 32 + 14 * r), v, fontsize=9.5)
+    paragraph(p7, 50, y + 90, 245, "Boosting is best. " + sentence_text(141, 30))
+    paragraph(p7, 317, 60, 245, "Discussion. " + sentence_text(142, 140))
     checks = [
+        {"page": 7, "kind": "cell", "table_with": "Linear model", "row": 0, "col": 2, "text": "RMSE"},
+        {"page": 7, "kind": "cell", "table_with": "Linear model", "row": 3, "col": 1, "text": "2.31"},
+        {"page": 7, "kind": "order", "before": "Gradient boosting", "after": "Boosting is best."},
+        {"page": 7, "kind": "order", "before": "Boosting is best.", "after": "Discussion."},
+        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 0, "col": 3, "text": "Credit"},
+        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 2, "col": 2, "text": "84.20"},
+        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 3, "col": 3, "text": "2,950.00"},
+        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 4, "col": 1, "text": "Standing order rent"},
+        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 5, "col": 4, "text": "3,287.55"},
+        {"page": 6, "kind": "cell", "table_with": "06:24", "row": 0, "col": 1, "text": "Market Square"},
+        {"page": 6, "kind": "cell", "table_with": "06:24", "row": 2, "col": 2, "text": "07:33"},
+        {"page": 6, "kind": "cell", "table_with": "06:24", "row": 4, "col": 3, "text": "09:38"},
+        {"page": 6, "kind": "order", "before": "08:46", "after": "The 09:15 does not stop"},
+        {"page": 4, "kind": "cell", "table_with": "Restocking fee", "row": 0, "col": 2, "text": "Unit price"},
+        {"page": 4, "kind": "cell", "table_with": "Restocking fee", "row": 0, "col": 0, "text": "Item"},
+        {"page": 4, "kind": "cell", "table_with": "Restocking fee", "row": 2, "col": 3, "text": "(240.00)"},
+        {"page": 4, "kind": "cell", "table_with": "Restocking fee", "row": 3, "col": 2, "text": "25.00"},
+        {"page": 4, "kind": "present", "text": "(252.00)"},
         {"page": 3, "kind": "present", "text": "taken on the first working day of each quarter"},
         {"page": 3, "kind": "cell", "table_with": "Station road", "row": 0, "col": 5, "text": "Year"},
         {"page": 3, "kind": "cell", "table_with": "Station road", "row": 2, "col": 3, "text": "231"},
@@ -621,7 +722,21 @@ def graphics_titles():
     y = 110
     for k in range(4):
         y = paragraph(p2, 50, y, 512, sentence_text(95 + k, 55), 10)
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p3.insert_text((50, 60), "Figure 4. Monthly inflow and storage", fontsize=12, fontname="hebo")
+    for k, h in enumerate([120, 90, 150, 60, 200, 170, 110, 80]):
+        p3.draw_rect(pymupdf.Rect(70 + 30 * k, 330 - h, 90 + 30 * k, 330), fill=(0.2, 0.4, 0.8))
+        p3.insert_text((72 + 30 * k, 344), ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug"][k], fontsize=8)
+    rng = random.Random(5)
+    for _ in range(60):
+        p3.draw_circle((340 + rng.random() * 200, 150 + rng.random() * 170), 2.5, fill=(0.8, 0.2, 0.2))
+    p3.draw_line((330, 330), (550, 330))
+    p3.draw_line((330, 330), (330, 140))
+    p3.insert_text((400, 350), "Storage against inflow", fontsize=8)
+    paragraph(p3, 50, 400, 500, "Storage follows inflow with a lag of about one month. " + sentence_text(99, 40), 10)
     checks = [
+        {"page": 3, "kind": "trusted"},
+        {"page": 3, "kind": "present", "text": "Storage follows inflow with a lag of about one month."},
         {"page": 1, "kind": "model"},
         {"page": 2, "kind": "trusted"},
         {"page": 2, "kind": "present", "text": "Harbour Board Newsletter"},
@@ -651,6 +766,22 @@ def scribbles(width: int, height: int, seed: int) -> bytes:
             d.line(pts, fill=30, width=2)
             x += rng.randint(8, 18)
     return _png(im)
+
+
+def photo(width: int, height: int, seed: int) -> bytes:
+    """A photo-like picture: sky, water and a few dark shapes, mid-tones everywhere."""
+    rng = random.Random(seed)
+    im = Image.new("RGB", (width, height))
+    d = ImageDraw.Draw(im)
+    for y in range(height):
+        t = y / height
+        d.line([(0, y), (width, y)], fill=(int(90 + 80 * t), int(130 + 40 * t), int(200 - 90 * t)))
+    for _ in range(25):
+        x, y = rng.randint(0, width), rng.randint(height // 2, height)
+        d.ellipse([x, y, x + rng.randint(20, 90), y + rng.randint(10, 40)], fill=(rng.randint(30, 90),) * 3)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
 
 
 def printed_scan(lines: list[str], size: float = 12) -> tuple[bytes, list[tuple[float, str]]]:
@@ -698,7 +829,14 @@ def bad_ocr():
     p3.insert_image(full, stream=png)
     for y, line in baselines:
         p3.insert_text((60, y + 420), line, fontsize=12, fontname="tiro", render_mode=3)
+    p4 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p4.insert_image(full, stream=png)
+    for y, line in baselines:
+        slipped = line.replace("the ", "tbe ", 1).replace("o", "0", 1) if len(line) % 2 else line.replace("m", "rn", 1)
+        p4.insert_text((60, y), slipped, fontsize=12, fontname="tiro", render_mode=3)
     checks = [
+        {"page": 4, "kind": "trusted"},
+        {"page": 4, "kind": "present", "text": "five members"},
         {"page": 1, "kind": "model"},
         {"page": 1, "kind": "absent", "text": "rn.u"},
         {"page": 2, "kind": "trusted"},
@@ -718,7 +856,13 @@ def text_coverage():
     p2.insert_text((290, 770), "Page 1", fontsize=9)
     p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
     p3.insert_text((72, 100), "Page 1", fontsize=12)
+    p4 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p4.insert_text((50, 60), "Site visit: the new weir", fontsize=14, fontname="hebo")
+    p4.insert_image(pymupdf.Rect(50, 80, 562, 460), stream=photo(640, 480, 3))
+    paragraph(p4, 50, 490, 512, "The weir was finished in April. " + sentence_text(120, 50), 10)
     checks = [
+        {"page": 4, "kind": "trusted"},
+        {"page": 4, "kind": "present", "text": "The weir was finished in April."},
         {"page": 1, "kind": "trusted"},
         {"page": 1, "kind": "present", "text": "Hello, world!"},
         {"page": 2, "kind": "model"},
