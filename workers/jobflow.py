@@ -45,8 +45,17 @@ from workers.celery_app import page_queue
 from workers.engines.text import TEXT_TASKS
 from workers.intake import OpenedDocument, open_document
 from workers.pages import RenderedPage
-from workers.pipeline import Engines, assemble_document, page_stage_totals, render_or_fail, resolve_request, route
-from workers.render import extract_text_layer, is_usable_text, parse_page_range
+from workers.pipeline import (
+    Engines,
+    assemble_document,
+    page_stage_totals,
+    render_or_fail,
+    resolve_request,
+    route,
+    with_page_notes,
+)
+from workers.render import parse_page_range
+from workers.text_routing import text_layer_issue
 
 logger = logging.getLogger(__name__)
 
@@ -114,24 +123,24 @@ def _count_finished(store: JobStore, job_id: str, state: str, error: ErrorInfo |
 
 
 def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, settings: Settings) -> str:
-    """The engine page ``number`` will go to, decided without rendering it.
+    """The engine page ``number`` will go to, decided without rendering it for the model.
 
     The same rule as :func:`workers.pipeline.route` (the page task routes the
-    rendered page again): ``auto`` sends ocr/tables pages with a usable text
-    layer to the text engine, everything else to the model. The text layer is
-    read with :func:`extract_text_layer`, as render reads it; no pixels are drawn.
-    A page whose text cannot be read goes to the text engine, whose render will
-    report the page's error without taking a GPU.
+    rendered page again): ``auto`` sends ocr/tables pages whose text layer can be
+    trusted (:func:`workers.text_routing.text_layer_issue`, as render judges it)
+    to the text engine, everything else to the model. A page whose text cannot be
+    read goes to the text engine, whose render will report the page's error
+    without taking a GPU.
     """
     if engine != "auto":
         return engine
     if task not in TEXT_TASKS or doc.pdf is None:
         return "internvl"
     try:
-        text, _ = extract_text_layer(doc.pdf.load_page(number - 1))
+        issue = text_layer_issue(doc.pdf.load_page(number - 1), settings.min_text_chars)
     except Exception:  # noqa: BLE001 - render reports the page's own error
         return "text"
-    return "text" if is_usable_text(text, settings.min_text_chars) else "internvl"
+    return "text" if issue is None else "internvl"
 
 
 @tracing.staged("intake")
@@ -266,8 +275,7 @@ def prepare_page(job: Job, page: int, *, settings: Settings, storage: Storage,
                 return ModelPage(rendered, request.task, schema)
             with tracing.span("infer", engine="text", page=page):
                 result = engines.text.process(doc, [rendered], request.task)[0]
-            result.timings_ms = {**rendered.timings_ms, **result.timings_ms}
-            return result
+            return with_page_notes(result, rendered)
     except DocprocError as exc:
         if is_transient(exc):
             raise
@@ -299,7 +307,7 @@ def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, e
         if is_transient(exc):
             raise
         return failed_page(page, exc.code, exc.message)
-    result.timings_ms = {**prepared.rendered.timings_ms, **result.timings_ms}
+    with_page_notes(result, prepared.rendered)
     return result
 
 

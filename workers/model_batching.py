@@ -38,7 +38,7 @@ from docproc.settings import Settings
 from docproc.storage import Storage
 from workers import jobflow
 from workers.jobflow import ModelPage, OnEnded, PageStart
-from workers.pipeline import Engines
+from workers.pipeline import Engines, with_page_notes
 
 logger = logging.getLogger(__name__)
 
@@ -203,5 +203,5 @@ def _read(group: list[tuple[_Running, ModelPage]], *, settings: Settings, engine
             logger.exception("model batch: the call raised; reading its %d pages one by one", len(group))
             results = [r for one in group for r in _read([one], settings=settings, engines=engines)]
     for (_, m), result in zip(group, results):
-        result.timings_ms = {**m.rendered.timings_ms, **result.timings_ms}
+        with_page_notes(result, m.rendered)
     return results

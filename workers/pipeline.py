@@ -87,7 +87,8 @@ def resolve_request(task: str, schema: str | None, engine: str, settings: Settin
 
 
 def route(page: RenderedPage, task: Task, engine: EngineName) -> str:
-    """Which engine a page goes to: ``auto`` reads born-digital pages for ocr/tables."""
+    """Which engine a page goes to: ``auto`` reads born-digital pages for ocr/tables when their
+    text layer can be trusted (``page.text_layer_issue`` says why not, workers/text_routing.py)."""
     if engine != "auto":
         return engine
     return "text" if task in TEXT_TASKS and page.has_text_layer else "internvl"
@@ -138,8 +139,16 @@ def _run_batch(
     for result in done:
         page = by_page.get(result.page)
         if page is not None:
-            result.timings_ms = {**page.timings_ms, **result.timings_ms}
+            with_page_notes(result, page)
     return done
+
+
+def with_page_notes(result: PageResult, page: RenderedPage) -> PageResult:
+    """The render's timings, and why the text layer was not trusted, carried onto the page's result."""
+    result.timings_ms = {**page.timings_ms, **result.timings_ms}
+    if result.text_layer is None:
+        result.text_layer = page.text_layer_issue
+    return result
 
 
 def document_status(pages: Sequence[PageResult]) -> str:

@@ -14,7 +14,8 @@ characters its text layer has, and names the first reason not to trust it:
                            image of a document with only a page number as text).
 
 Short text on an otherwise empty page ("Hello, world!", "Page 1") is trusted:
-nothing else on the page needs reading. Only pages with images or invisible text
+nothing else on the page needs reading; fewer than ``min_chars`` characters
+beside an image are ``partial_text_coverage``. Only pages with images or invisible text
 are rendered, once, at a low resolution, for the ink checks.
 """
 
@@ -40,6 +41,8 @@ INK_LEVEL = 160
 """A pixel of the low-resolution grey render darker than this is ink."""
 SCAN_MIN_AREA = 0.25
 """Images covering at least this share of the page are checked for text they hold."""
+SHORT_TEXT_IMAGE = 0.05
+"""Fewer characters than ``min_chars`` beside images covering this share of the page: not trusted."""
 COVERED_MIN = 0.5
 """Share of a scan-like image's ink the text layer must cover."""
 
@@ -137,6 +140,8 @@ def text_layer_issue(page: Any, min_chars: int = 20) -> str | None:
     page_area = abs(page.rect)
     images = [i["bbox"] for i in page.get_image_info()]
     image_area = sum(abs(pymupdf.Rect(b) & page.rect) for b in images)
+    if len("".join(text.split())) < min_chars and image_area >= SHORT_TEXT_IMAGE * page_area:
+        return "partial_text_coverage"  # a page number on a scan
     if invisible_boxes or image_area >= SCAN_MIN_AREA * page_area:
         ink, scale = _ink(page)
         if invisible_boxes:

@@ -1,7 +1,13 @@
-"""The text engine: no model, just the PDF text layer and PyMuPDF's table finder.
+"""The text engine: no model, just the PDF text layer.
 
-For born-digital pages this is exact and fast; a page without a usable text
-layer (a scan) is reported as ``needs_model`` rather than as empty text.
+For born-digital pages this is exact and fast. A page is read in five steps, each
+in its own module: its lines and words (``text_lines``), page furniture apart
+(``text_furniture``: headers, footers, margin text), tables (``text_tables``:
+ruled and unruled, header rows joined, wrapped cells whole, currency kept with
+its numbers), blocks in the layout's reading order (``text_layout``), then
+Markdown with each table in place. A page whose text layer is not to be trusted
+(workers/text_routing.py: a scan, vector-drawn text, a bad OCR layer...) is
+reported as ``needs_model`` with the reason, rather than as empty or wrong text.
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ def page_markdown(pdf_page: Any) -> str:
 
 
 def needs_model(page: RenderedPage) -> PageResult:
+    """The failed result of a page whose text layer is not to be trusted, with the reason."""
+    reason = page.text_layer_issue or "no_text_layer"
     return PageResult(
         page=page.number,
         status="failed",
@@ -112,7 +120,8 @@ def needs_model(page: RenderedPage) -> PageResult:
         height=page.image.height,
         tiles=0,
         has_text_layer=False,
-        error=ErrorInfo(code="needs_model", message=PAGE_ERROR_CODES["needs_model"]),
+        text_layer=reason,
+        error=ErrorInfo(code="needs_model", message=f"{PAGE_ERROR_CODES['needs_model']} ({reason})"),
     )
 
 

@@ -14,7 +14,7 @@ Told apart from the body two ways:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +22,12 @@ from workers.engines.text_lines import Line, body_size
 
 BAND = 0.12
 """Top and bottom share of the page searched for running headers and footers."""
-EDGE = 0.1
+EDGE = 0.07
 """A line set apart from the body within this share of the top or bottom is furniture."""
 SIDE = 0.07
 """Horizontal text entirely within this share of the page's left or right edge is margin text."""
+GAP = 0.8
+"""Furniture is parted from the body by a gap of at least this many body font sizes."""
 SMALL = 0.9
 """On a page alone, a header or footer is set smaller than this share of the body size."""
 LINE_NUMBERS = 3
@@ -73,20 +75,23 @@ def neighbour_bands(page: Any) -> list[tuple[str, float, str]]:
     return out
 
 
-def _edge_group(lines: Sequence[Line], top: bool, height: float, body: float) -> list[Line]:
-    """The small lines at the very top (bottom) of the page, when a gap parts them from the rest."""
+def _edge_lines(lines: Sequence[Line], top: bool, candidate: Callable[[Line], bool], gap_min: float) -> list[Line]:
+    """The furniture at the top (bottom) of the page: the candidate lines from the edge
+    inwards, up to the last gap of at least ``gap_min`` that parts them from the body."""
     ordered = sorted(lines, key=lambda ln: ln.y0 if top else -ln.y1)
-    group: list[Line] = []
-    for line in ordered:
-        if group:
-            gap = line.y0 - max(g.y1 for g in group) if top else min(g.y0 for g in group) - line.y1
-            if gap >= max(1.0 * body, 8.0):
-                return group
-        in_edge = line.y1 <= EDGE * height if top else line.y0 >= (1 - EDGE) * height
-        if not in_edge or line.size > SMALL * body:
-            return []
-        group.append(line)
-    return []
+    taken: list[Line] = []
+    found: list[Line] = []
+    for i, line in enumerate(ordered):
+        if not candidate(line):
+            break
+        taken.append(line)
+        if i + 1 == len(ordered):
+            break  # nothing but furniture candidates: leave the page its text
+        nxt = ordered[i + 1]
+        gap = nxt.y0 - max(t.y1 for t in taken) if top else min(t.y0 for t in taken) - nxt.y1
+        if gap >= gap_min:
+            found = list(taken)
+    return found
 
 
 def _line_numbers(lines: Sequence[Line]) -> set[int]:
@@ -111,9 +116,27 @@ def split_furniture(page: Any, lines: Sequence[Line], neighbours: Sequence[tuple
     chars = sum(len(ln.text) for ln in lines) or 1
     vertical = sum(len(ln.text) for ln in lines if not ln.horizontal)
     body = body_size(ln for ln in lines if ln.horizontal)
-    top_group = {id(ln) for ln in _edge_group([ln for ln in lines if ln.horizontal], True, height, body)}
-    bottom_group = {id(ln) for ln in _edge_group([ln for ln in lines if ln.horizontal], False, height, body)}
-    numbers = _line_numbers([ln for ln in lines if ln.horizontal])
+    horizontal = [ln for ln in lines if ln.horizontal]
+    numbers = _line_numbers(horizontal)
+
+    def candidate(line: Line) -> bool:
+        top = line.y1 <= BAND * height
+        if not top and line.y0 < (1 - BAND) * height:
+            return False
+        band = "top" if top else "bottom"
+        key = normalise(line.text)
+        if any(b == band and abs(y - line.y0) <= 10 and t == key for b, y, t in neighbours):
+            return True  # the same line at the same place on a page nearby: running
+        edge = line.y1 <= EDGE * height if top else line.y0 >= (1 - EDGE) * height
+        return edge and (bool(_PAGE_NUMBER.fullmatch(line.text.strip())) or line.size <= SMALL * body)
+
+    def side(line: Line) -> bool:
+        return line.x1 <= SIDE * width or line.x0 >= (1 - SIDE) * width
+
+    gap = max(GAP * body, 4.0)
+    inner = [ln for ln in horizontal if id(ln) not in numbers and not side(ln)]
+    top_ids = {id(ln) for ln in _edge_lines(inner, True, candidate, gap)}
+    bottom_ids = {id(ln) for ln in _edge_lines(inner, False, candidate, gap)}
     kept = []
     for line in lines:
         if id(line) in numbers:
@@ -125,19 +148,14 @@ def split_furniture(page: Any, lines: Sequence[Line], neighbours: Sequence[tuple
                 continue
             kept.append(line)
             continue
-        if line.x1 <= SIDE * width or line.x0 >= (1 - SIDE) * width:
+        if side(line):
             furniture.margin.append(line)
             continue
-        top = line.y1 <= BAND * height
-        bottom = line.y0 >= (1 - BAND) * height
-        if top or bottom:
-            band = "top" if top else "bottom"
-            key = normalise(line.text)
-            repeated = any(b == band and abs(y - line.y0) <= 10 and t == key for b, y, t in neighbours)
-            number = bool(_PAGE_NUMBER.fullmatch(line.text.strip())) and (
-                line.y1 <= EDGE * height or line.y0 >= (1 - EDGE) * height)
-            if repeated or number or id(line) in top_group or id(line) in bottom_group:
-                (furniture.headers if top else furniture.footers).append(line)
-                continue
+        if id(line) in top_ids:
+            furniture.headers.append(line)
+            continue
+        if id(line) in bottom_ids:
+            furniture.footers.append(line)
+            continue
         kept.append(line)
     return kept, furniture

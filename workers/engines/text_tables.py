@@ -447,6 +447,8 @@ def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
         bbox = (min(s.x0 for r in physical for s in r.segments), physical[0].y0,
                 max(s.x1 for r in physical for s in r.segments), physical[-1].y1)
         rows_out = finish(cells, spanned)
+        if rows_out and any(is_body_number(c) for c in rows_out[0]):
+            rows_out.insert(0, [""] * len(rows_out[0]))  # no header row (totals, key-value pairs)
         if len(rows_out) >= 2 and len(rows_out[0]) >= 2:
             found.append(Found(bbox, rows_out, words))
     return found
