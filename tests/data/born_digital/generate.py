@@ -666,7 +666,7 @@ def margin_text():
     p = doc.new_page(width=LETTER[0], height=LETTER[1])
     p.insert_text((30, 700), "Downloaded from https://journals.example.org/ by guest on 14 March 2026 at 6:51",
                   fontsize=8, rotate=90)
-    p.insert_text((590, 120), "arXiv:2603.01234v1 [physics.flu-dyn] 14 Mar 2026", fontsize=9, rotate=90)
+    p.insert_text((590, 420), "arXiv:2603.01234v1 [physics.flu-dyn] 14 Mar 2026", fontsize=9, rotate=90)
     centred(p, 70, 560, 80, "Turbulent Mixing in Shallow Estuaries", 18, "hebo")
     centred(p, 70, 560, 102, "A. Ramirez and K. Osei", 11)
     p.insert_text((70, 140), "Abstract", fontsize=11, fontname="hebo")
