@@ -50,7 +50,7 @@ _TOKEN_OK = re.compile(
     r"[([\"'“‘]*("
     r"[^\W\d_]+(['’\-][^\W\d_]+)*"  # words, with inner hyphens or apostrophes
     r"|[+\-−]?[$€£¥]?\d+([.,:/\-]\d+)*[%$€£¥]?"  # numbers, dates, times, amounts
-    r"|[A-Z0-9][A-Za-z0-9]*([.:/\-_#@&][A-Za-z0-9]+)+/?"  # codes, ids, urls, e-mail
+    r"|[A-Za-z0-9]+([.:/\-_#@&?=%~]+[A-Za-z0-9]+)+/?"  # codes, ids, urls, e-mail
     r"|[0-9]+[a-zA-Z]{1,3}|[A-Z]+[0-9]+[A-Z0-9]*"  # 15mm, 3rd, A4, V2
     r"|[&§•·–—\-=+*/]"  # a lone symbol
     r")[)\]\"'”’.,;:!?]*"
@@ -64,7 +64,7 @@ def plausible(token: str) -> bool:
     letters = re.sub(r"[^\w]", "", token)
     if letters.isalpha() and len(letters) >= 4 and letters.lower() == letters:
         return bool(re.search(r"[aeiouyäöüéèàáíóúâêîôû]", letters.lower()))
-    return not re.search(r"[a-z][A-Z]", letters) or letters[:1].isupper() and letters[1:2].islower() is False
+    return len(letters) > 3 or not re.search(r"[a-z][A-Z]", letters)  # "lI", "tH": noise; "arXiv", "iPhone": words
 
 
 def garbled(text: str) -> bool:
