@@ -118,12 +118,14 @@ def join_header(rows: list[list[str]], header_rows: int) -> list[list[str]]:
 
 def header_depth(rows: Sequence[Sequence[str]], spanned: Sequence[Sequence[bool]]) -> int:
     """How many leading rows make the header: the first, and the next ones while the
-    header so far has an empty or spanning cell and the next row holds no number."""
+    header so far has an empty or spanning cell and the next row holds no number and
+    has text past its first column."""
     depth = 1
     while depth < len(rows) - 1:
         above_open = any(not rows[r][c] or spanned[r][c] for r in range(depth) for c in range(len(rows[0])))
         nxt = rows[depth]
-        if not above_open or any(is_body_number(c) for c in nxt if c) or not any(nxt):
+        # a row with text only in the first column is a section label ("Assets"), not more header
+        if not above_open or any(is_body_number(c) for c in nxt if c) or not any(nxt[1:]):
             break
         depth += 1
     return depth

@@ -550,7 +550,28 @@ def unruled_tables():
             p7.insert_text((x, y + 32 + 14 * r), v, fontsize=9.5)
     paragraph(p7, 50, y + 90, 245, "Boosting is best. " + sentence_text(141, 30))
     paragraph(p7, 317, 60, 245, "Discussion. " + sentence_text(142, 140))
+    # page 8: a balance sheet: plain-weight header, section rows with no numbers, indented items
+    p8 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p8.insert_text((50, 60), "Balance sheet at 31 December", fontsize=12, fontname="hebo")
+    right(p8, 430, 90, "2025", 9.5)
+    right(p8, 520, 90, "2024", 9.5)
+    sheet = [("Assets", "", "", 0), ("Cash and equivalents", "9,614", "7,336", 12), ("Receivables", "2,210", "2,045", 12),
+             ("Inventories", "1,380", "1,512", 12), ("Total assets", "13,204", "10,893", 0), ("Liabilities", "", "", 0),
+             ("Payables", "1,905", "1,766", 12), ("Borrowings", "3,000", "3,500", 12),
+             ("Total liabilities", "4,905", "5,266", 0)]
+    for r, (label, a, b, indent) in enumerate(sheet):
+        yy = 108 + 15 * r
+        p8.insert_text((50 + indent, yy), label, fontsize=9.5)
+        if a:
+            right(p8, 430, yy, a)
+            right(p8, 520, yy, b)
     checks = [
+        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 0, "col": 1, "text": "2025"},
+        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 1, "col": 0, "text": "Assets"},
+        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 3, "col": 2, "text": "2,045"},
+        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 6, "col": 0, "text": "Liabilities"},
+        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 8, "col": 1, "text": "3,000"},
+        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 9, "col": 2, "text": "5,266"},
         {"page": 7, "kind": "cell", "table_with": "Linear model", "row": 0, "col": 2, "text": "RMSE"},
         {"page": 7, "kind": "cell", "table_with": "Linear model", "row": 3, "col": 1, "text": "2.31"},
         {"page": 7, "kind": "order", "before": "Gradient boosting", "after": "Boosting is best."},
