@@ -103,7 +103,8 @@ def test_multi_line_cells_are_whole_and_said_once():
     assert ruled.rows[1] == ["StarCoder filtered version from OLMoE Mix",
                              "Permissively licensed source code from public repositories", "1.3T"]
     unruled = table_with(read.tables, "Valve kit")
-    assert unruled.rows[1] == ["Pump A", "Lifts water from the lower basin into the holding tank during dry months", "4"]
+    assert unruled.rows[1] == ["Pump A", "Lifts water from the lower basin into the holding tank during dry months",
+                               "4"]
     assert read.text.count("from OLMoE Mix") == 1 and read.text.count("holding tank") == 1
     booktabs = table_with(read_page(page("multiline_cells.pdf", 2)).tables, "Long context")
     assert booktabs.rows[2] == ["Instruct (SFT + DPO)", "Base, then supervised tuning and preference optimisation",

@@ -87,6 +87,34 @@ def centred(page, x0: float, x1: float, y: float, text: str, size: float = 9.5, 
     page.insert_text(((x0 + x1 - w) / 2, y), text, fontsize=size, fontname=font)
 
 
+def present(page: int, text: str) -> dict:
+    return {"page": page, "kind": "present", "text": text}
+
+
+def absent(page: int, text: str) -> dict:
+    return {"page": page, "kind": "absent", "text": text}
+
+
+def once(page: int, text: str) -> dict:
+    return {"page": page, "kind": "once", "text": text}
+
+
+def order(page: int, before: str, after: str) -> dict:
+    return {"page": page, "kind": "order", "before": before, "after": after}
+
+
+def cell(page: int, table_with: str, row: int, col: int, text: str) -> dict:
+    return {"page": page, "kind": "cell", "table_with": table_with, "row": row, "col": col, "text": text}
+
+
+def model(page: int) -> dict:
+    return {"page": page, "kind": "model"}
+
+
+def trusted(page: int) -> dict:
+    return {"page": page, "kind": "trusted"}
+
+
 # ----------------------------------------------------------------- layouts
 
 
@@ -142,24 +170,24 @@ def two_columns():
     paragraph(p3, 317, 410, 245, "175. Viburnum " + sentence_text(25, 40))
     p3.insert_text((50, 700), "1 Capacities are given in millions of cubic metres.", fontsize=7.5)
     checks = [
-        {"page": 3, "kind": "order", "before": "171. Redwood", "after": "3. Methods"},
-        {"page": 3, "kind": "order", "before": "3. Methods", "after": "172. Sequoia"},
-        {"page": 3, "kind": "order", "before": "173. Tamarack", "after": "North Lake"},
-        {"page": 3, "kind": "order", "before": "Stone Dam", "after": "174. Umbrella pine"},
-        {"page": 3, "kind": "order", "before": "174. Umbrella pine", "after": "175. Viburnum"},
-        {"page": 3, "kind": "order", "before": "175. Viburnum", "after": "Capacities are given in millions"},
-        {"page": 3, "kind": "cell", "table_with": "Stone Dam", "row": 0, "col": 4, "text": "Level"},
-        {"page": 3, "kind": "cell", "table_with": "Stone Dam", "row": 2, "col": 1, "text": "860"},
-        {"page": 1, "kind": "order", "before": "Regional Water Management Report", "after": "150. Alder"},
-        *[{"page": 1, "kind": "order", "before": f"{150 + i}. {keys[i]}", "after": f"{151 + i}. {keys[i + 1]}"}
+        order(3, "171. Redwood", "3. Methods"),
+        order(3, "3. Methods", "172. Sequoia"),
+        order(3, "173. Tamarack", "North Lake"),
+        order(3, "Stone Dam", "174. Umbrella pine"),
+        order(3, "174. Umbrella pine", "175. Viburnum"),
+        order(3, "175. Viburnum", "Capacities are given in millions"),
+        cell(3, "Stone Dam", 0, 4, "Level"),
+        cell(3, "Stone Dam", 2, 1, "860"),
+        order(1, "Regional Water Management Report", "150. Alder"),
+        *[order(1, f"{150 + i}. {keys[i]}", f"{151 + i}. {keys[i + 1]}")
           for i in range(7)],
-        {"page": 1, "kind": "once", "text": "153. Dogwood"},
-        {"page": 2, "kind": "order", "before": "160. Juniper", "after": "162. Maple"},
-        {"page": 2, "kind": "order", "before": "161. Larch", "after": "162. Maple"},
-        {"page": 2, "kind": "order", "before": "163. Oak", "after": "Figure 2. Inflow"},
-        {"page": 2, "kind": "order", "before": "Figure 2. Inflow", "after": "164. Pine"},
-        {"page": 2, "kind": "order", "before": "165. Rowan", "after": "166. Spruce"},
-        {"page": 2, "kind": "order", "before": "166. Spruce", "after": "167. Willow"},
+        once(1, "153. Dogwood"),
+        order(2, "160. Juniper", "162. Maple"),
+        order(2, "161. Larch", "162. Maple"),
+        order(2, "163. Oak", "Figure 2. Inflow"),
+        order(2, "Figure 2. Inflow", "164. Pine"),
+        order(2, "165. Rowan", "166. Spruce"),
+        order(2, "166. Spruce", "167. Willow"),
     ]
     return doc, checks
 
@@ -194,23 +222,23 @@ def three_columns():
     paragraph(p3, 392, 60, 160, "Choir seeks tenors. " + sentence_text(37, 30), 9)
     centred(p3, 40, 552, 420, "Continued on page 4: more local stories and the full events calendar", 9, "hebo")
     checks = [
-        {"page": 3, "kind": "order", "before": "Harvest festival plans.", "after": "Road Works"},
-        {"page": 3, "kind": "order", "before": "Road Works", "after": "The bypass closes at night."},
-        {"page": 3, "kind": "order", "before": "The bypass closes at night.", "after": "Choir seeks tenors."},
-        {"page": 3, "kind": "order", "before": "Choir seeks tenors.", "after": "Continued on page 4"},
-        {"page": 2, "kind": "order", "before": "Editor's note.", "after": "Letters policy."},
-        {"page": 2, "kind": "order", "before": "Letters policy.", "after": "Market Prices This Week"},
-        {"page": 2, "kind": "order", "before": "Market Prices This Week", "after": "Grain prices held"},
-        {"page": 2, "kind": "order", "before": "Grain prices held", "after": "Livestock sales rose"},
-        {"page": 2, "kind": "order", "before": "Livestock sales rose", "after": "Vegetable stalls busy"},
-        {"page": 1, "kind": "order", "before": "The Valley Courier", "after": "Local News"},
-        {"page": 1, "kind": "order", "before": "Local News", "after": "Town council approves the bridge"},
-        {"page": 1, "kind": "order", "before": "Town council approves the bridge", "after": "Schools"},
-        {"page": 1, "kind": "order", "before": "Enrolment rises again", "after": "Sports"},
-        {"page": 1, "kind": "order", "before": "Sports", "after": "Rowing club wins the regatta"},
-        {"page": 1, "kind": "order", "before": "Gallery opens a print room", "after": "Weather"},
-        {"page": 1, "kind": "order", "before": "A dry week ahead for farmers", "after": "Notices"},
-        {"page": 1, "kind": "present", "text": "Library hours change in May"},
+        order(3, "Harvest festival plans.", "Road Works"),
+        order(3, "Road Works", "The bypass closes at night."),
+        order(3, "The bypass closes at night.", "Choir seeks tenors."),
+        order(3, "Choir seeks tenors.", "Continued on page 4"),
+        order(2, "Editor's note.", "Letters policy."),
+        order(2, "Letters policy.", "Market Prices This Week"),
+        order(2, "Market Prices This Week", "Grain prices held"),
+        order(2, "Grain prices held", "Livestock sales rose"),
+        order(2, "Livestock sales rose", "Vegetable stalls busy"),
+        order(1, "The Valley Courier", "Local News"),
+        order(1, "Local News", "Town council approves the bridge"),
+        order(1, "Town council approves the bridge", "Schools"),
+        order(1, "Enrolment rises again", "Sports"),
+        order(1, "Sports", "Rowing club wins the regatta"),
+        order(1, "Gallery opens a print room", "Weather"),
+        order(1, "A dry week ahead for farmers", "Notices"),
+        present(1, "Library hours change in May"),
     ]
     return doc, checks
 
@@ -263,20 +291,20 @@ def header_tables():
         for i, v in enumerate(row[1:]):
             right(p, gx[2 + i] - 8, y, v, 10)
     checks = [
-        {"page": 1, "kind": "cell", "table_with": "Upper Creek", "row": 0, "col": 0, "text": "Station"},
-        {"page": 1, "kind": "cell", "table_with": "Upper Creek", "row": 0, "col": 3, "text": "Runoff"},
-        {"page": 1, "kind": "cell", "table_with": "Upper Creek", "row": 1, "col": 0, "text": "Upper Creek"},
-        {"page": 1, "kind": "cell", "table_with": "Upper Creek", "row": 3, "col": 2, "text": "860"},
-        {"page": 1, "kind": "once", "text": "Elevation"},
-        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 0, "text": "Region"},
-        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 1, "text": "Revenue"},
-        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 1, "text": "2024"},
-        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 4, "text": "Costs"},
-        {"page": 1, "kind": "cell", "table_with": "North", "row": 0, "col": 4, "text": "2025"},
-        {"page": 1, "kind": "cell", "table_with": "North", "row": 1, "col": 0, "text": "North"},
-        {"page": 1, "kind": "cell", "table_with": "North", "row": 4, "col": 2, "text": "455"},
-        {"page": 1, "kind": "order", "before": "Table 1. Station records", "after": "Upper Creek"},
-        {"page": 1, "kind": "order", "before": "Harbour Gate", "after": "Runoff is given in millimetres"},
+        cell(1, "Upper Creek", 0, 0, "Station"),
+        cell(1, "Upper Creek", 0, 3, "Runoff"),
+        cell(1, "Upper Creek", 1, 0, "Upper Creek"),
+        cell(1, "Upper Creek", 3, 2, "860"),
+        once(1, "Elevation"),
+        cell(1, "North", 0, 0, "Region"),
+        cell(1, "North", 0, 1, "Revenue"),
+        cell(1, "North", 0, 1, "2024"),
+        cell(1, "North", 0, 4, "Costs"),
+        cell(1, "North", 0, 4, "2025"),
+        cell(1, "North", 1, 0, "North"),
+        cell(1, "North", 4, 2, "455"),
+        order(1, "Table 1. Station records", "Upper Creek"),
+        order(1, "Harbour Gate", "Runoff is given in millimetres"),
     ]
     return doc, checks
 
@@ -359,39 +387,32 @@ def multiline_cells():
                 right(p3, 520, y, b)
             y += 14
     checks = [
-        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 2, "col": 0,
-         "text": "Net cash used in investing activities, including purchases of property and equipment"},
-        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 2, "col": 1, "text": "(1,932)"},
-        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 3, "col": 0,
-         "text": "Net increase (decrease) in cash and cash equivalents and restricted cash"},
-        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 3, "col": 2, "text": "1,773"},
-        {"page": 3, "kind": "cell", "table_with": "Cash at end of year", "row": 4, "col": 1, "text": "9,614"},
-        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 0, "col": 1, "text": "Training recipe"},
-        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 1, "col": 1,
-         "text": "Pretrained on the web mix only"},
-        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 2, "col": 0, "text": "Instruct (SFT + DPO)"},
-        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 2, "col": 1,
-         "text": "Base, then supervised tuning and preference optimisation"},
-        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 2, "col": 3, "text": "68.9"},
-        {"page": 2, "kind": "cell", "table_with": "Long context", "row": 3, "col": 1,
-         "text": "Instruct, extended to 32k tokens"},
-        {"page": 2, "kind": "once", "text": "preference optimisation"},
-        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 0, "col": 0, "text": "Dataset"},
-        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 1, "col": 0,
-         "text": "StarCoder filtered version from OLMoE Mix"},
-        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 1, "col": 1,
-         "text": "Permissively licensed source code from public repositories"},
-        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 1, "col": 2, "text": "1.3T"},
-        {"page": 1, "kind": "cell", "table_with": "Wikipedia", "row": 3, "col": 0, "text": "Semantic Scholar papers"},
-        {"page": 1, "kind": "once", "text": "from OLMoE Mix"},
-        {"page": 1, "kind": "once", "text": "all languages"},
-        {"page": 1, "kind": "cell", "table_with": "Valve kit", "row": 0, "col": 1, "text": "Purpose"},
-        {"page": 1, "kind": "cell", "table_with": "Valve kit", "row": 1, "col": 1,
-         "text": "Lifts water from the lower basin into the holding tank during dry months"},
-        {"page": 1, "kind": "cell", "table_with": "Valve kit", "row": 3, "col": 1,
-         "text": "Ultrasonic meter, clamp-on type, for pipes from 50 to 300 mm"},
-        {"page": 1, "kind": "cell", "table_with": "Valve kit", "row": 3, "col": 2, "text": "3"},
-        {"page": 1, "kind": "once", "text": "holding tank during dry months"},
+        cell(3, "Cash at end of year", 2, 0,
+             "Net cash used in investing activities, including purchases of property and equipment"),
+        cell(3, "Cash at end of year", 2, 1, "(1,932)"),
+        cell(3, "Cash at end of year", 3, 0,
+             "Net increase (decrease) in cash and cash equivalents and restricted cash"),
+        cell(3, "Cash at end of year", 3, 2, "1,773"),
+        cell(3, "Cash at end of year", 4, 1, "9,614"),
+        cell(2, "Long context", 0, 1, "Training recipe"),
+        cell(2, "Long context", 1, 1, "Pretrained on the web mix only"),
+        cell(2, "Long context", 2, 0, "Instruct (SFT + DPO)"),
+        cell(2, "Long context", 2, 1, "Base, then supervised tuning and preference optimisation"),
+        cell(2, "Long context", 2, 3, "68.9"),
+        cell(2, "Long context", 3, 1, "Instruct, extended to 32k tokens"),
+        once(2, "preference optimisation"),
+        cell(1, "Wikipedia", 0, 0, "Dataset"),
+        cell(1, "Wikipedia", 1, 0, "StarCoder filtered version from OLMoE Mix"),
+        cell(1, "Wikipedia", 1, 1, "Permissively licensed source code from public repositories"),
+        cell(1, "Wikipedia", 1, 2, "1.3T"),
+        cell(1, "Wikipedia", 3, 0, "Semantic Scholar papers"),
+        once(1, "from OLMoE Mix"),
+        once(1, "all languages"),
+        cell(1, "Valve kit", 0, 1, "Purpose"),
+        cell(1, "Valve kit", 1, 1, "Lifts water from the lower basin into the holding tank during dry months"),
+        cell(1, "Valve kit", 3, 1, "Ultrasonic meter, clamp-on type, for pipes from 50 to 300 mm"),
+        cell(1, "Valve kit", 3, 2, "3"),
+        once(1, "holding tank during dry months"),
     ]
     return doc, checks
 
@@ -407,7 +428,8 @@ def currency():
     right(p, 540, 118, "2024", 9.5, "hebo")
     rows = [("Revenue", "$", "5,812", "$", "4,953"), ("Cost of revenue", "$", "178", "$", "141"),
             ("Research and development", "", "3,423", "", "2,532"), ("Sales and marketing", "", "1,206", "", "1,118"),
-            ("Total costs and expenses", "$", "4,807", "$", "3,791"), ("Income from operations", "$", "1,005", "$", "1,162")]
+            ("Total costs and expenses", "$", "4,807", "$", "3,791"),
+            ("Income from operations", "$", "1,005", "$", "1,162")]
     for r, (label, c1, v1, c2, v2) in enumerate(rows):
         y = 136 + r * 16
         p.insert_text((50, y), label, fontsize=9.5)
@@ -432,17 +454,17 @@ def currency():
         p.insert_text((466, y), "EUR", fontsize=9.5)
     t1 = "Cost of revenue"
     checks = [
-        {"page": 1, "kind": "cell", "table_with": t1, "row": 2, "col": 0, "text": "Cost of revenue"},
-        {"page": 1, "kind": "cell", "table_with": t1, "row": 2, "col": 1, "text": "$178"},
-        {"page": 1, "kind": "cell", "table_with": t1, "row": 2, "col": 2, "text": "$141"},
-        {"page": 1, "kind": "cell", "table_with": t1, "row": 3, "col": 1, "text": "3,423"},
-        {"page": 1, "kind": "cell", "table_with": t1, "row": 3, "col": 2, "text": "2,532"},
-        {"page": 1, "kind": "cell", "table_with": t1, "row": 1, "col": 1, "text": "$5,812"},
-        {"page": 1, "kind": "cell", "table_with": t1, "row": 6, "col": 2, "text": "$1,162"},
-        {"page": 1, "kind": "cell", "table_with": t1, "row": 0, "col": 1, "text": "2025"},
-        {"page": 1, "kind": "cell", "table_with": "Dortmund", "row": 1, "col": 1, "text": "12.400EUR"},
-        {"page": 1, "kind": "cell", "table_with": "Dortmund", "row": 3, "col": 2, "text": "93.410EUR"},
-        {"page": 1, "kind": "cell", "table_with": "Dortmund", "row": 0, "col": 2, "text": "Staff"},
+        cell(1, t1, 2, 0, "Cost of revenue"),
+        cell(1, t1, 2, 1, "$178"),
+        cell(1, t1, 2, 2, "$141"),
+        cell(1, t1, 3, 1, "3,423"),
+        cell(1, t1, 3, 2, "2,532"),
+        cell(1, t1, 1, 1, "$5,812"),
+        cell(1, t1, 6, 2, "$1,162"),
+        cell(1, t1, 0, 1, "2025"),
+        cell(1, "Dortmund", 1, 1, "12.400EUR"),
+        cell(1, "Dortmund", 3, 2, "93.410EUR"),
+        cell(1, "Dortmund", 0, 2, "Staff"),
     ]
     return doc, checks
 
@@ -555,7 +577,8 @@ def unruled_tables():
     p8.insert_text((50, 60), "Balance sheet at 31 December", fontsize=12, fontname="hebo")
     right(p8, 430, 90, "2025", 9.5)
     right(p8, 520, 90, "2024", 9.5)
-    sheet = [("Assets", "", "", 0), ("Cash and equivalents", "9,614", "7,336", 12), ("Receivables", "2,210", "2,045", 12),
+    sheet = [("Assets", "", "", 0), ("Cash and equivalents", "9,614", "7,336", 12),
+             ("Receivables", "2,210", "2,045", 12),
              ("Inventories", "1,380", "1,512", 12), ("Total assets", "13,204", "10,893", 0), ("Liabilities", "", "", 0),
              ("Payables", "1,905", "1,766", 12), ("Borrowings", "3,000", "3,500", 12),
              ("Total liabilities", "4,905", "5,266", 0)]
@@ -566,50 +589,50 @@ def unruled_tables():
             right(p8, 430, yy, a)
             right(p8, 520, yy, b)
     checks = [
-        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 0, "col": 1, "text": "2025"},
-        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 1, "col": 0, "text": "Assets"},
-        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 3, "col": 2, "text": "2,045"},
-        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 6, "col": 0, "text": "Liabilities"},
-        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 8, "col": 1, "text": "3,000"},
-        {"page": 8, "kind": "cell", "table_with": "Receivables", "row": 9, "col": 2, "text": "5,266"},
-        {"page": 7, "kind": "cell", "table_with": "Linear model", "row": 0, "col": 2, "text": "RMSE"},
-        {"page": 7, "kind": "cell", "table_with": "Linear model", "row": 3, "col": 1, "text": "2.31"},
-        {"page": 7, "kind": "order", "before": "Gradient boosting", "after": "Boosting is best."},
-        {"page": 7, "kind": "order", "before": "Boosting is best.", "after": "Discussion."},
-        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 0, "col": 3, "text": "Credit"},
-        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 2, "col": 2, "text": "84.20"},
-        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 3, "col": 3, "text": "2,950.00"},
-        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 4, "col": 1, "text": "Standing order rent"},
-        {"page": 5, "kind": "cell", "table_with": "Salary March", "row": 5, "col": 4, "text": "3,287.55"},
-        {"page": 6, "kind": "cell", "table_with": "06:24", "row": 0, "col": 1, "text": "Market Square"},
-        {"page": 6, "kind": "cell", "table_with": "06:24", "row": 2, "col": 2, "text": "07:33"},
-        {"page": 6, "kind": "cell", "table_with": "06:24", "row": 4, "col": 3, "text": "09:38"},
-        {"page": 6, "kind": "order", "before": "08:46", "after": "The 09:15 does not stop"},
-        {"page": 4, "kind": "cell", "table_with": "Restocking fee", "row": 0, "col": 2, "text": "Unit price"},
-        {"page": 4, "kind": "cell", "table_with": "Restocking fee", "row": 0, "col": 0, "text": "Item"},
-        {"page": 4, "kind": "cell", "table_with": "Restocking fee", "row": 2, "col": 3, "text": "(240.00)"},
-        {"page": 4, "kind": "cell", "table_with": "Restocking fee", "row": 3, "col": 2, "text": "25.00"},
-        {"page": 4, "kind": "present", "text": "(252.00)"},
-        {"page": 3, "kind": "present", "text": "taken on the first working day of each quarter"},
-        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 0, "col": 5, "text": "Year"},
-        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 2, "col": 3, "text": "231"},
-        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 3, "col": 3, "text": "110"},
-        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 4, "col": 2, "text": "75"},
-        {"page": 3, "kind": "cell", "table_with": "Station road", "row": 5, "col": 5, "text": "2,443"},
-        {"page": 3, "kind": "once", "text": "Church hill"},
-        {"page": 1, "kind": "present", "text": "NW-88213"},
-        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 0, "col": 0, "text": "Description"},
-        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 0, "col": 2, "text": "Unit price"},
-        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 2, "col": 0, "text": "Elbow joint 15 mm"},
-        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 2, "col": 3, "text": "38.00"},
-        {"page": 1, "kind": "cell", "table_with": "Elbow joint", "row": 4, "col": 1, "text": "2"},
-        {"page": 1, "kind": "present", "text": "243.40"},
-        {"page": 1, "kind": "once", "text": "Solder wire 250 g"},
-        {"page": 2, "kind": "cell", "table_with": "Shaft seal", "row": 0, "col": 3, "text": "Weight (kg)"},
-        {"page": 2, "kind": "cell", "table_with": "Shaft seal", "row": 3, "col": 1, "text": "Bearing, front"},
-        {"page": 2, "kind": "cell", "table_with": "Shaft seal", "row": 5, "col": 0, "text": "P-1005"},
-        {"page": 2, "kind": "cell", "table_with": "Shaft seal", "row": 5, "col": 3, "text": "1.10"},
-        {"page": 2, "kind": "once", "text": "Motor mount bracket"},
+        cell(8, "Receivables", 0, 1, "2025"),
+        cell(8, "Receivables", 1, 0, "Assets"),
+        cell(8, "Receivables", 3, 2, "2,045"),
+        cell(8, "Receivables", 6, 0, "Liabilities"),
+        cell(8, "Receivables", 8, 1, "3,000"),
+        cell(8, "Receivables", 9, 2, "5,266"),
+        cell(7, "Linear model", 0, 2, "RMSE"),
+        cell(7, "Linear model", 3, 1, "2.31"),
+        order(7, "Gradient boosting", "Boosting is best."),
+        order(7, "Boosting is best.", "Discussion."),
+        cell(5, "Salary March", 0, 3, "Credit"),
+        cell(5, "Salary March", 2, 2, "84.20"),
+        cell(5, "Salary March", 3, 3, "2,950.00"),
+        cell(5, "Salary March", 4, 1, "Standing order rent"),
+        cell(5, "Salary March", 5, 4, "3,287.55"),
+        cell(6, "06:24", 0, 1, "Market Square"),
+        cell(6, "06:24", 2, 2, "07:33"),
+        cell(6, "06:24", 4, 3, "09:38"),
+        order(6, "08:46", "The 09:15 does not stop"),
+        cell(4, "Restocking fee", 0, 2, "Unit price"),
+        cell(4, "Restocking fee", 0, 0, "Item"),
+        cell(4, "Restocking fee", 2, 3, "(240.00)"),
+        cell(4, "Restocking fee", 3, 2, "25.00"),
+        present(4, "(252.00)"),
+        present(3, "taken on the first working day of each quarter"),
+        cell(3, "Station road", 0, 5, "Year"),
+        cell(3, "Station road", 2, 3, "231"),
+        cell(3, "Station road", 3, 3, "110"),
+        cell(3, "Station road", 4, 2, "75"),
+        cell(3, "Station road", 5, 5, "2,443"),
+        once(3, "Church hill"),
+        present(1, "NW-88213"),
+        cell(1, "Elbow joint", 0, 0, "Description"),
+        cell(1, "Elbow joint", 0, 2, "Unit price"),
+        cell(1, "Elbow joint", 2, 0, "Elbow joint 15 mm"),
+        cell(1, "Elbow joint", 2, 3, "38.00"),
+        cell(1, "Elbow joint", 4, 1, "2"),
+        present(1, "243.40"),
+        once(1, "Solder wire 250 g"),
+        cell(2, "Shaft seal", 0, 3, "Weight (kg)"),
+        cell(2, "Shaft seal", 3, 1, "Bearing, front"),
+        cell(2, "Shaft seal", 5, 0, "P-1005"),
+        cell(2, "Shaft seal", 5, 3, "1.10"),
+        once(2, "Motor mount bracket"),
     ]
     return doc, checks
 
@@ -631,14 +654,15 @@ def running_headers():
         hline(p, 50, 562, 46, 0.4)
         y = 80
         for k in range(5):
-            y = paragraph(p, 50, y, 512, (f"{starts[n]} section. " if k == 0 else "") + sentence_text(n * 10 + k, 60), 10)
+            lead = f"{starts[n]} section. " if k == 0 else ""
+            y = paragraph(p, 50, y, 512, lead + sentence_text(n * 10 + k, 60), 10)
         centred(p, 50, 562, 760, f"Page {n + 1} of 3", 8)
     checks = []
     for n in range(3):
         checks += [
-            {"page": n + 1, "kind": "absent", "text": "Journal of Applied Hydrology"},
-            {"page": n + 1, "kind": "absent", "text": f"Page {n + 1} of 3"},
-            {"page": n + 1, "kind": "present", "text": f"{starts[n]} section."},
+            absent(n + 1, "Journal of Applied Hydrology"),
+            absent(n + 1, f"Page {n + 1} of 3"),
+            present(n + 1, f"{starts[n]} section."),
         ]
     book = pymupdf.open()
     for n in range(4):
@@ -650,7 +674,8 @@ def running_headers():
             right(p, 562, 42, f"Chapter 3. Catchment Storage   {number}", 10)
         y = 80
         for k in range(4):
-            y = paragraph(p, 50, y, 512, (f"Part {n + 1} opens here. " if k == 0 else "") + sentence_text(50 + n * 5 + k, 70), 10)
+            lead = f"Part {n + 1} opens here. " if k == 0 else ""
+            y = paragraph(p, 50, y, 512, lead + sentence_text(50 + n * 5 + k, 70), 10)
         hline(p, 50, 150, 712, 0.4)
         p.insert_text((50, 726), f"{n + 1} Note {n + 1}: " + FOOTNOTES[n], fontsize=8)
         centred(p, 50, 562, 765, "www.hydrology.example.org", 8)
@@ -658,10 +683,10 @@ def running_headers():
     for n in range(4):
         head = "Water Balance Models" if n % 2 == 0 else "Chapter 3. Catchment Storage"
         book_checks += [
-            {"page": n + 1, "kind": "absent", "text": head},
-            {"page": n + 1, "kind": "absent", "text": "www.hydrology.example.org"},
-            {"page": n + 1, "kind": "present", "text": f"Note {n + 1}: " + FOOTNOTES[n]},
-            {"page": n + 1, "kind": "present", "text": f"Part {n + 1} opens here."},
+            absent(n + 1, head),
+            absent(n + 1, "www.hydrology.example.org"),
+            present(n + 1, f"Note {n + 1}: " + FOOTNOTES[n]),
+            present(n + 1, f"Part {n + 1} opens here."),
         ]
     # one page: header and footer told apart by position and size alone
     single = pymupdf.open()
@@ -674,9 +699,9 @@ def running_headers():
     p.insert_text((50, 770), "(c) 2026 Acme Utilities. All rights reserved.", fontsize=7)
     right(p, 562, 770, "7", 7)
     single_checks = [
-        {"page": 1, "kind": "absent", "text": "CONFIDENTIAL - Internal use only"},
-        {"page": 1, "kind": "absent", "text": "All rights reserved"},
-        {"page": 1, "kind": "present", "text": "Quarterly Maintenance Summary"},
+        absent(1, "CONFIDENTIAL - Internal use only"),
+        absent(1, "All rights reserved"),
+        present(1, "Quarterly Maintenance Summary"),
     ]
     return [(doc, checks, "running_headers.pdf"), (book, book_checks, "running_headers_book.pdf"),
             (single, single_checks, "single_page_furniture.pdf")]
@@ -704,14 +729,14 @@ def margin_text():
         p2.insert_text((70, y), line, fontsize=10)
     first, second = lines[0].split()[-2:], lines[1].split()[:2]
     checks = [
-        {"page": 2, "kind": "absent", "text": "DRAFT - not for distribution"},
-        {"page": 2, "kind": "present", "text": " ".join(first + second)},
-        {"page": 2, "kind": "present", "text": " ".join(lines[2].split()[-2:] + lines[3].split()[:2])},
-        {"page": 1, "kind": "absent", "text": "Downloaded from"},
-        {"page": 1, "kind": "absent", "text": "arXiv:2603.01234v1"},
-        {"page": 1, "kind": "order", "before": "Turbulent Mixing in Shallow Estuaries", "after": "A. Ramirez"},
-        {"page": 1, "kind": "order", "before": "A. Ramirez", "after": "Abstract"},
-        {"page": 1, "kind": "order", "before": "Abstract", "after": "1 Introduction"},
+        absent(2, "DRAFT - not for distribution"),
+        present(2, " ".join(first + second)),
+        present(2, " ".join(lines[2].split()[-2:] + lines[3].split()[:2])),
+        absent(1, "Downloaded from"),
+        absent(1, "arXiv:2603.01234v1"),
+        order(1, "Turbulent Mixing in Shallow Estuaries", "A. Ramirez"),
+        order(1, "A. Ramirez", "Abstract"),
+        order(1, "Abstract", "1 Introduction"),
     ]
     return doc, checks
 
@@ -756,11 +781,11 @@ def graphics_titles():
     p3.insert_text((400, 350), "Storage against inflow", fontsize=8)
     paragraph(p3, 50, 400, 500, "Storage follows inflow with a lag of about one month. " + sentence_text(99, 40), 10)
     checks = [
-        {"page": 3, "kind": "trusted"},
-        {"page": 3, "kind": "present", "text": "Storage follows inflow with a lag of about one month."},
-        {"page": 1, "kind": "model"},
-        {"page": 2, "kind": "trusted"},
-        {"page": 2, "kind": "present", "text": "Harbour Board Newsletter"},
+        trusted(3),
+        present(3, "Storage follows inflow with a lag of about one month."),
+        model(1),
+        trusted(2),
+        present(2, "Harbour Board Newsletter"),
     ]
     return doc, checks
 
@@ -856,13 +881,13 @@ def bad_ocr():
         slipped = line.replace("the ", "tbe ", 1).replace("o", "0", 1) if len(line) % 2 else line.replace("m", "rn", 1)
         p4.insert_text((60, y), slipped, fontsize=12, fontname="tiro", render_mode=3)
     checks = [
-        {"page": 4, "kind": "trusted"},
-        {"page": 4, "kind": "present", "text": "five members"},
-        {"page": 1, "kind": "model"},
-        {"page": 1, "kind": "absent", "text": "rn.u"},
-        {"page": 2, "kind": "trusted"},
-        {"page": 2, "kind": "present", "text": "Minutes of the harbour committee meeting"},
-        {"page": 3, "kind": "model"},
+        trusted(4),
+        present(4, "five members"),
+        model(1),
+        absent(1, "rn.u"),
+        trusted(2),
+        present(2, "Minutes of the harbour committee meeting"),
+        model(3),
     ]
     return doc, checks
 
@@ -882,12 +907,12 @@ def text_coverage():
     p4.insert_image(pymupdf.Rect(50, 80, 562, 460), stream=photo(640, 480, 3))
     paragraph(p4, 50, 490, 512, "The weir was finished in April. " + sentence_text(120, 50), 10)
     checks = [
-        {"page": 4, "kind": "trusted"},
-        {"page": 4, "kind": "present", "text": "The weir was finished in April."},
-        {"page": 1, "kind": "trusted"},
-        {"page": 1, "kind": "present", "text": "Hello, world!"},
-        {"page": 2, "kind": "model"},
-        {"page": 3, "kind": "trusted"},
+        trusted(4),
+        present(4, "The weir was finished in April."),
+        trusted(1),
+        present(1, "Hello, world!"),
+        model(2),
+        trusted(3),
     ]
     return doc, checks
 
