@@ -8,8 +8,9 @@ characters its text layer has, and names the first reason not to trust it:
 ``vector_text``            lines of glyph-shaped vector paths with no text under them (a title or
                            a page drawn as outlines);
 ``invisible_text_mismatch`` an invisible (OCR) text layer whose words lie where the page shows no ink;
-``gibberish_text``         words that are mostly not words (an OCR layer from a failed run, e.g.
-                           over handwriting);
+``gibberish_text``         an invisible (OCR) layer whose words are mostly not words (a failed OCR
+                           run, e.g. over handwriting); visible text is the author's own, code and
+                           markup included, and is only judged for ``garbled_text``;
 ``partial_text_coverage``  a scan-like image whose ink the text layer mostly does not cover (an
                            image of a document with only a page number as text).
 
@@ -58,9 +59,11 @@ _TOKEN_OK = re.compile(
 
 
 def plausible(token: str) -> bool:
-    """True for a token that reads as a word, number, code or lone symbol."""
+    """True for a token that reads as a word, number, code or lone symbol, or that holds one
+    (markup and code: ``<mime-type``, ``offset="0"``)."""
     if not _TOKEN_OK.fullmatch(token):
-        return False
+        return any(re.search(r"[aeiouyäöüéèàáíóúâêîôû]", run.lower()) or sum(ch.isdigit() for ch in run) >= 2
+                   for run in re.findall(r"[^\W_]{3,}", token))
     letters = re.sub(r"[^\w]", "", token)
     if letters.isalpha() and len(letters) >= 4 and letters.lower() == letters:
         return bool(re.search(r"[aeiouyäöüéèàáíóúâêîôû]", letters.lower()))
@@ -148,7 +151,7 @@ def text_layer_issue(page: Any, min_chars: int = 20) -> str | None:
             on_ink = [ink[_mask(ink.shape, [b], scale)].mean() > 0.02 for b in invisible_boxes]
             if sum(on_ink) < 0.5 * len(on_ink):
                 return "invisible_text_mismatch"
-        if gibberish(" ".join(invisible_text)) or gibberish(text):
+        if gibberish(" ".join(invisible_text)):
             return "gibberish_text"
         if image_area >= SCAN_MIN_AREA * page_area:
             in_images = _mask(ink.shape, images, scale)
@@ -157,7 +160,4 @@ def text_layer_issue(page: Any, min_chars: int = 20) -> str | None:
                 covered = (image_ink & _mask(ink.shape, visible_boxes + invisible_boxes, scale, 2.0)).sum()
                 if covered < COVERED_MIN * image_ink.sum():
                     return "partial_text_coverage"
-        return None
-    if gibberish(text):
-        return "gibberish_text"
     return None

@@ -851,6 +851,17 @@ SCAN_LINES = [
     "the summer season and to ask the council for a grant.",
     "The treasurer reported a balance of four thousand pounds.",
 ]
+CODE = """<?xml version="1.0"?>
+<mime-info xmlns='http://www.freedesktop.org/standards/shared-mime-info'>
+  <mime-type type="text/x-diff">
+    <comment xml:lang="af">verskille tussen l\u00eaers</comment>
+    <magic priority="50"><match type="string" offset="0" value="diff\\t"/></magic>
+    <glob pattern="*.diff"/> <glob pattern="*.patch"/>
+  </mime-type>
+</mime-info>
+int asn1_create_element(asn1_node definitions, const char *source_name, asn1_node *element);
+if (result != ASN1_SUCCESS) { fprintf(stderr, "%s: %d\\n", __func__, result); return -1; }
+x[i] = (a[i] * 0x1F) >> 3; // mask: 0xFF, 0b1010"""
 GIBBERISH = "l1,; ~rn.u ;:'Il |i1.. ,.~ nrn1 ;lI: '.,i tl| ~;,1 uu.: I;l' rn~, .1|; lI;i ,:~' nn1. |l;,"
 
 
@@ -880,7 +891,14 @@ def bad_ocr():
     for y, line in baselines:
         slipped = line.replace("the ", "tbe ", 1).replace("o", "0", 1) if len(line) % 2 else line.replace("m", "rn", 1)
         p4.insert_text((60, y), slipped, fontsize=12, fontname="tiro", render_mode=3)
+    # 5: born-digital code and markup: odd tokens, but the author's own text: read as text
+    p5 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p5.insert_text((50, 60), "Listing 2. The type definition", fontsize=12, fontname="hebo")
+    for k, line in enumerate(CODE.splitlines()):
+        p5.insert_text((50, 90 + 13 * k), line, fontsize=9.5, fontname="cour")
     checks = [
+        trusted(5),
+        present(5, 'offset="0" value="diff\\t"/>'),
         trusted(4),
         present(4, "five members"),
         model(1),
