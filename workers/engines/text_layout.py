@@ -59,17 +59,6 @@ def make_blocks(lines: Sequence[Line]) -> list[Block]:
     return blocks
 
 
-def _free(items: Sequence[Item], x0: float, x1: float) -> list[tuple[float, float]]:
-    """Interior x-intervals of [x0, x1] that no item covers, at least GUTTER wide."""
-    spans = sorted((i.bbox[0], i.bbox[2]) for i in items)
-    free, at = [], x0
-    for a, b in spans:
-        if a - at >= GUTTER and at > x0:
-            free.append((at, a))
-        at = max(at, b)
-    return free
-
-
 def _gaps(items: Sequence[Item], x0: float, x1: float) -> list[tuple[float, float]]:
     """Free x-intervals of a band within [x0, x1], the strips at the edges included."""
     spans = sorted((i.bbox[0], i.bbox[2]) for i in items)
@@ -102,7 +91,7 @@ def _gutters(items: Sequence[Item], gaps: Sequence[tuple[float, float]]) -> list
 def _columns(items: Sequence[Item]) -> list[list[Item]]:
     x0 = min(i.bbox[0] for i in items)
     x1 = max(i.bbox[2] for i in items)
-    cuts = _free(items, x0, x1)
+    cuts = _gutters(items, _gaps(items, x0, x1))
     if not cuts:
         return [list(items)]
     columns: list[list[Item]] = [[] for _ in range(len(cuts) + 1)]
