@@ -96,3 +96,12 @@ def test_short_real_text_is_text(settings):
         (result,) = TextEngine().process(doc, [hello], "ocr")
     assert route(hello, "ocr", "auto") == "text"
     assert result.status == "succeeded" and result.text == "Hello, world!"
+
+
+def test_a_little_hidden_text_on_a_born_digital_page_is_not_an_ocr_layer():
+    doc = pymupdf.open(DATA / "currency.pdf")
+    p = doc[0]
+    p.insert_text((400, 700), "keywords: revenue costs", fontsize=6, render_mode=3)  # over blank paper
+    assert text_layer_issue(p) is None
+    p.insert_text((50, 720), " ".join(["hidden"] * 400), fontsize=2, render_mode=3)  # now most of the text
+    assert text_layer_issue(p) == "invisible_text_mismatch"

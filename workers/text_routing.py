@@ -40,6 +40,9 @@ GLYPH_ROW_MIN = 5
 INK_DPI = 36
 INK_LEVEL = 160
 """A pixel of the low-resolution grey render darker than this is ink."""
+OCR_LAYER_SHARE = 0.5
+"""Invisible text that is at least this share of the page's text is an OCR layer and is
+checked against the page (a little hidden text on a born-digital page is not)."""
 SCAN_MIN_AREA = 0.25
 """Images covering at least this share of the page are checked for text they hold."""
 SHORT_TEXT_IMAGE = 0.05
@@ -145,13 +148,14 @@ def text_layer_issue(page: Any, min_chars: int = 20) -> str | None:
     image_area = sum(abs(pymupdf.Rect(b) & page.rect) for b in images)
     if len("".join(text.split())) < min_chars and image_area >= SHORT_TEXT_IMAGE * page_area:
         return "partial_text_coverage"  # a page number on a scan
-    if invisible_boxes or image_area >= SCAN_MIN_AREA * page_area:
+    ocr_layer = sum(map(len, invisible_text)) >= OCR_LAYER_SHARE * sum(map(len, visible_text + invisible_text))
+    if ocr_layer or image_area >= SCAN_MIN_AREA * page_area:
         ink, scale = _ink(page)
-        if invisible_boxes:
+        if ocr_layer:
             on_ink = [ink[_mask(ink.shape, [b], scale)].mean() > 0.02 for b in invisible_boxes]
             if sum(on_ink) < 0.5 * len(on_ink):
                 return "invisible_text_mismatch"
-        if gibberish(" ".join(invisible_text)):
+        if ocr_layer and gibberish(" ".join(invisible_text)):
             return "gibberish_text"
         if image_area >= SCAN_MIN_AREA * page_area:
             in_images = _mask(ink.shape, images, scale)
