@@ -14,7 +14,7 @@ import pytest
 import builders
 from workers.engines.text import read_page
 from workers.engines.text_layout import Item, reading_order
-from workers.engines.text_tables import is_numeric, merge_currency_columns
+from workers.engines.text_tables import finish, is_numeric, merge_currency_columns
 from workers.pipeline import process_document
 
 DATA = Path(__file__).parent / "data" / "born_digital"
@@ -122,6 +122,16 @@ def test_currency_signs_stay_with_their_numbers():
     sites = table_with(read_page(page("currency.pdf")).tables, "Dortmund")
     assert sites.rows[0] == ["Site", "Energy", "Staff"]
     assert sites.rows[1] == ["Dortmund", "12.400 EUR", "88.150 EUR"]
+
+
+def test_header_rows_join_only_over_merged_cells():
+    spanned = [[False] * 3 for _ in range(3)]
+    rows = [["", "Plan A", "Plan B"], ["Support", "Email", "Phone"], ["Storage", "10 GB", "1 TB"]]
+    assert finish([r[:] for r in rows], spanned) == rows  # an empty corner cell is not a two-row header
+    spanned[0][1] = spanned[0][2] = True  # "Plans" over both columns
+    rows[0] = ["", "Plans", "Plans"]
+    rows[1] = ["Feature", "A", "B"]
+    assert finish(rows, spanned)[0] == ["Feature", "Plans A", "Plans B"]
 
 
 def test_merge_currency_columns_and_numbers():

@@ -116,16 +116,17 @@ def join_header(rows: list[list[str]], header_rows: int) -> list[list[str]]:
     return [header, *rows[header_rows:]]
 
 
-def header_depth(rows: Sequence[Sequence[str]], spanned: Sequence[Sequence[bool]]) -> int:
-    """How many leading rows make the header: the first, and the next ones while the
-    header so far has an empty or spanning cell and the next row holds no number and
-    has text past its first column."""
-    depth = 1
+def header_depth(rows: Sequence[Sequence[str]], spanned: Sequence[Sequence[bool]], least: int = 1) -> int:
+    """How many leading rows make the header: ``least`` (the first, or the first two when a
+    header line was found above the table's first row), and the next ones while the header
+    so far has a merged cell over several columns or rows ("Revenue" over 2024 and 2025)
+    and the next row holds no number and has text past its first column."""
+    depth = least
     while depth < len(rows) - 1:
-        above_open = any(not rows[r][c] or spanned[r][c] for r in range(depth) for c in range(len(rows[0])))
+        merged = any(spanned[r][c] for r in range(depth) for c in range(len(rows[0])))
         nxt = rows[depth]
         # a row with text only in the first column is a section label ("Assets"), not more header
-        if not above_open or any(is_body_number(c) for c in nxt if c) or not any(nxt[1:]):
+        if not merged or any(is_body_number(c) for c in nxt if c) or not any(nxt[1:]):
             break
         depth += 1
     return depth
@@ -153,9 +154,9 @@ def merge_currency_columns(rows: list[list[str]]) -> list[list[str]]:
     return rows
 
 
-def finish(rows: list[list[str]], spanned: list[list[bool]]) -> list[list[str]]:
+def finish(rows: list[list[str]], spanned: list[list[bool]], least: int = 1) -> list[list[str]]:
     """Header rows joined, merged cells kept only in the header, currency columns joined."""
-    depth = header_depth(rows, spanned)
+    depth = header_depth(rows, spanned, min(least, len(rows)))
     rows = [[("" if r >= depth and spanned[r][c] else v) for c, v in enumerate(row)] for r, row in enumerate(rows)]
     rows = merge_currency_columns(join_header(rows, depth))
     return [r for r in rows if any(r)]
@@ -439,16 +440,13 @@ def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
             continue
         cells, spanned, columns = grid
         by_column = list(zip(*cells[1:])) if len(cells) > 1 else []
-        prose = [_prose(col) for col in by_column]
-        if sum(prose) >= 2 and not any(not p for p in prose):
-            continue
-        if sum(prose) == len(prose):
+        if all(_prose(col) for col in by_column):  # columns of running text, not a table
             continue
         physical = ([above] if above else []) + list(run)
         words = {id(w) for r in physical for s in r.segments for w in s.words}
         bbox = (min(s.x0 for r in physical for s in r.segments), physical[0].y0,
                 max(s.x1 for r in physical for s in r.segments), physical[-1].y1)
-        rows_out = finish(cells, spanned)
+        rows_out = finish(cells, spanned, 2 if above else 1)
         if rows_out and any(is_body_number(c) for c in rows_out[0]):
             rows_out.insert(0, [""] * len(rows_out[0]))  # no header row (totals, key-value pairs)
         if len(rows_out) >= 2 and len(rows_out[0]) >= 2:
