@@ -605,7 +605,29 @@ def unruled_tables():
         for x, v in zip(dx, row):
             p9.insert_text((x, 92 + 10 * r), v, fontsize=7.5)
     hline(p9, 50, 480, 92 + 10 * 3 + 4)
+    # page 10: small tables in a letter: a two-row contact list, a plain-weight opening-hours table
+    p10 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    y = paragraph(p10, 50, 60, 500, "Dear customer, the new service desk opens on 2 May. Please use the numbers "
+                  "below from that date.", 10)
+    for r, row in enumerate([("Team", "Phone", "E-mail"), ("Billing", "+44 20 7946 0012", "billing@example.com"),
+                             ("Repairs", "+44 20 7946 0099", "repairs@example.com")]):
+        for x, v in zip((50, 180, 330), row):
+            p10.insert_text((x, y + 10 + 16 * r), v, fontsize=10, fontname="hebo" if r == 0 else "helv")
+    y = paragraph(p10, 50, y + 80, 500, "Opening hours of the desk:", 10)
+    for r, row in enumerate([("Day", "Opens", "Closes"), ("Monday to Thursday", "08:00", "18:00"),
+                             ("Friday", "08:00", "16:00"), ("Saturday", "10:00", "13:00")]):
+        for x, v in zip((50, 200, 280), row):
+            p10.insert_text((x, y + 16 * r), v, fontsize=10)
+    paragraph(p10, 50, y + 90, 500, "Kind regards, the service team.", 10)
     checks = [
+        cell(10, "Repairs", 0, 1, "Phone"),
+        cell(10, "Repairs", 1, 1, "+44 20 7946 0012"),
+        cell(10, "Repairs", 2, 2, "repairs@example.com"),
+        cell(10, "Saturday", 0, 2, "Closes"),
+        cell(10, "Saturday", 1, 0, "Monday to Thursday"),
+        cell(10, "Saturday", 3, 1, "10:00"),
+        order(10, "Opening hours of the desk:", "Monday to Thursday"),
+        order(10, "13:00", "Kind regards"),
         cell(9, "Mistral-7B", 0, 2, "GSM8K"),
         cell(9, "Mistral-7B", 0, 7, "Avg."),
         cell(9, "Mistral-7B", 2, 0, "Mistral-7B"),
