@@ -75,6 +75,13 @@ def pod_containers() -> Iterator[tuple[dict, dict]]:
                 yield obj, container
 
 
+def main_containers() -> dict[str, dict]:
+    """Workload name -> its main container (the one that is not a sidecar)."""
+    mains = [(obj["metadata"]["name"], c) for obj, c in pod_containers() if "restartPolicy" not in c]
+    assert len({name for name, _ in mains}) == len(mains)
+    return dict(mains)
+
+
 def model_server_argv(argv: list[str]) -> list[str]:
     """A model server's command line: ``sh -c "exec vllm serve ..."`` (the images' CMD) split
     as the shell would, minus the ``exec``; any other list as it is."""
@@ -365,7 +372,7 @@ def test_healthchecks_are_wired():
         (check,) = dockerfile_instructions(DOCKER / server, "HEALTHCHECK")
         assert "http://127.0.0.1:8000/health" in check and "--start-period=1200s" in check
     # Kubernetes
-    containers = {obj["metadata"]["name"]: c for obj, c in pod_containers()}
+    containers = main_containers()
     api = containers["docproc-api"]
     assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == ("/readyz", "/healthz")
     for name, node in (("docproc-worker-cpu", "cpu"), ("docproc-worker-gpu", "gpu")):
@@ -685,7 +692,7 @@ def test_the_worker_healthchecks_ping_the_node_the_worker_command_names(redis_se
     service = compose()["services"]["cpu-worker"]
     worker = ServiceProcess([sys.executable, *service["command"][1:]], env, tmp_path / "worker.log")
     compose_probe = service["healthcheck"]["test"][1].replace("$$", "$")
-    containers = {obj["metadata"]["name"]: c for obj, c in pod_containers()}
+    containers = main_containers()
     k8s_probe = containers["docproc-worker-cpu"]["livenessProbe"]["exec"]["command"]
 
     def probe(argv: list[str], **extra: str) -> subprocess.Popen:
