@@ -281,8 +281,8 @@ def test_keda_scales_each_worker_on_exactly_the_queues_it_consumes():
 # ---------------------------------------------------------------------------
 
 
-# A 13-tile Letter page (13 x 256 image tokens) with 750 output tokens: the issue's page.
-LONG_PAGE_TOKENS = 13 * 256 + 750
+# A 13-tile Letter page (13 x 256 image tokens) with an extract answer's whole budget.
+LONG_PAGE_TOKENS = 13 * 256 + Settings().model_server_extract_max_tokens
 
 
 def check_vllm_argv(argv: list[str]) -> None:
@@ -295,6 +295,9 @@ def check_vllm_argv(argv: list[str]) -> None:
     assert json.loads(flag(argv, "--limit-mm-per-prompt")) == {"image": 1, "video": 0}
     assert int(flag(argv, "--max-num-seqs")) >= 1
     assert int(flag(argv, "--max-model-len")) >= LONG_PAGE_TOKENS
+    # what workers.model_server.vllm_command passes too: compact JSON, docproc's tile budget
+    assert json.loads(flag(argv, "--structured-outputs-config"))["disable_any_whitespace"] is True
+    assert json.loads(flag(argv, "--mm-processor-kwargs")) == {"min_patches": 1, "max_patches": Settings().max_tiles}
 
 
 def check_lmdeploy_argv(argv: list[str]) -> None:
@@ -528,8 +531,10 @@ out = []
 for argv in json.load(sys.stdin):
     args = parser.parse_args(argv)
     cmd.validate(args)
-    out.append({k: getattr(args, k) for k in ("model_tag", "port", "served_model_name", "limit_mm_per_prompt",
-                                              "max_num_seqs", "max_model_len", "trust_remote_code")})
+    row = {k: getattr(args, k) for k in ("model_tag", "port", "served_model_name", "limit_mm_per_prompt",
+                                         "max_num_seqs", "max_model_len", "trust_remote_code", "mm_processor_kwargs")}
+    row["disable_any_whitespace"] = args.structured_outputs_config.disable_any_whitespace
+    out.append(row)
 print(json.dumps(out))
 """
 
@@ -554,7 +559,9 @@ def test_vllm_itself_accepts_the_deployed_server_flags():
         assert args["model_tag"] == "OpenGVLab/InternVL3-1B-hf" and args["port"] == 8000
         assert args["served_model_name"] == ["OpenGVLab/InternVL3-1B-hf"]
         assert args["limit_mm_per_prompt"] == {"image": 1, "video": 0}
-        assert (args["max_num_seqs"], args["max_model_len"]) == (256, 8192)
+        assert (args["max_num_seqs"], args["max_model_len"]) == (256, 16384)
+        assert args["disable_any_whitespace"] is True
+        assert args["mm_processor_kwargs"] == {"min_patches": 1, "max_patches": 12}
     assert [a["trust_remote_code"] for a in parsed] == [True, False]
 
 
