@@ -171,6 +171,10 @@ def _aborted(server: LoggedProcess) -> int:
     return len(re.findall(r"Request \S+ aborted", server.log()))
 
 
+def _received(server: LoggedProcess) -> int:
+    return len(re.findall(r"Received request", server.log()))
+
+
 def test_jobs_run_through_the_service_on_the_vllm_server(vllm_server, worker_settings, redis_client,  # noqa: F811
                                                          workers):
     """OCR, tables and extract jobs through the real stack: intake and text pages on a CPU
@@ -202,6 +206,29 @@ def test_jobs_run_through_the_service_on_the_vllm_server(vllm_server, worker_set
             assert all(p.status == "succeeded" or p.error.code == "invalid_output" for p in document.pages)
     log = feeder.log()
     assert f"served by vllm at {url}" in log and "internvl: loaded" not in log  # no model in the worker
+
+
+def test_a_canceled_job_s_pages_are_aborted_at_the_server(vllm_server, worker_settings, redis_client,  # noqa: F811
+                                                          workers):
+    """Pages in flight of a job that is canceled are aborted at vLLM within the cancel check's
+    second, their messages acked (the gpu queue ends empty), and nothing is recorded for them."""
+    url, server = vllm_server
+    settings = worker_settings
+    store = JobStore(redis_client, settings)
+    env = settings_env(settings, model_server=url, model_server_in_flight=8, max_new_tokens_ocr=6000,
+                       max_new_tokens_per_tile=6000, repetition_guard_span=0)
+    workers([PY, "-m", "workers", "--queues", "intake,render", "-c", "1", "-n", "cpu@%h"], env)
+    feeder = workers([PY, "-m", "workers", "--queues", "gpu", "-n", "model@%h"], env)
+    before, received = _aborted(server), _received(server)
+    job = submit(settings, store, builders.tiff_multipage(3, sizes=[(600, 800)] * 3), "scan.tiff", task="ocr")
+    wait_until(lambda: _received(server) >= received + 3, 120, "the job's three pages in flight", [feeder])
+    assert store.cancel(job.tenant, job.id)[1]
+    wait_until(lambda: _aborted(server) >= before + 3, 20, "vLLM to abort the canceled pages", [feeder, server])
+    wait_until(lambda: "its job ended; aborting it" in feeder.log(), 10, "the feeder's log line", [feeder])
+    wait_until(lambda: redis_client.llen("gpu") == 0 and not redis_client.hlen("unacked"), 20,
+               "the page messages to be acked", [feeder])
+    assert store.load(job.id).state == "canceled" and store.load(job.id).pages_done == 0
+    assert s3_keys(settings, f"results/{job.id}/") == []
 
 
 def test_the_worker_supervises_its_own_vllm_and_a_crash_loses_no_page(tiny_settings, worker_settings,  # noqa: F811
