@@ -231,6 +231,40 @@ def test_a_canceled_job_s_pages_are_aborted_at_the_server(vllm_server, worker_se
     assert s3_keys(settings, f"results/{job.id}/") == []
 
 
+def test_docproc_up_runs_a_job_on_the_vllm_server(vllm_server, tiny_settings, tmp_path):
+    """The README's command: ``docproc up --model-server URL``; a scan submitted over HTTP with
+    engine=internvl is read by vLLM (the page result says so), not by an in-process model."""
+    url, _ = vllm_server
+    api_port, redis_port, flower_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCPROC_")}
+    env.update(DOCPROC_MODEL=tiny_settings.model, DOCPROC_MAX_NEW_TOKENS_OCR="32", PYTHONUNBUFFERED="1")
+    log = tmp_path / "up.log"
+    up = LoggedProcess([PY, "-m", "docproc", "up", "--var", str(tmp_path / "var"), "--port", str(api_port),
+                        "--redis-port", str(redis_port), "--flower-port", str(flower_port), "--model-server", url],
+                       env, log, name="up")
+    try:
+        base = f"http://127.0.0.1:{api_port}"
+        wait_until(lambda: _answers(f"{base}/readyz"), 120, "docproc up", [up], interval=0.5)
+        key = wait_until(lambda: re.search(r"DOCPROC_KEY=(dp_\S+)", up.log()), 10, "the dev key", [up]).group(1)
+        headers = {"Authorization": f"Bearer {key}"}
+        files = {"file": ("scan.tiff", builders.tiff_multipage(2, sizes=[(600, 800), (800, 600)]), "image/tiff")}
+        job = httpx.post(f"{base}/v1/jobs", headers=headers, files=files,
+                         data={"task": "ocr", "engine": "internvl"}).json()
+        state = wait_until(lambda: _ended(base, headers, job["id"]), 300, "the job", [up], interval=0.5)
+        assert state == "succeeded"
+        result = httpx.get(f"{base}/v1/jobs/{job['id']}/result", headers=headers).json()
+        assert [p["engine"] for p in result["pages"]] == ["vllm", "vllm"]
+        assert [p["tiles"] for p in result["pages"]] == [at_grid(Image.new("RGB", size), tiny_settings).tiles
+                                                        for size in [(600, 800), (800, 600)]]
+    finally:
+        up.stop(timeout=60)
+
+
+def _ended(base: str, headers: dict, job_id: str) -> str | None:
+    state = httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers).json()["state"]
+    return None if state in ("queued", "running") else state
+
+
 def test_the_worker_supervises_its_own_vllm_and_a_crash_loses_no_page(tiny_settings, worker_settings,  # noqa: F811
                                                                        redis_client, workers, tmp_path):
     """DOCPROC_MODEL_SERVER=vllm: the worker starts vLLM, logs its output, and when vLLM is
