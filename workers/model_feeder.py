@@ -146,7 +146,7 @@ class FeederWorker(ModelWorker):
             future.add_done_callback(lambda f, d=d: self.finished.put((d, _outcome_of(d, f))))
             self.in_flight[d.task_id] = (d, future)
             room -= 1
-        self.events.active = len(self.in_flight)
+        self._publish_in_flight()
 
     def _settle_finished(self) -> None:
         while True:
@@ -167,7 +167,12 @@ class FeederWorker(ModelWorker):
                                d.work.page, exc_info=True)
             if outcome.state == "retry" and outcome.error and outcome.error.startswith(ENGINE_UNAVAILABLE):
                 d.work = PageWork(d.work.job_id, d.work.page, d.work.retries + 1)  # a retry, not a delivery
-        self.events.active = len(self.in_flight)
+        self._publish_in_flight()
+
+    def _publish_in_flight(self) -> None:
+        """What Flower's inspect calls (workers.remote_control) and the worker events report as running."""
+        self.running = tuple(d for d, _ in self.in_flight.values())
+        self.events.active = len(self.running)
 
     def _give_up(self, d: Delivery, outcome: PageOutcome) -> PageOutcome:
         """The server stayed away through every retry: the page fails engine_unavailable."""

@@ -136,15 +136,28 @@ def _string_bytes(node: dict[str, Any]) -> int:
     return 2 + MAX_CHAR_BYTES * int(node.get("minLength", 0))
 
 
-def greedy_fill(node: dict[str, Any]) -> int:
-    """Bytes of a whole value of ``node`` written by the closing order from its first byte."""
+def _fixed_bytes(node: dict[str, Any]) -> int | None:
+    """Bytes of a ``const``/``enum`` node's longest value (None for other nodes)."""
     if "const" in node:
         return _json_bytes(node["const"])
     if "enum" in node:
         return max(_json_bytes(v) for v in node["enum"])
+    return None
+
+
+def _typed(node: dict[str, Any]) -> list[str]:
     types = _types(node)
     if not types:
         raise UnboundedSchema("a node without 'type' admits any JSON")
+    return types
+
+
+def greedy_fill(node: dict[str, Any]) -> int:
+    """Bytes of a whole value of ``node`` written by the closing order from its first byte."""
+    fixed = _fixed_bytes(node)
+    if fixed is not None:
+        return fixed
+    types = _typed(node)
     if "string" in types:  # '"' comes first in the closing order
         return _string_bytes(node)
     if "null" in types:
@@ -219,14 +232,8 @@ NUMBER_LIMIT = 10**12 - 1
 def max_bytes(node: dict[str, Any]) -> int:
     """Most bytes of a compact JSON value of a bounded ``node`` (numbers count
     :data:`MAX_NUMBER_BYTES`); UnboundedSchema where a string or array has no bound."""
-    if "const" in node:
-        return _json_bytes(node["const"])
-    if "enum" in node:
-        return max(_json_bytes(v) for v in node["enum"])
-    types = _types(node)
-    if not types:
-        raise UnboundedSchema("a node without 'type' admits any JSON")
-    return max(_type_max_bytes(node, t) for t in types)
+    fixed = _fixed_bytes(node)
+    return fixed if fixed is not None else max(_type_max_bytes(node, t) for t in _typed(node))
 
 
 def _type_max_bytes(node: dict[str, Any], kind: str) -> int:
