@@ -134,13 +134,13 @@ class FeederWorker(ModelWorker):
         room = self.settings.model_server_in_flight - len(self.in_flight)
         if room <= 0 or not self.server_ready:
             return
+        busy = {(x.job_id, x.page) for x in (d.work for d, _ in self.in_flight.values())}
         for d in self._due():
             if room <= 0:
                 break
-            if d.task_id in self.in_flight or any(x is d for x, _ in self.in_flight.values()):
-                continue
-            if any(x.work == d.work for x, _ in self.in_flight.values()):
+            if d.task_id in self.in_flight or (d.work.job_id, d.work.page) in busy:
                 continue  # a duplicate of a page in flight waits for it (then finds its stored result)
+            busy.add((d.work.job_id, d.work.page))
             self.events.send("task-started", uuid=d.task_id)
             future = asyncio.run_coroutine_threadsafe(self._run_page(d), self._loop)
             future.add_done_callback(lambda f, d=d: self.finished.put((d, _outcome_of(d, f))))
@@ -153,7 +153,7 @@ class FeederWorker(ModelWorker):
             try:
                 d, outcome = self.finished.get_nowait()
             except queue.Empty:
-                return
+                break
             entry = self.in_flight.get(d.task_id)
             if entry is not None and entry[0] is d:
                 del self.in_flight[d.task_id]
