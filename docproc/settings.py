@@ -258,6 +258,10 @@ class Settings(BaseSettings):
         192, ge=1, description="Pages one model worker keeps in flight at the server (Little's law: 12 pages/s "
         "x ~12 s a page at 750 output tokens is ~150).",
     )
+    model_server_image_format: Literal["jpeg", "png"] = Field(
+        "jpeg", description="How a page goes to the server: JPEG quality 95 (about 5x faster to encode than PNG "
+        "for a Letter page) or lossless PNG. Either way it is sized to its tile grid.",
+    )
     model_server_retries: int = Field(
         8, ge=0, description="Times a page is put back after the server went away (restart, dropped "
         "connection) before it fails with engine_unavailable; these do not count as deliveries.",

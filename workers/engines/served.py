@@ -8,7 +8,8 @@ in-process engine (:mod:`workers.engines.internvl`):
 
 * **Tile parity.** The server tiles images itself. The page is sent resized to the
   exact grid docproc picks (:func:`workers.tiling.choose_grid`: ``cols x 448`` by
-  ``rows x 448``), losslessly, with the same tile budget (vLLM: ``--mm-processor-kwargs``
+  ``rows x 448``; PDF pages are rendered at their grid already), as JPEG (quality 95) or
+  PNG (``model_server_image_format``), with the same tile budget (vLLM: ``--mm-processor-kwargs``
   ``min/max_patches`` for ``-hf`` checkpoints and ``min/max_dynamic_patch`` for the
   originals; LMDeploy: ``max_dynamic_patch`` on the image). An image of exactly a
   grid's aspect and size gets that grid from InternVL's rule, so the server cuts the
@@ -73,6 +74,7 @@ logger = logging.getLogger(__name__)
 LOOP_CHECK_EVERY = 16  # tokens between two looks at the tail
 LOOP_MAX_PERIOD = 128
 PNG_COMPRESS_LEVEL = 1  # the grid image is large and mostly white: fast beats small on loopback
+JPEG_QUALITY = 95
 
 
 # --- tile parity ------------------------------------------------------------------------
@@ -103,10 +105,14 @@ def at_grid(image: Image.Image, settings: Settings) -> GridImage:
     return GridImage(rgb, cols, rows, blocks + (1 if settings.use_thumbnail and blocks != 1 else 0))
 
 
-def png_data_url(image: Image.Image) -> str:
+def image_data_url(image: Image.Image, fmt: str) -> str:
+    """The page as a data URL: JPEG (quality 95) or lossless PNG."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if fmt == "png":
+        image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        image.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def tiling_kwargs(settings: Settings, *, original: bool) -> dict[str, int]:
@@ -148,7 +154,7 @@ def build_request(page: RenderedPage, task: Task, schema: "ExtractionSchema | No
     (benchmarks): exactly that many output tokens (vLLM ``min_tokens`` = ``max_tokens``, EOS ignored)."""
     s = settings
     grid = at_grid(page.image, s)
-    url = png_data_url(grid.image)
+    url = image_data_url(grid.image, s.model_server_image_format)
     hint = page.text if s.text_layer_hint and page.text and page.text.strip() else None
     messages = chat_messages(task, url, schema=schema, text_hint=hint, text_hint_max_chars=s.text_hint_max_chars)
     budget = force_tokens or page_budget(task, grid.tiles, s)
