@@ -27,6 +27,8 @@ events, remote control, ``docproc.page`` messages, late acks) with another loop:
   ``too_many_attempts``; after ``model_server_retries`` of them the page fails with
   ``engine_unavailable``. While the server does not answer its health check, no new
   page is started;
+* SIGTERM: no new page starts; those in flight finish (at most two minutes) and are
+  acked, then the worker stops and its other held messages go back to the queue;
 * a worker killed with pages in flight: their messages come back after the visibility
   timeout; leases and write-once results keep every page recorded exactly once.
 """
@@ -54,10 +56,11 @@ from workers.model_worker import Delivery, ModelWorker
 
 logger = logging.getLogger(__name__)
 
-DRAIN_S = 0.02  # how long one turn waits for broker messages
+POLL_S = 0.02  # how long one turn waits for broker messages
 CANCEL_CHECK_S = 1.0
 HEALTH_CHECK_S = 2.0
 BLOCKING_THREADS = 8  # Redis, S3 and rendering of the pages in flight
+DRAIN_S = 120.0  # on SIGTERM, how long the pages in flight may take to finish before they are put back
 ENGINE_UNAVAILABLE = "engine_unavailable"
 
 
@@ -76,6 +79,7 @@ class FeederWorker(ModelWorker):
         self._next_cancel_check = 0.0
         self._next_health_check = 0.0
         self.server_ready = True
+        self._drain_until: float | None = None  # set by stop(): no new pages, finish those in flight
 
     # -- engine --
 
@@ -110,11 +114,20 @@ class FeederWorker(ModelWorker):
         if self.server is not None:
             self.server.close()
 
+    def stop(self, *_: Any) -> None:
+        """SIGTERM / remote shutdown: start no new page, let those in flight finish (at most
+        :data:`DRAIN_S`), then stop; what is still unacked then goes back to the queue."""
+        if self._drain_until is None:
+            logger.info("model worker: stopping after the %d pages in flight", len(self.in_flight))
+            self._drain_until = time.monotonic() + DRAIN_S
+        if not self.in_flight or time.monotonic() >= self._drain_until:
+            super().stop()
+
     # -- the loop --
 
     def step(self, conn: Any) -> None:
         """Take messages for a moment, settle finished pages, start due ones."""
-        deadline = time.monotonic() + DRAIN_S
+        deadline = time.monotonic() + POLL_S
         while time.monotonic() < deadline:
             try:
                 conn.drain_events(timeout=max(0.001, deadline - time.monotonic()))
@@ -123,6 +136,9 @@ class FeederWorker(ModelWorker):
         self._settle_finished()
         self._check_cancels()
         self._check_health()
+        if self._drain_until is not None:
+            self.stop()  # stops for good once nothing is in flight, or the drain time is up
+            return
         self._start_due()
 
     def on_connection_lost(self) -> None:
