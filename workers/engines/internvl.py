@@ -85,6 +85,9 @@ class GenerationRequest:
     schema: "ExtractionSchema | None" = None
     text_hint: str | None = None
     max_new_tokens: int | None = None  # None: from settings, by task and tile count
+    # benchmarks: exactly this many output tokens: the budget, and EOS is suppressed until then
+    # (min_new_tokens, batch-wide: it applies when every row of a batch forces the same length)
+    force_new_tokens: int | None = None
 
     @property
     def tiles_per_image(self) -> list[int]:
@@ -545,6 +548,8 @@ class InternVLEngine:
         return ids
 
     def budget(self, request: GenerationRequest) -> int:
+        if request.force_new_tokens:
+            return int(request.force_new_tokens)
         if request.max_new_tokens is not None:
             return max(1, int(request.max_new_tokens))
         return self.max_new_tokens(request.task, request.n_tiles)
@@ -744,8 +749,10 @@ class InternVLEngine:
         processors = LogitsProcessorList()
         if grammars is not None:
             processors.append(self._constraint.logits_processor(grammars, budgets))
+        forced = {r.force_new_tokens for r in requests}
         config = GenerationConfig(
             max_new_tokens=max(budgets), do_sample=False, num_beams=1,
+            min_new_tokens=forced.pop() if len(forced) == 1 and None not in forced else None,
             eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
             repetition_penalty=penalty if penalty else 1.0,
         )
