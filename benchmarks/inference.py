@@ -615,6 +615,11 @@ def main(argv: list[str] | None = None) -> int:
         if force and wrong:
             print(f"FAILED: {row.name}: pages wrote {sorted(set(wrong))} tokens, not {force}")
             status = 1
+    batched = next((r for r in rows if r.name.startswith("inprocess (b)")), None)
+    served = next((r for r in rows if r.name.startswith("vllm")), None)
+    if batched and served:
+        print(f"speed-up vllm / inprocess (b): {batched.median.seconds / served.median.seconds:.2f}x pages/s "
+              f"({where}, {length})")
     return max(status, compare_paths(rows, engine))
 
 
