@@ -49,7 +49,8 @@ Flags:
     Pages in flight at the server (and its ``--max-num-seqs``); default: all the pages.
 
 Reported per engine (and per path): seconds (median of ``--repeats`` timed runs after a
-warm-up), pages/s, output tokens per page (counted), output tokens/s, time to first
+warm-up; every run reads pages of its own, of the same sizes with other words, so that
+vLLM's prefix and encoder caches cannot serve a run from an earlier one's images), pages/s, output tokens per page (counted), output tokens/s, time to first
 token p50 and p99, and on a GPU the model FLOP utilisation (MFU) against the card's bf16
 dense peak (``torch.cuda.get_device_name``: H100 SXM 989 TFLOP/s, H100 PCIe 756, H200
 989, A100 312, L4 121; ``n/a`` on the CPU or an unknown card). Every row names the device
@@ -90,7 +91,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,6 @@ class Row:
     name: str
     runs: list[Run]
     flops: float | None = None  # one run's FLOPs
-    notes: list[str] = field(default_factory=list)
 
     @property
     def median(self) -> Run:
@@ -327,7 +327,8 @@ def timed(fn: Callable[[], list[list[int]]], device: str, firsts: FirstTokenTime
     return Run(time.perf_counter() - started, result, firsts.take(started))
 
 
-def run_inprocess(engine: InternVLEngine, pages: list[RenderedPage], args: argparse.Namespace) -> list[Row]:
+def run_inprocess(engine: InternVLEngine, warmup: list[RenderedPage], page_sets: list[list[RenderedPage]],
+                  args: argparse.Namespace) -> list[Row]:
     device, force = engine.device, args.new_tokens or None
     paths: list[tuple[str, Callable[[list[RenderedPage]], list[list[int]]]]] = []
     if args.seed_loop:
@@ -336,14 +337,11 @@ def run_inprocess(engine: InternVLEngine, pages: list[RenderedPage], args: argpa
     rows = [Row(name, []) for name, _ in paths]
     with FirstTokenTimes(engine.model, device) as firsts:
         for _, fn in paths:  # warm-up: a page or two through each path
-            fn(pages[:2])
+            fn(warmup)
         firsts.take(0.0)
-        for _ in range(args.repeats):  # alternating, so that drift hits every path alike
+        for pages in page_sets:  # alternating, so that drift hits every path alike
             for row, (_, fn) in zip(rows, paths):
                 row.runs.append(timed(lambda: fn(pages), device, firsts))
-    for row in rows:
-        if any(run.outputs != row.runs[0].outputs for run in row.runs):
-            row.notes.append("its outputs changed between repeats")
     return rows
 
 
@@ -403,8 +401,8 @@ class StartedServer:
         self.process.close()
 
 
-async def vllm_runs(settings: Settings, url: str, model: str, pages: list[RenderedPage], args: argparse.Namespace,
-                    in_flight: int) -> list[Run]:
+async def vllm_runs(settings: Settings, url: str, model: str, warmup: list[RenderedPage],
+                    page_sets: list[list[RenderedPage]], args: argparse.Namespace, in_flight: int) -> list[Run]:
     from workers.engines.served import ServedEngine
 
     force = args.new_tokens or None
@@ -427,8 +425,8 @@ async def vllm_runs(settings: Settings, url: str, model: str, pages: list[Render
                    server_tokens=[done.completion_tokens or 0 for done, _ in answers])
 
     try:
-        await run(pages[:2])  # warm-up
-        return [await run(pages) for _ in range(args.repeats)]
+        await run(warmup)
+        return [await run(pages) for pages in page_sets]
     finally:
         await engine.aclose()
 
@@ -524,7 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         engine, checkpoint = build_engine(args, workdir)
         device = engine.device
         args.runtime_dtype = str(engine.dtype).removeprefix("torch.")
-        pages = interleave_jobs(make_pages(args.pages, seed=args.seed, layout=args.page), args.jobs)
+        # each timed run reads pages of its own (the same sizes, other words): vLLM's prefix and
+        # encoder caches must not serve a run from an earlier run's images
+        page_sets = [interleave_jobs(make_pages(args.pages, seed=args.seed + 1 + k, layout=args.page), args.jobs)
+                     for k in range(args.repeats)]
+        warmup = make_pages(min(2, args.pages), seed=args.seed, layout=args.page)
+        pages = page_sets[0]
         requests = [engine.request_for_page(p, args.task) for p in pages]
         tiles = [r.n_tiles for r in requests]
         prompt_tokens = [len(engine.prompt_ids(r)) for r in requests]
@@ -547,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
             return sum(flop_model.page(p, len(o), t) for p, o, t in zip(prompt_tokens, outputs, tiles))
 
         if "inprocess" in args.engines:
-            rows += run_inprocess(engine, pages, args)
+            rows += run_inprocess(engine, warmup, page_sets, args)
         if "vllm" in args.engines:
             server = None
             if args.vllm_url is None and checkpoint is None:  # the real sizes: their random weights, on disk
@@ -574,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
                           flush=True)
                     url, model = server.url, args.vllm_model or settings.model
                 in_flight = args.vllm_in_flight or len(pages)
-                runs = asyncio.run(vllm_runs(settings, url, model, pages, args, in_flight))
+                runs = asyncio.run(vllm_runs(settings, url, model, warmup, page_sets, args, in_flight))
                 rows.append(Row(f"vllm, {in_flight} in flight", runs))
             finally:
                 if server is not None:
@@ -609,8 +612,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(counted) / row.median.seconds:.1f} output tokens/s, "
               f"TTFT p50 {fmt_s(percentile([t for r in row.runs for t in r.ttft_s], 50))} s, "
               f"p99 {fmt_s(percentile([t for r in row.runs for t in r.ttft_s], 99))} s")
-        for note in row.notes:
-            print(f"warning: {row.name}: {note}")
         wrong = [n for n in counted if n != force] + [n for n in row.runs[0].server_tokens or [] if n != force]
         if force and wrong:
             print(f"FAILED: {row.name}: pages wrote {sorted(set(wrong))} tokens, not {force}")
