@@ -85,6 +85,7 @@ import gc
 import logging
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -119,7 +120,7 @@ PAGE_SIZES = [(1240, 1754), (1275, 1650), (576, 1600), (900, 900), (1754, 1240),
 LETTER = (1275, 1650)  # US Letter at 150 dpi: 12 tiles + the thumbnail
 DEFAULT_NEW_TOKENS = {"tiny": 64}  # the real sizes: 750, olmOCR's budget for a full page
 REAL_NEW_TOKENS = 750
-# bf16 dense tensor peak, TFLOP/s, by a part of torch.cuda.get_device_name() (first match wins)
+# bf16 dense tensor peak, TFLOP/s, by words of torch.cuda.get_device_name() (first match wins)
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("L4", 121.0))
 
 
@@ -259,7 +260,7 @@ def bf16_peak_flops(device: str) -> tuple[str, float | None]:
         return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", None
     name = torch.cuda.get_device_name(torch.device(device))
     for part, tflops in BF16_PEAK_TFLOPS:
-        if part in name:
+        if re.search(rf"\b{part}\b", name):  # whole words: an L40S is no L4
             return name, tflops * 1e12
     return name, None
 
