@@ -48,7 +48,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from docproc.errors import IdempotencyConflict, InvalidRequest, NotFound, ServiceUnavailable
-from docproc.results import EngineName, ErrorInfo, Task
+from docproc.results import EngineName, ErrorInfo, ResultWarning, Task
 from docproc.settings import TENANT_RE
 
 JobState = Literal["queued", "running", "succeeded", "partial", "failed", "canceled"]
@@ -139,6 +139,8 @@ class Job(BaseModel):
     reprocess_of: str | None = Field(None, description="The job whose stored input this re-process job re-reads.")
     request_id: str | None = Field(None, description="The X-Request-Id of the request that made the job "
                                    "(logs, task headers and webhooks carry it).")
+    warnings: list[ResultWarning] = Field(default_factory=list, description="The document's warnings, known at "
+                                          "intake (repaired: a damaged PDF, and the pages that lost content).")
 
 
 # Fields written after creation, each stored JSON-encoded in its own hash field.
@@ -153,6 +155,7 @@ _LATER_FIELDS = (
     "pages",
     "media_type",
     "task_ids",
+    "warnings",
 )
 _COUNTERS = ("pages_done", "pages_failed")
 
@@ -648,10 +651,13 @@ class JobStore:
 
     # --- worker side ---------------------------------------------------------
     @service_errors
-    def start(self, job_id: str, *, page_count: int, pages: list[int], media_type: str | None) -> bool:
-        """queued -> running with its selected pages. True also when already running (a
-        redelivered intake: nothing is reset); False when canceled or otherwise terminal."""
-        fields = {"started_at": _now(), "page_count": page_count, "pages": list(pages), "media_type": media_type}
+    def start(self, job_id: str, *, page_count: int, pages: list[int], media_type: str | None,
+              warnings: list[ResultWarning] | None = None) -> bool:
+        """queued -> running with its selected pages (and the document's warnings, e.g.
+        ``repaired``). True also when already running (a redelivered intake: nothing is
+        reset); False when canceled or otherwise terminal."""
+        fields = {"started_at": _now(), "page_count": page_count, "pages": list(pages), "media_type": media_type,
+                  "warnings": [w.model_dump(mode="json") for w in warnings or ()]}
         result = self._start(keys=[self._job_key(job_id), ACTIVE_JOBS], args=[len(pages), *_pairs(fields)])
         if result == -1:
             raise NotFound(f"no job {job_id!r}")
