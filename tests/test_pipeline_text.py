@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 import builders
 from docproc.cli import main
@@ -165,3 +168,32 @@ def test_cli_writes_the_json_of_a_page_with_surrogates(tmp_path):
     doc = json.loads((tmp_path / "out" / "math.json").read_text(encoding="utf-8"))
     assert doc["status"] == "succeeded"
     assert [row[0] for row in doc["pages"][0]["tables"][0]["rows"]] == list(builders.SURROGATE_CELLS)
+
+
+SURROGATE_TEXT = st.text(st.one_of(st.characters(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)),
+                         max_size=40)
+
+
+@settings_(max_examples=200, deadline=None)
+@given(text=SURROGATE_TEXT, cells=st.lists(st.lists(st.one_of(st.none(), SURROGATE_TEXT), max_size=3), max_size=3),
+       fields=st.recursive(st.one_of(st.none(), st.integers(), SURROGATE_TEXT),
+                           lambda inner: st.dictionaries(SURROGATE_TEXT, inner, max_size=3) | st.lists(inner, max_size=3),
+                           max_leaves=8))
+def test_no_string_an_engine_returns_can_break_serialisation(text, cells, fields):
+    """Whatever strings an engine puts in a page result (text, tables, fields and their keys,
+    raw output, error messages), the result that leaves the engine serialises as UTF-8."""
+    from docproc.results import ErrorInfo, PageResult, Table
+    from PIL import Image
+
+    from workers.pages import RenderedPage
+    from workers.pipeline import finish_page
+
+    page = RenderedPage(number=1, image=Image.new("RGB", (4, 4)))
+    result = PageResult(page=1, status="failed", engine="internvl", text=text, raw_output=text,
+                        tables=[Table(markdown=text, rows=cells)], fields={"f": fields},
+                        error=ErrorInfo(code="invalid_output", message=text))
+    finished = finish_page(page, result)
+    finished.model_dump_json().encode("utf-8")
+    json.loads(finished.model_dump_json())
+    if not any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        assert finished.text == text  # clean text is left as it is
