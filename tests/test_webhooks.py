@@ -199,6 +199,16 @@ def test_ssrf_guard_refuses_non_public_addresses(url):
     assert info.value.code == "webhook_url_refused"
 
 
+@pytest.mark.parametrize("url", ["http://[::169.254.169.254]/latest/meta-data/", "http://[::a9fe:a9fe]/",
+                                 "http://[::10.0.0.1]/hook", "http://[::8.8.8.8]/hook"])
+def test_ssrf_guard_refuses_ipv4_compatible_ipv6(url):
+    """::/96 (deprecated IPv4-compatible IPv6) embeds an IPv4 address some stacks route to:
+    refused like IPv4-mapped ones, whatever the embedded address."""
+    with pytest.raises(WebhookUrlRefused) as info:
+        resolve_target(url)
+    assert info.value.details["reason"] == "address" and "IPv4-compatible" in info.value.message
+
+
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "gopher://1.1.1.1/",
                                  "http://user:pw@93.184.215.14/", "http:///nohost", "http://[::1/"])
 def test_ssrf_guard_refuses_other_schemes_and_malformed_urls(url):
