@@ -86,13 +86,6 @@ class JobRequest(BaseModel):
     webhook_url: str | None = Field(None, max_length=2048)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Client data echoed back (<= 16 KiB as JSON).")
 
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(("https://", "http://")):
-            raise ValueError("webhook_url must be an http(s) URL")
-        return value
-
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:

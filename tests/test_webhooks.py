@@ -112,8 +112,12 @@ def emit(ctx: lifecycle.Context, url: str, event_id: str = "evt_test_1", tenant:
                                data={"batch_id": "b1", "documents": 3})
 
 
+JOB_METADATA = {"customer": "c-42", "batch": {"n": 1}}
+
+
 def finished_job(store: JobStore, url: str | None, *, tenant: str = TENANT, state: str = "succeeded"):
-    job, _ = store.create(tenant, JobRequest(task="ocr", webhook_url=url), input_key="inputs/x", input_sha256="0" * 64,
+    job, _ = store.create(tenant, JobRequest(task="ocr", webhook_url=url, metadata=JOB_METADATA), input_key="inputs/x",
+                          input_sha256="0" * 64,
                           size_bytes=10, filename="a.pdf", idempotency_key=None, fingerprint="f",
                           request_id="req-webhook-test")
     store.start(job.id, page_count=1, pages=[1], media_type="application/pdf")
@@ -270,6 +274,9 @@ def test_a_job_event_is_signed_sent_once_and_idempotent(ctx, receiver, redis_cli
     data = payload["data"]
     assert (data["job_id"], data["state"], data["pages_done"]) == (job.id, "succeeded", 0)
     assert data["result_url"] == f"/v1/jobs/{job.id}/result" and "text" not in data
+    assert data["metadata"] == JOB_METADATA  # the client's own data comes back with the event
+    assert payload["timestamp"].endswith("Z") and data["created_at"].endswith("Z")
+    assert "+00:00" not in request.body.decode()
     assert counter(metrics.WEBHOOK_ATTEMPTS, event="job.succeeded", outcome="success") == attempts_before + 1
     status = webhooks.event_status(redis_client, TENANT, request.headers["webhook-id"])
     assert status.state == "succeeded" and [a.status_code for a in status.attempts] == [200]

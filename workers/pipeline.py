@@ -79,9 +79,9 @@ def resolve_request(task: str, schema: str | None, engine: str, settings: Settin
         raise InvalidRequest(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if task == "extract":
         if not schema:
-            raise InvalidRequest("task 'extract' needs a schema (e.g. --schema invoice)")
+            raise InvalidRequest("task 'extract' needs a schema (e.g. schema 'invoice')")
         if engine == "text":
-            raise InvalidRequest("the text engine cannot extract fields; use --engine internvl, openai or auto")
+            raise InvalidRequest("the text engine cannot extract fields; use engine 'internvl', 'openai' or 'auto'")
         return get_registry(settings).get(schema)
     if schema:
         raise InvalidRequest(f"a schema is only used by task 'extract', not {task!r}")
@@ -283,4 +283,5 @@ def assemble_document(
         provenance=provenance,
         timings_ms={k: round(v, 3) for k, v in timings_ms.items()},
         error=document_error(results) if status == "failed" else None,
+        warnings=list(warnings),
     )
