@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from docproc.errors import IdempotencyConflict, InvalidRequest, NotFound, ServiceUnavailable
 from docproc.results import EngineName, ErrorInfo, ResultWarning, Task
 from docproc.settings import TENANT_RE
+from docproc.timestamps import UtcTime
 
 JobState = Literal["queued", "running", "succeeded", "partial", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "partial", "failed", "canceled"})
@@ -120,9 +121,9 @@ class Job(BaseModel):
     pages: list[int] = Field(default_factory=list, description="The selected pages, 1-based.")
     pages_done: int = 0
     pages_failed: int = 0
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcTime
+    started_at: UtcTime | None = None
+    finished_at: UtcTime | None = None
     error: ErrorInfo | None = None
     result_key: str | None = None
     schema_version: str | None = None
