@@ -285,6 +285,8 @@ def _create_upload_batch(svc: BatchServices, tenant: str, fields: dict[str, str]
     values.pop("priority", None)
     try:
         job_request = request_from_form(values)
+        if webhook_url is not None:
+            JobRequest(webhook_url=webhook_url)  # a job's limits on the field (its length); the URL: _create_batch
     except ValidationError as exc:
         raise invalid_body(exc) from None
     return _create_batch(svc, tenant, job_request, webhook_url, source="upload")
