@@ -22,6 +22,10 @@ class Settings(BaseSettings):
 
     # --- intake limits -------------------------------------------------------
     max_file_bytes: int = Field(100 * 1024 * 1024, description="Largest accepted upload, bytes.")
+    request_body_timeout_s: float = Field(
+        600.0, gt=0, description="A request body (upload, JSON) must arrive within this many seconds from its "
+        "first read, else 408 request_timeout: a client trickling bytes cannot hold a connection for ever.",
+    )
     max_pages: int = Field(500, description="Most pages a document may have.")
     max_image_pixels: int = Field(
         100_000_000, description="Most pixels an image page may declare (decompression-bomb guard)."
@@ -244,6 +248,43 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(
         60.0, gt=0, description="Page lease lifetime; the owner renews it every ttl/3 while the page runs, so "
         "a dead owner's page is taken over by a later delivery within one ttl.",
+    )
+
+    # --- model server: the gpu queue's runtime (workers/model_feeder.py) -----------
+    model_server: str = Field(
+        "", description="What the model worker (gpu queue) runs its pages on: '' = the in-process transformers "
+        "engine; 'vllm' = a vLLM server the worker starts and supervises itself; a URL such as "
+        "http://127.0.0.1:8000/v1 = an OpenAI-compatible server beside it (a vLLM or LMDeploy sidecar).",
+    )
+    model_server_kind: Literal["vllm", "lmdeploy"] = Field(
+        "vllm", description="Which server that is: it decides how the tile budget is sent with each page.",
+    )
+    model_server_in_flight: int = Field(
+        192, ge=1, description="Pages one model worker keeps in flight at the server (Little's law: 12 pages/s "
+        "x ~12 s a page at 750 output tokens is ~150).",
+    )
+    model_server_image_format: Literal["jpeg", "png"] = Field(
+        "jpeg", description="How a page goes to the server: JPEG quality 95 (about 5x faster to encode than PNG "
+        "for a Letter page) or lossless PNG. Either way it is sized to its tile grid.",
+    )
+    model_server_retries: int = Field(
+        8, ge=0, description="Times a page is put back after the server went away (restart, dropped "
+        "connection) before it fails with engine_unavailable; these do not count as deliveries.",
+    )
+    model_server_start_timeout_s: float = Field(
+        900.0, gt=0, description="Most seconds to wait for the server's health check at start (model loading).",
+    )
+    model_server_extract_max_tokens: int = Field(
+        4096, ge=64, description="Output budget of an extract page on the server; every string and array of "
+        "the schema sent is bounded (maxLength, maxItems) so its longest valid JSON fits.",
+    )
+    vllm_python: str = Field(
+        "python3", description="The python of the environment that holds vLLM (model_server=vllm).",
+    )
+    vllm_port: int = Field(8000, ge=1, le=65535, description="Port of the vLLM server the worker starts.")
+    vllm_args: str = Field(
+        "", description="Extra flags for the vLLM server the worker starts (shell-split), e.g. "
+        "'--max-model-len 16384 --gpu-memory-utilization 0.9'.",
     )
 
     # --- OpenAI-compatible engine (workers/engines/openai.py) --------------------

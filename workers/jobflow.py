@@ -44,15 +44,17 @@ from docproc.storage import Storage, document_result_key, page_result_key
 from workers.celery_app import page_queue
 from workers.engines.text import TEXT_TASKS
 from workers.intake import OpenedDocument, open_document
+from workers.repair import page_damage
 from workers.pages import RenderedPage
 from workers.pipeline import (
     Engines,
     assemble_document,
+    document_warnings,
+    finish_page,
     page_stage_totals,
     render_or_fail,
     resolve_request,
     route,
-    with_page_notes,
 )
 from workers.render import parse_page_range
 from workers.text_routing import text_layer_issue
@@ -130,7 +132,8 @@ def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, set
     trusted (:func:`workers.text_routing.text_layer_issue`, as render judges it)
     to the text engine, everything else to the model. A page whose text cannot be
     read goes to the text engine, whose render will report the page's error
-    without taking a GPU.
+    without taking a GPU; so does a page of a repaired PDF that lost its content
+    (:mod:`workers.repair`: it fails ``corrupt_document`` at render).
     """
     if engine != "auto":
         return engine
@@ -140,7 +143,9 @@ def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, set
         issue = text_layer_issue(doc.pdf.load_page(number - 1), settings.min_text_chars)
     except Exception:  # noqa: BLE001 - render reports the page's own error
         return "text"
-    return "text" if issue is None else "internvl"
+    if issue is None:
+        return "text"
+    return "text" if doc.repaired and page_damage(doc.pdf, number) is not None else "internvl"
 
 
 @tracing.staged("intake")
@@ -169,6 +174,7 @@ def run_intake(
                 for n in numbers
             }
             page_count, media_type = doc.page_count, str(doc.media_type)
+            warnings = document_warnings(doc, numbers)
     except DocprocError as exc:
         if is_transient(exc):
             raise
@@ -176,7 +182,7 @@ def run_intake(
         end_job(job_id, "failed", store=store, on_ended=on_ended, error=_error(exc))
         return []
     if job.state == "queued":
-        if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type):
+        if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type, warnings=warnings):
             logger.info("intake %s: job was canceled before it started", job_id)
             return []
     else:  # running: a redelivered intake; the pages already recorded need no task
@@ -275,7 +281,7 @@ def prepare_page(job: Job, page: int, *, settings: Settings, storage: Storage,
                 return ModelPage(rendered, request.task, schema)
             with tracing.span("infer", engine="text", page=page):
                 result = engines.text.process(doc, [rendered], request.task)[0]
-            return with_page_notes(result, rendered)
+            return finish_page(rendered, result)
     except DocprocError as exc:
         if is_transient(exc):
             raise
@@ -307,8 +313,7 @@ def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, e
         if is_transient(exc):
             raise
         return failed_page(page, exc.code, exc.message)
-    with_page_notes(result, prepared.rendered)
-    return result
+    return finish_page(prepared.rendered, result)
 
 
 def _get_or_none(storage: Storage, key: str) -> bytes | None:
@@ -534,7 +539,7 @@ def build_document(job: Job, pages: list[PageResult], *, settings: Settings) -> 
     return assemble_document(
         info, pages, task=request.task, schema=schema, engine=request.engine,
         model_id=(settings.openai_model or settings.model) if request.engine == "openai" else settings.model,
-        timings_ms=timings,
+        timings_ms=timings, warnings=job.warnings,
     )
 
 

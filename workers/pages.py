@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from docproc.results import ResultWarning
+
 
 @dataclass(frozen=True, slots=True)
 class Word:
@@ -35,3 +37,4 @@ class RenderedPage:
     has_text_layer: bool = False  # True when `text` is usable in place of OCR
     text_layer_issue: str | None = None  # why it is not (workers/text_routing.py), for a PDF page
     timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[ResultWarning] = field(default_factory=list)  # e.g. repaired: content cut short
