@@ -89,6 +89,8 @@ def page_lines(page: Any, textpage: Any = None) -> list[Line]:
     by_line: dict[tuple[int, int], list[Word]] = {}
     for x0, y0, x1, y1, text, b, ln, _ in raw:
         by_line.setdefault((b, ln), []).append(Word(x0, y0, x1, y1, text))
+    if any("\ufffd" in w.text for words in by_line.values() for w in words):
+        _raw_characters(page, textpage, by_line)
     lines = []
     for b, block in enumerate(page.get_text("dict", textpage=textpage)["blocks"]):
         for ln, line in enumerate(block.get("lines", ())):
@@ -106,6 +108,20 @@ def page_lines(page: Any, textpage: Any = None) -> list[Line]:
             lines.append(Line(x0, y0, x1, y1, size, bold, horizontal, words,
                               _segments(words, size, bold) if horizontal else []))
     return lines
+
+
+def _raw_characters(page: Any, textpage: Any, by_line: dict[tuple[int, int], list[Word]]) -> None:
+    """Words with U+FFFD read again from MuPDF's raw characters: ``words`` gives U+FFFD for
+    each half of a surrogate pair a font's ToUnicode map splits, the raw characters keep the
+    halves (:mod:`docproc.clean_text` joins them into their character at the engine's edge)."""
+    for b, block in enumerate(page.get_text("rawdict", textpage=textpage)["blocks"]):
+        for ln, line in enumerate(block.get("lines", ())):
+            words = [w for w in by_line.get((b, ln), ()) if "\ufffd" in w.text]
+            chars = [c for span in line["spans"] for c in span["chars"]]
+            for w in words:
+                inside = [c["c"] for c in chars if w.x0 <= (c["bbox"][0] + c["bbox"][2]) / 2 <= w.x1]
+                if inside:
+                    w.text = "".join(inside).strip()
 
 
 def body_size(lines: Iterable[Line]) -> float:
