@@ -251,3 +251,12 @@ def test_invoices_keep_their_number_and_total(settings, data, pages, number, tot
     (p,) = result.pages
     assert result.engine == "text" and number in p.text and total in p.text
     assert process_document(data(), task="tables", pages=pages, settings=settings).pages[0].tables
+
+
+def test_a_rotated_page_reads_as_it_was_set():
+    doc = pymupdf.open(stream=builders.invoice_pdf(), filetype="pdf")
+    upright = read_page(doc[0])
+    doc[0].set_rotation(90)
+    turned = read_page(doc[0])
+    assert doc[0].rotation == 90  # given back as it was
+    assert turned.text == upright.text and [t.rows for t in turned.tables] == [t.rows for t in upright.tables]

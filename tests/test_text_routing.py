@@ -105,3 +105,10 @@ def test_a_little_hidden_text_on_a_born_digital_page_is_not_an_ocr_layer():
     assert text_layer_issue(p) is None
     p.insert_text((50, 720), " ".join(["hidden"] * 400), fontsize=2, render_mode=3)  # now most of the text
     assert text_layer_issue(p) == "invisible_text_mismatch"
+
+
+@pytest.mark.parametrize(("number", "issue"), [(1, "gibberish_text"), (2, None), (3, "invisible_text_mismatch")])
+def test_rotated_scans_are_judged_as_upright_ones(number, issue):
+    p = page("bad_ocr_layer.pdf", number)
+    p.set_rotation(270)
+    assert text_layer_issue(p) == issue and p.rotation == 270

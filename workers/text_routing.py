@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pymupdf
 
+from workers.engines.text_lines import unrotated
+
 GARBAGE_MAX_FRACTION = 0.1
 """More than this share of U+FFFD/control/private-use characters: ``garbled_text``."""
 GIBBERISH_MIN_WORDS = 12
@@ -126,6 +128,11 @@ def _mask(shape: tuple[int, int], boxes: list, scale: float, pad: float = 0.0) -
 
 def text_layer_issue(page: Any, min_chars: int = 20) -> str | None:
     """Why ``page``'s text layer should not be trusted, or None when it can be."""
+    with unrotated(page):
+        return _issue(page, min_chars)
+
+
+def _issue(page: Any, min_chars: int) -> str | None:
     visible_text, invisible_text = [], []
     visible_boxes, invisible_boxes = [], []
     for span in page.get_texttrace():

@@ -21,7 +21,7 @@ from docproc.errors import PAGE_ERROR_CODES, InvalidRequest
 from docproc.results import ErrorInfo, PageResult, Table, Task
 from workers.engines.text_furniture import split_furniture
 from workers.engines.text_layout import Block, Item, make_blocks, reading_order
-from workers.engines.text_lines import Line, body_size, page_lines
+from workers.engines.text_lines import Line, body_size, page_lines, unrotated
 from workers.engines.text_tables import find_tables
 from workers.intake import OpenedDocument
 from workers.pages import RenderedPage
@@ -83,6 +83,11 @@ def _furniture_text(lines: list[Line]) -> list[str]:
 def read_page(pdf_page: Any, task: str = "ocr") -> PageText:
     """The page's body text as Markdown in reading order (tables in place), its tables, and
     its headers, footers and margin text apart."""
+    with unrotated(pdf_page):
+        return _read(pdf_page, task)
+
+
+def _read(pdf_page: Any, task: str) -> PageText:
     lines = page_lines(pdf_page)
     body_lines, furniture = split_furniture(pdf_page, lines)
     found = find_tables(pdf_page, body_lines)

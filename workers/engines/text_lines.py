@@ -9,7 +9,8 @@ table row, or two text columns, come apart there).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,23 @@ def _raw_characters(page: Any, textpage: Any, by_line: dict[tuple[int, int], lis
                 inside = [c["c"] for c in chars if w.x0 <= (c["bbox"][0] + c["bbox"][2]) / 2 <= w.x1]
                 if inside:
                     w.text = "".join(inside).strip()
+
+
+@contextmanager
+def unrotated(page: Any) -> Iterator[Any]:
+    """The page with its /Rotate set aside while it is read: MuPDF gives text in the
+    unrotated page's coordinates but drawings, images and pixmaps in the rotated one's."""
+    rotation = page.rotation
+    if rotation:
+        try:
+            page.set_rotation(0)
+        except Exception:  # noqa: BLE001 - a page that cannot be changed is read as it is
+            rotation = 0
+    try:
+        yield page
+    finally:
+        if rotation:
+            page.set_rotation(rotation)
 
 
 def body_size(lines: Iterable[Line]) -> float:
