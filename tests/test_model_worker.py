@@ -67,7 +67,6 @@ def test_model_worker_reads_pages_of_several_jobs_in_one_batch(worker_settings, 
     store = JobStore(redis_client, worker_settings)
     env = settings_env(worker_settings)
     jobs = queue_pages(worker_settings, store, workers, env, n_jobs=3, pages=2)
-    task_ids = {t for job in jobs for t in store.load(job.id).task_ids}  # intake and page tasks
 
     with celery_events(worker_settings) as events:
         model = workers([PY, "-m", "workers", "--queues", "gpu", "-n", "model@%h"], env)
@@ -75,6 +74,9 @@ def test_model_worker_reads_pages_of_several_jobs_in_one_batch(worker_settings, 
             wait_until(lambda: store.load(job.id).state in TERMINAL, 90, f"job {job.id}", [model])
         wait_until(lambda: any(e["type"] == "worker-heartbeat" for e in events), 10, "a worker heartbeat")
 
+    # intake and page tasks (read once the jobs ended: intake lists its page tasks just after it
+    # marks the job running)
+    task_ids = {t for job in jobs for t in store.load(job.id).task_ids}
     storage = open_storage(worker_settings)
     for job in jobs:
         done = store.load(job.id)
