@@ -26,6 +26,9 @@ from docproc.errors import DocprocError, InputError
 from docproc.settings import get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+OPERATOR_COMMANDS = ("jobs", "queues", "purge", "keys", "reprocess")
+"""Commands that talk to the service's Redis and storage: they use a running ``docproc up``'s
+settings when the environment names none, and say which they use (docproc/stackfile.py)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in OPERATOR_COMMANDS and getattr(args, "keys_command", None) != "hash":
+            from docproc import stackfile
+
+            source = stackfile.apply()  # before the first get_settings()
+            print(stackfile.describe(get_settings(), source), file=sys.stderr)
         return {
             "process": cmd_process,
             "schemas": cmd_schemas,

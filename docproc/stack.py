@@ -10,7 +10,8 @@ Starts, as child processes sharing one environment:
     flower         Celery monitoring, basic auth                http://127.0.0.1:<flower port>
 
 Results go to local disk (<var>/storage) unless DOCPROC_STORAGE_URL names an S3
-bucket. Ctrl-C (or SIGTERM) stops everything, workers first so they finish or
+bucket. While it runs, <var>/docproc-up.env holds its Redis and storage settings, where
+the operator commands in another terminal find them (docproc/stackfile.py). Ctrl-C (or SIGTERM) stops everything, workers first so they finish or
 return their current task, Redis last.
 """
 
@@ -28,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from docproc import stackfile
 from docproc.auth import generate_key, hash_key
 from docproc.errors import ConfigurationError
 from docproc.localservices import stop_group
@@ -88,6 +90,8 @@ class Stack:
             self.children.append(child)
             if child.name == "redis":
                 wait_for_port(self.redis_port, timeout=10)
+                # where the operator CLI (docproc jobs/queues/keys ...) finds this Redis and storage
+                stackfile.write(self.var, self.env)
 
     def watch(self) -> int:
         """Block until Redis or the API exits (or we are interrupted).
@@ -119,6 +123,7 @@ class Stack:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Workers and API first (SIGTERM: warm shutdown), Redis last."""
+        stackfile.remove(self.var)
         for child in reversed(self.children):
             if child.process:
                 stop_group(child.process, timeout)
