@@ -231,12 +231,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    using = None  # which Redis and storage an operator command used: its last line on stderr
     try:
         if args.command in OPERATOR_COMMANDS and getattr(args, "keys_command", None) != "hash":
             from docproc import stackfile
 
             source = stackfile.apply()  # before the first get_settings()
-            print(stackfile.describe(get_settings(), source), file=sys.stderr)
+            using = stackfile.describe(get_settings(), source)
         return {
             "process": cmd_process,
             "schemas": cmd_schemas,
@@ -264,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"docproc: internal_error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if using:  # after the output, so an error stays the first line
+            print(using, file=sys.stderr)
 
 
 if __name__ == "__main__":
