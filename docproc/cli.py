@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=8000)
 
     w = sub.add_parser("worker", help="run a worker (-Q gpu: the batching model worker; Celery prefork otherwise)")
-    w.add_argument("--queues", "-Q", default="intake,render,bulk,webhooks,periodic")
+    w.add_argument("--queues", "-Q", default="intake,render,bulk,periodic",
+                   help="comma-separated queues (webhooks alone: the webhook deliverer, a threads pool)")
     w.add_argument("--concurrency", "-c", type=int, default=None)
 
     f = sub.add_parser("flower", help="run Flower (Celery monitoring) on the same broker, with basic auth")

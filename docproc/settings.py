@@ -144,7 +144,14 @@ class Settings(BaseSettings):
         'two, and every request carries both signatures. JSON in the env, e.g. DOCPROC_WEBHOOK_SECRETS='
         '\'{"acme": ["whsec_..."]}\'. A tenant without one cannot ask for webhooks (webhook_not_configured).',
     )
-    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook delivery attempt.")
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="Total deadline of one webhook delivery attempt: connect, TLS, request, the "
+        "receiver's status line and headers, its body; a receiver trickling bytes is cut at it.",
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, description="Deliveries one webhook worker (`docproc worker -Q webhooks`, threads pool) "
+        "makes at once.",
+    )
     webhook_retry_schedule_s: list[float] = Field(
         default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
         min_length=1,

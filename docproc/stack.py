@@ -4,7 +4,8 @@ Starts, as child processes sharing one environment:
 
     redis-server   broker + job state (AOF on, data in <var>/redis)
     api            the REST API (uvicorn)                       http://127.0.0.1:<port>
-    cpu worker     Celery prefork on the intake, render, bulk, webhooks and periodic queues
+    cpu worker     Celery prefork on the intake, render, bulk and periodic queues
+    webhook worker the webhooks queue, a threads pool (slow receivers never hold page work)
     scheduler      celery beat: sends the housekeeping ticks (workers.periodic)
     model worker   the gpu queue: loads the model once, batches pages across jobs (workers.model_worker)
     flower         Celery monitoring, basic auth                http://127.0.0.1:<flower port>
@@ -67,7 +68,9 @@ class Stack:
                             "--maxmemory-policy", "noeviction",
                             "--logfile", str((self.var / "redis" / "redis.log").resolve())]),
             Child("api", [py, "-m", "api", "--host", "127.0.0.1", "--port", str(self.api_port)]),
-            Child("cpu-worker", [py, "-m", "workers", "--queues", "intake,render,bulk,webhooks,periodic", "-c", "2"]),
+            Child("cpu-worker", [py, "-m", "workers", "--queues", "intake,render,bulk,periodic", "-c", "2"]),
+            # webhook delivery in its own pool (threads): slow receivers never hold page work
+            Child("webhook-worker", [py, "-m", "workers", "--queues", "webhooks"]),
             Child("scheduler", [*celery, "beat", "--loglevel", "INFO",
                                 "--schedule", str((self.var / "beat-schedule").resolve())]),
         ]

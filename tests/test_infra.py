@@ -230,7 +230,8 @@ def test_keda_scales_each_worker_on_exactly_the_queues_it_consumes():
     deployments = {d["metadata"]["name"]: d for d in k8s_objects("Deployment")}
     auths = {a["metadata"]["name"] for a in k8s_objects("TriggerAuthentication")}
     scaled = k8s_objects("ScaledObject")
-    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == {"docproc-worker-cpu", "docproc-worker-gpu"}
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == {"docproc-worker-cpu", "docproc-worker-gpu",
+                                                                     "docproc-worker-webhooks"}
     every_queue: set[str] = set()
     for obj in scaled:
         target = deployments[obj["spec"]["scaleTargetRef"]["name"]]
@@ -292,7 +293,7 @@ def test_healthchecks_are_wired():
     # compose: API ready = /readyz; CPU worker pings its own node name; Flower /healthcheck
     services = compose()["services"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
-    for name, node in (("cpu-worker", "cpu"), ("gpu-worker", "gpu")):  # each pings its own node name
+    for name, node in (("cpu-worker", "cpu"), ("gpu-worker", "gpu"), ("webhook-worker", "webhooks")):  # own node name
         worker = services[name]
         assert worker["command"][worker["command"].index("--hostname") + 1] == f"{node}@%h"
         assert f'inspect ping -d "{node}@$$HOSTNAME"' in worker["healthcheck"]["test"][1]
@@ -305,7 +306,8 @@ def test_healthchecks_are_wired():
     containers = {obj["metadata"]["name"]: c for obj, c in pod_containers()}
     api = containers["docproc-api"]
     assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == ("/readyz", "/healthz")
-    for name, node in (("docproc-worker-cpu", "cpu"), ("docproc-worker-gpu", "gpu")):
+    for name, node in (("docproc-worker-cpu", "cpu"), ("docproc-worker-gpu", "gpu"),
+                       ("docproc-worker-webhooks", "webhooks")):
         worker = containers[name]
         assert worker["command"][worker["command"].index("--hostname") + 1] == f"{node}@$(POD_NAME)"
         assert f'inspect ping -d "{node}@$POD_NAME"' in worker["livenessProbe"]["exec"]["command"][-1]
@@ -314,6 +316,22 @@ def test_healthchecks_are_wired():
     assert gpu["startupProbe"]["exec"]["command"] == gpu["livenessProbe"]["exec"]["command"]
     assert containers["docproc-flower"]["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
     assert gpu["readinessProbe"]["httpGet"]["port"] == "metrics"
+
+
+def test_webhook_delivery_has_workers_of_its_own_everywhere(tmp_path):
+    """Slow receivers must not starve page work: no page worker consumes ``webhooks``, and
+    one worker of its own (threads pool) does, in compose, in Kubernetes and in ``docproc up``."""
+    from docproc.stack import Stack
+    from workers.worker_cli import pool_for
+
+    services = compose()["services"]
+    k8s = [c for _, c in pod_containers() if c["command"][:3] == ["python", "-m", "workers"]]
+    up = [c.argv[1:] for c in Stack(var=tmp_path).plan() if c.argv[1:3] == ["-m", "workers"]]
+    for commands in ([s["command"] for s in services.values() if s.get("command", [])[:3] == ["python", "-m", "workers"]],
+                     [c["command"] for c in k8s], [["python", *argv] for argv in up]):
+        consumers = [worker_queues({"command": argv}) for argv in commands]
+        assert [q for q in consumers if "webhooks" in q] == [["webhooks"]], commands
+        assert pool_for(["webhooks"]) == "threads"
 
 
 def test_gpu_workers_get_one_gpu_each_on_gpu_nodes():

@@ -72,14 +72,14 @@ def _clean_env() -> dict[str, str]:
 
 
 @contextmanager
-def running_up(tmp_path: Path, *argv: str, cwd: Path | None = None) -> Iterator[Up]:
+def running_up(tmp_path: Path, *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Iterator[Up]:
     """``docproc up --no-model-worker`` on free ports, ready (``/readyz`` answers); killed
     at the end if the test did not stop it."""
     up = Up(None, open(tmp_path / "up.log", "w+"), free_port(), free_port(), free_port())
     up.proc = subprocess.Popen(
         [sys.executable, "-m", "docproc", "up", "--port", str(up.api_port), "--redis-port", str(up.redis_port),
          "--flower-port", str(up.flower_port), "--no-model-worker", *argv],
-        stdout=up.log, stderr=subprocess.STDOUT, env=_clean_env(), cwd=cwd,
+        stdout=up.log, stderr=subprocess.STDOUT, env={**_clean_env(), **(env or {})}, cwd=cwd,
         # a terminal's Ctrl-C: SIGINT with the default handler (background shells ignore it)
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -102,9 +102,10 @@ def _finish(up: Up, job_id: str, timeout: float = 60, headers: dict[str, str] | 
     return state
 
 
-def _submit(up: Up, task: str = "tables", headers: dict[str, str] | None = None) -> dict:
+def _submit(up: Up, task: str = "tables", headers: dict[str, str] | None = None, **fields: str) -> dict:
     files = {"file": ("invoice.pdf", builders.invoice_pdf(), "application/pdf")}
-    response = httpx.post(f"{up.base}/v1/jobs", headers=headers or up.headers, files=files, data={"task": task})
+    response = httpx.post(f"{up.base}/v1/jobs", headers=headers or up.headers, files=files,
+                          data={"task": task, **fields})
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -112,7 +113,7 @@ def _submit(up: Up, task: str = "tables", headers: dict[str, str] | None = None)
 def test_up_serves_a_job_and_ctrl_c_stops_everything(tmp_path):
     with running_up(tmp_path, "--var", str(tmp_path / "var")) as up:
         children = _children(up.proc.pid)
-        assert len(children) == 5  # redis, api, cpu worker, scheduler, flower
+        assert len(children) == 6  # redis, api, cpu worker, webhook worker, scheduler, flower
 
         job = _submit(up)
         assert _finish(up, job["id"]) == "succeeded"
@@ -200,3 +201,24 @@ def test_the_connection_file_yields_to_the_environment_and_is_ignored_once_up_is
                         "storage s3://chosen/prefix (from the environment)")
     finally:
         get_settings.cache_clear()
+
+
+def test_slow_webhook_receivers_do_not_delay_page_work(tmp_path):
+    """Two jobs whose receivers take 12 s to answer (inside the attempt deadline) hold their
+    deliveries; an unrelated one-page job submitted meanwhile still finishes at once: webhook
+    delivery runs in a pool of its own."""
+    from docproc.webhooks import generate_secret
+    from webhook_receiver import WebhookReceiver
+
+    env = {"DOCPROC_WEBHOOK_SECRETS": json.dumps({"local": [generate_secret()]}),
+           "DOCPROC_WEBHOOK_ALLOW_HOSTS": json.dumps(["127.0.0.1/32"]), "DOCPROC_WEBHOOK_TIMEOUT_S": "30"}
+    with WebhookReceiver(delay_s=12) as rx, running_up(tmp_path, "--var", str(tmp_path / "var"), env=env) as up:
+        hooked = [_submit(up, webhook_url=rx.url) for _ in range(2)]
+        assert [_finish(up, job["id"]) for job in hooked] == ["succeeded", "succeeded"]
+        rx.wait_for(2, timeout=30)  # both deliveries are in flight now, for 12 s
+        started = time.monotonic()
+        plain = _submit(up)
+        assert _finish(up, plain["id"], timeout=30) == "succeeded"
+        took = time.monotonic() - started
+        assert took < 6, f"a one-page job took {took:.1f} s behind two slow webhook receivers"
+        assert time.time() - rx.requests[1].at < 12  # measured while the receivers still held them
