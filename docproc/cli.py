@@ -105,10 +105,11 @@ def cmd_process(args: argparse.Namespace) -> int:
     settings = get_settings()
     # A bad task/schema/engine combination is refused before any file is read.
     resolve_request(args.task, args.schema, args.engine, settings)
-    engines = Engines(settings)
+    engines = Engines(settings, remember_load_failure=True)  # a model that cannot load is tried once
     args.out.mkdir(parents=True, exist_ok=True)
     taken: set[Path] = set()
     exit_code = EXIT_OK
+    model_reported = False
     for source in args.files:
         bar = None
 
@@ -141,6 +142,10 @@ def cmd_process(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
+        if engines.load_error is not None and not model_reported:  # once: its pages say it too
+            print(f"docproc: {str(engines.load_error).rstrip('.')}; its pages fail with model_unavailable, the "
+                  "other pages and files go on", file=sys.stderr)
+            model_reported = True
         path = _output_path(args.out, source, result.document.sha256, taken)
         path.write_text(result.model_dump_json(indent=2, by_alias=True) + "\n")
         failed = [p for p in result.pages if p.status == "failed"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from docproc.errors import DocprocError, InvalidRequest
+from docproc.errors import DocprocError, InvalidRequest, ModelUnavailable
 from docproc.results import DocumentInfo, DocumentResult, EngineName, ErrorInfo, PageResult, Task
 from docproc.schemas import ExtractionSchema, get_registry
 from docproc.settings import Settings, get_settings
@@ -36,15 +36,25 @@ class Engines:
 
     settings: Settings
     text: TextEngine = field(default_factory=TextEngine)
+    remember_load_failure: bool = False
+    """The CLI: a model that cannot be loaded is tried once per process, not once per batch."""
     _internvl: "InternVLEngine | None" = None
+    load_error: ModelUnavailable | None = None
 
     @property
     def internvl(self) -> "InternVLEngine":
         if self._internvl is None:
             from workers.engines.internvl import InternVLEngine
 
+            if self.load_error is not None:
+                raise self.load_error
             engine = InternVLEngine(self.settings)
-            engine.load()
+            try:
+                engine.load()
+            except ModelUnavailable as exc:
+                if self.remember_load_failure:
+                    self.load_error = exc
+                raise
             self._internvl = engine
         return self._internvl
 
@@ -133,7 +143,14 @@ def _run_batch(
     if text_pages:
         done += engines.text.process(doc, text_pages, task)
     if model_pages:
-        done += engines.model(route(model_pages[0], task, engine)).process(model_pages, task, schema)
+        name = route(model_pages[0], task, engine)
+        try:
+            model = engines.model(name)
+        except ModelUnavailable as exc:  # the model pages fail; the text pages and other documents go on
+            error = ErrorInfo(code=exc.code, message=exc.message)
+            done += [PageResult(page=p.number, status="failed", engine=name, error=error) for p in model_pages]
+        else:
+            done += model.process(model_pages, task, schema)
     by_page = {p.number: p for p in rendered}
     for result in done:
         page = by_page.get(result.page)
