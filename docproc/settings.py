@@ -247,6 +247,11 @@ class Settings(BaseSettings):
         2, ge=1, description="Tries of one page alone after its batch failed and was split down to it; "
         "then the page fails with inference_error (its batch-mates are unaffected).",
     )
+    model_worker_heartbeat_s: float = Field(
+        5.0, gt=0, description="A model worker announces itself in Redis this often once its model is loaded; "
+        "one silent for 3 beats is not online. With none online, work that needs the model is refused (503 "
+        "engine_unavailable) and intake fails model pages with engine_unavailable (docproc/model_workers.py).",
+    )
     lease_ttl_s: float = Field(
         60.0, gt=0, description="Page lease lifetime; the owner renews it every ttl/3 while the page runs, so "
         "a dead owner's page is taken over by a later delivery within one ttl.",

@@ -28,12 +28,13 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
+from docproc import model_workers
 from docproc.settings import Settings, get_settings
 from workers import observability  # noqa: F401 - connects the publish hook (timestamps, request ids)
 
 INTAKE_QUEUE = "intake"
 RENDER_QUEUE = "render"
-GPU_QUEUE = "gpu"
+GPU_QUEUE = model_workers.QUEUE  # "gpu"
 WEBHOOKS_QUEUE = "webhooks"
 BULK_QUEUE = "bulk"
 PERIODIC_QUEUE = "periodic"

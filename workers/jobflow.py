@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from docproc import metrics, tracing
+from docproc import metrics, model_workers, tracing
 from docproc.errors import DocprocError, NotFound, ServiceUnavailable, StorageError
 from docproc.jobs import PAGE_DUPLICATE, TERMINAL, Job, JobStore, PageStatus
 from docproc.leases import Lease, PageLeases
@@ -41,7 +41,7 @@ from docproc.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
 from docproc.schemas import ExtractionSchema
 from docproc.settings import Settings
 from docproc.storage import Storage, document_result_key, page_result_key
-from workers.celery_app import page_queue
+from workers.celery_app import GPU_QUEUE, page_queue
 from workers.engines.text import TEXT_TASKS
 from workers.intake import OpenedDocument, open_document
 from workers.pages import RenderedPage
@@ -58,6 +58,7 @@ T = TypeVar("T")
 # Page codes this module gives (listed in errors.PAGE_ERROR_CODES).
 TIMEOUT = "timeout"
 TOO_MANY_ATTEMPTS = "too_many_attempts"
+ENGINE_UNAVAILABLE = "engine_unavailable"  # a model page with no model worker online to run it
 
 
 INFERENCE_THREAD = "docproc-inference"
@@ -173,10 +174,25 @@ def run_intake(
     else:  # running: a redelivered intake; the pages already recorded need no task
         done = {p.page for p in store.pages(job_id) if p.state in ("succeeded", "failed")}
         numbers = [n for n in numbers if n not in done]
-    ids = [i for i in (enqueue(job_id, n, queues[n]) for n in numbers) if i]
+    stranded = _without_model_worker([n for n in numbers if queues[n] == GPU_QUEUE], store, settings)
+    ids = [i for i in (enqueue(job_id, n, queues[n]) for n in numbers if n not in stranded) if i]
     if ids:  # kept with the intake's id, for revoking on cancel
         store.add_task_ids(job_id, ids)
+    if stranded:
+        message = model_workers.NONE_ONLINE.format(ttl=model_workers.LIFETIMES * settings.model_worker_heartbeat_s)
+        logger.warning("intake %s: %d model page(s) failed: %s", job_id, len(stranded), message,
+                       extra={"job_id": job_id})
+        for n in stranded:  # the last one recorded ends the job, as any page does
+            record_page(job_id, failed_page(n, ENGINE_UNAVAILABLE, message, engine="internvl"), attempts=0,
+                        settings=settings, store=store, storage=storage, on_ended=on_ended)
     return numbers
+
+
+def _without_model_worker(gpu_pages: list[int], store: JobStore, settings: Settings) -> set[int]:
+    """``gpu_pages`` when no model worker is online to run them (they would wait for hours), else none."""
+    if not gpu_pages or model_workers.online(store.redis):
+        return set()
+    return set(gpu_pages)
 
 
 # ------------------------------------------------------------------ pages

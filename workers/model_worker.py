@@ -53,7 +53,7 @@ from celery import signals
 from kombu import Consumer, Message
 from kombu.exceptions import OperationalError
 
-from docproc import metrics
+from docproc import metrics, model_workers
 from docproc.errors import DocprocError
 from workers.celery_app import GPU_QUEUE, PAGE_TASK
 from workers.jobflow import inference_still_running
@@ -299,6 +299,8 @@ class ModelWorker:
             logger.critical("model worker: %s; stopping", exc)
             return 3
         metrics.MODEL_WORKERS.labels(model=engine.model_id).set(1)
+        beacon = model_workers.Beacon(self.r.redis, self.hostname, engine.model_id,
+                                      s.model_worker_heartbeat_s).start()  # online for the API and intake
         logger.info("model worker %s: %s on %s (dtype=%s, attention=%s); queue %r, prefetch %d, window %.3f s, "
                     "batch size %d, tile budget %d", self.hostname, engine.model_id, engine.device,
                     str(engine.dtype).removeprefix("torch."), engine.attn_implementation, GPU_QUEUE,
@@ -312,6 +314,7 @@ class ModelWorker:
             while not self._stopping.is_set():
                 self._consume(queue)
         finally:
+            beacon.stop()
             metrics.MODEL_WORKERS.labels(model=engine.model_id).set(0)
             control.close()
             self.events.close()
