@@ -199,7 +199,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
     import os
 
     from workers.celery_app import app
+    from workers.flower_queues import keep_every_queue
 
+    keep_every_queue()  # the gpu queue stays listed with no model worker online
     auth = args.basic_auth or os.environ.get("FLOWER_BASIC_AUTH")
     if not auth:
         print("docproc: configuration_error: Flower needs --basic-auth user:password "
@@ -273,7 +275,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         if using:  # after the output, so an error stays the first line
+            _publish_metrics()
             print(using, file=sys.stderr)
+
+
+def _publish_metrics() -> None:
+    """What an operator command counted (a retry's job, a cancel, a re-process) reaches the
+    service-wide counters of the API's /metrics (docproc.shared_metrics)."""
+    if "prometheus_client" not in sys.modules:  # nothing was counted
+        return
+    from docproc import shared_metrics
+    from docproc.jobs import connect_redis
+
+    client = connect_redis(get_settings())
+    try:
+        shared_metrics.publish(client)
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

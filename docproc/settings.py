@@ -218,7 +218,10 @@ class Settings(BaseSettings):
         description="A worker's main process serves its Prometheus metrics (all pool children "
         "summed) on this port at /metrics; 0: off. One port per worker on a host.",
     )
-    worker_metrics_host: str = Field("0.0.0.0", description="Interface of the worker metrics endpoint.")
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Interface of the worker metrics endpoint: loopback unless you open it (the "
+        "API's /metrics already shows the whole service).",
+    )
     otel_enabled: bool = Field(
         False, description="OpenTelemetry spans per stage (needs the otel extra); off by default."
     )

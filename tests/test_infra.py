@@ -514,3 +514,44 @@ def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, 
         assert httpx.get(f"{url}/workers", auth=("ops", "s3cret-for-this-test"), timeout=10).status_code == 200
     finally:
         flower.stop()
+
+
+@pytest.mark.worker
+def test_flower_as_deployed_lists_the_gpu_queue_with_no_model_worker_online(redis_server, redis_client, tmp_path):
+    """With a CPU worker online and no model worker, Flower used to list only the CPU worker's
+    queues: the gpu queue (and its backlog) vanished from the broker page and the queues API."""
+    (container,) = [c for _, c in pod_containers() if "flower" in c["command"]]
+    port = free_port()
+    argv = ["--address=127.0.0.1" if a.startswith("--address=") else f"--port={port}" if a.startswith("--port=")
+            else a for a in container["command"]]
+    env = settings_env(Settings(_env_file=None, redis_url=redis_server.url))
+    env.update(FLOWER_BASIC_AUTH="ops:s3cret-for-this-test", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    worker = ServiceProcess([sys.executable, "-m", "workers", "--queues", "intake,render", "-c", "1", "-n", "cpu@%h"],
+                            env, tmp_path / "worker.log")
+    flower = ServiceProcess(argv, env, tmp_path / "flower.log")
+    url, auth = f"http://127.0.0.1:{port}", ("ops", "s3cret-for-this-test")
+    redis_client.lpush("gpu", "{}")  # a page waiting for a model worker
+
+    def queues() -> dict[str, int]:
+        try:
+            found = httpx.get(f"{url}/api/queues/length", auth=auth, timeout=10).json()["active_queues"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return {}
+        return {q["name"]: q["messages"] for q in found}
+
+    try:
+        wait_for_http(f"{url}/healthcheck", 60, "Flower to answer /healthcheck", [flower])
+        wait_until(lambda: "cpu@ready" if "ready" in worker.log() else None, 60, "the worker", [worker], interval=0.2)
+
+        def cpu_worker_known() -> bool:  # Flower asks the workers it sees for their queues
+            known = httpx.get(f"{url}/api/workers?refresh=1", auth=auth, timeout=20).json()
+            return any(info.get("active_queues") for info in known.values())
+
+        wait_until(cpu_worker_known, 60, "Flower to know the CPU worker's queues", [flower, worker], interval=0.5)
+        listed = queues()
+        assert listed.get("gpu") == 1, listed
+        assert set(listed) >= {"intake", "render", "gpu", "webhooks", "bulk", "periodic"}
+        assert "gpu" in httpx.get(f"{url}/broker", auth=auth, timeout=10).text
+    finally:
+        flower.stop()
+        worker.stop()

@@ -96,6 +96,8 @@ def test_model_work_without_a_model_worker_is_refused_or_fails_fast_and_readyz_s
         wait_until(lambda: client.get("/readyz").json()["model_workers"], 120, "the model worker online", [model])
         (seen,) = client.get("/readyz").json()["model_workers"]
         assert seen["node"] == node and seen["model"] == mw_settings.model
+        scraped = client.get("/metrics").text  # the service-wide scrape counts it from its heartbeat
+        assert f'docproc_model_workers{{model="{mw_settings.model}"}} 1.0' in scraped
         assert ended(client, waiting.json()["id"], 120, [model])["state"] in ("succeeded", "failed")
         assert client.get(f"/v1/jobs/{waiting.json()['id']}").json()["waiting"] is None
         extract = post(client, builders.invoice_pdf(), "inv.pdf", task="extract", schema="invoice")

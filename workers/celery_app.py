@@ -25,6 +25,8 @@ written by the plain functions in :mod:`workers.jobflow`.
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -152,3 +154,8 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+if "flower" in sys.modules:  # loaded by Flower (celery -A workers.celery_app flower): list every queue
+    from workers.flower_queues import keep_every_queue
+
+    keep_every_queue()

@@ -53,7 +53,7 @@ from celery import signals
 from kombu import Consumer, Message
 from kombu.exceptions import OperationalError
 
-from docproc import metrics, model_workers
+from docproc import metrics, model_workers, shared_metrics
 from docproc.errors import DocprocError
 from workers.celery_app import GPU_QUEUE, PAGE_TASK
 from workers.jobflow import inference_still_running
@@ -261,6 +261,7 @@ class ModelWorker:
                              engines=self.r.engines, leases=self.r.leases, on_ended=self.r.job_ended,
                              on_outcome=lambda o: self._settle(by_work, o))
         finally:
+            shared_metrics.publish(self.r.redis)  # the batch's pages and tokens, service-wide
             self.events.active = 0
             self.running = ()
             if inference_still_running():  # a timed-out generate still holds the model
@@ -301,6 +302,7 @@ class ModelWorker:
         metrics.MODEL_WORKERS.labels(model=engine.model_id).set(1)
         beacon = model_workers.Beacon(self.r.redis, self.hostname, engine.model_id,
                                       s.model_worker_heartbeat_s).start()  # online for the API and intake
+        shared_metrics.start(self.r.redis)
         logger.info("model worker %s: %s on %s (dtype=%s, attention=%s); queue %r, prefetch %d, window %.3f s, "
                     "batch size %d, tile budget %d", self.hostname, engine.model_id, engine.device,
                     str(engine.dtype).removeprefix("torch."), engine.attn_implementation, GPU_QUEUE,

@@ -660,7 +660,8 @@ class InternVLEngine:
         allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
         usable = free + max(0, reserved - allocated)  # the caching allocator's free blocks are usable too
         for kind, value in (("free", free), ("total", total), ("allocated", allocated), ("reserved", reserved)):
-            metrics.GPU_MEMORY_BYTES.labels(device=str(self.device), kind=kind).set(value)
+            metrics.GPU_MEMORY_BYTES.labels(device=str(self.device), kind=kind,
+                                            worker=metrics.worker_label()).set(value)
         cost = s.gpu_tile_cost_bytes or self.tile_cost_bytes()
         budget = max(1, min(most, int(usable * s.gpu_memory_fraction) // max(1, cost)))
         logger.debug("internvl: tile budget %d (usable %.1f GiB, %.1f MiB per tile)", budget, usable / 2**30,
