@@ -493,19 +493,23 @@ def test_the_worker_healthchecks_ping_the_node_the_worker_command_names(redis_se
         worker.stop()
 
 
-@pytest.mark.worker
-def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, redis_client, tmp_path):
-    """infra's Flower command, run with the env its Secret gives it: every page but
-    /healthcheck needs the credentials (Flower reads FLOWER_BASIC_AUTH itself)."""
+def deployed_flower(redis_server, tmp_path: Path) -> tuple[ServiceProcess, str]:
+    """infra's Flower command on a free loopback port, with the env its Secret gives it
+    (FLOWER_BASIC_AUTH ops:s3cret-for-this-test): (process, base URL)."""
     (container,) = [c for _, c in pod_containers() if "flower" in c["command"]]
     port = free_port()
     argv = ["--address=127.0.0.1" if a.startswith("--address=") else f"--port={port}" if a.startswith("--port=")
             else a for a in container["command"]]
     env = settings_env(Settings(_env_file=None, redis_url=redis_server.url))
     env.update(FLOWER_BASIC_AUTH="ops:s3cret-for-this-test", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
-    flower = ServiceProcess(argv, env, tmp_path / "flower.log")
-    url = f"http://127.0.0.1:{port}"
+    return ServiceProcess(argv, env, tmp_path / "flower.log"), f"http://127.0.0.1:{port}"
 
+
+@pytest.mark.worker
+def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, redis_client, tmp_path):
+    """infra's Flower command, run with the env its Secret gives it: every page but
+    /healthcheck needs the credentials (Flower reads FLOWER_BASIC_AUTH itself)."""
+    flower, url = deployed_flower(redis_server, tmp_path)
     try:
         wait_for_http(f"{url}/healthcheck", 60, "Flower to answer /healthcheck", [flower])
         for path in ("/", "/workers", "/api/workers", "/api/tasks"):
@@ -520,16 +524,10 @@ def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, 
 def test_flower_as_deployed_lists_the_gpu_queue_with_no_model_worker_online(redis_server, redis_client, tmp_path):
     """With a CPU worker online and no model worker, Flower used to list only the CPU worker's
     queues: the gpu queue (and its backlog) vanished from the broker page and the queues API."""
-    (container,) = [c for _, c in pod_containers() if "flower" in c["command"]]
-    port = free_port()
-    argv = ["--address=127.0.0.1" if a.startswith("--address=") else f"--port={port}" if a.startswith("--port=")
-            else a for a in container["command"]]
-    env = settings_env(Settings(_env_file=None, redis_url=redis_server.url))
-    env.update(FLOWER_BASIC_AUTH="ops:s3cret-for-this-test", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
     worker = ServiceProcess([sys.executable, "-m", "workers", "--queues", "intake,render", "-c", "1", "-n", "cpu@%h"],
-                            env, tmp_path / "worker.log")
-    flower = ServiceProcess(argv, env, tmp_path / "flower.log")
-    url, auth = f"http://127.0.0.1:{port}", ("ops", "s3cret-for-this-test")
+                            settings_env(Settings(_env_file=None, redis_url=redis_server.url)), tmp_path / "worker.log")
+    flower, url = deployed_flower(redis_server, tmp_path)
+    auth = ("ops", "s3cret-for-this-test")
     redis_client.lpush("gpu", "{}")  # a page waiting for a model worker
 
     def queues() -> dict[str, int]:
