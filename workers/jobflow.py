@@ -167,6 +167,7 @@ def run_intake(
         logger.info("intake %s: failed: %s", job_id, exc)
         end_job(job_id, "failed", store=store, on_ended=on_ended, error=_error(exc))
         return []
+    model_offline = any(q == GPU_QUEUE for q in queues.values()) and not model_workers.online(store.redis)
     if job.state == "queued":
         if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type):
             logger.info("intake %s: job was canceled before it started", job_id)
@@ -174,7 +175,8 @@ def run_intake(
     else:  # running: a redelivered intake; the pages already recorded need no task
         done = {p.page for p in store.pages(job_id) if p.state in ("succeeded", "failed")}
         numbers = [n for n in numbers if n not in done]
-    stranded = _without_model_worker([n for n in numbers if queues[n] == GPU_QUEUE], store, settings)
+    # model pages with no model worker online would wait for hours: they fail now instead
+    stranded = {n for n in numbers if queues[n] == GPU_QUEUE} if model_offline else set()
     ids = [i for i in (enqueue(job_id, n, queues[n]) for n in numbers if n not in stranded) if i]
     if ids:  # kept with the intake's id, for revoking on cancel
         store.add_task_ids(job_id, ids)
@@ -186,13 +188,6 @@ def run_intake(
             record_page(job_id, failed_page(n, ENGINE_UNAVAILABLE, message, engine="internvl"), attempts=0,
                         settings=settings, store=store, storage=storage, on_ended=on_ended)
     return numbers
-
-
-def _without_model_worker(gpu_pages: list[int], store: JobStore, settings: Settings) -> set[int]:
-    """``gpu_pages`` when no model worker is online to run them (they would wait for hours), else none."""
-    if not gpu_pages or model_workers.online(store.redis):
-        return set()
-    return set(gpu_pages)
 
 
 # ------------------------------------------------------------------ pages
