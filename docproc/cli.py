@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--redis-port", type=int, default=6390)
     u.add_argument("--flower-port", type=int, default=5555)
     u.add_argument("--no-model-worker", action="store_true", help="no gpu-queue worker (text engine only)")
+    u.add_argument("--model-server", metavar="URL|vllm", default=None,
+                   help="run the gpu queue on a model server: the URL of a running vLLM or LMDeploy server "
+                        "(http://127.0.0.1:8000/v1), or 'vllm' to start one (DOCPROC_VLLM_PYTHON); sets "
+                        "DOCPROC_MODEL_SERVER for the model worker")
 
     k = sub.add_parser("keys", help="API keys: create, revoke, hash")
     ksub = k.add_subparsers(dest="keys_command", required=True)
@@ -216,6 +220,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     stack = Stack(var=args.var, api_port=args.port, redis_port=args.redis_port,
                   flower_port=args.flower_port, model_worker=not args.no_model_worker)
+    if args.model_server is not None:
+        stack.env["DOCPROC_MODEL_SERVER"] = args.model_server
     return run_stack(stack)
 
 

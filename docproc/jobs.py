@@ -563,6 +563,16 @@ class JobStore:
         found = {job_id: job for job_id, _, job in self._with_jobs(rows)}
         return [found.get(job_id) for job_id in job_ids]
 
+    @service_errors
+    def ended(self, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` are terminal or gone, in one round trip (the model worker's
+        cancel check over the pages it has in flight)."""
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self._job_key(job_id), "state")
+        states = pipe.execute()
+        return {job_id for job_id, state in zip(job_ids, states) if state is None or _text(state) in TERMINAL}
+
     def get(self, tenant: str, job_id: str) -> Job:
         """The tenant's job; another tenant's id is NotFound exactly like a missing one."""
         job = self.load(job_id)

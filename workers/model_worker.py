@@ -289,24 +289,51 @@ class ModelWorker:
                 if window_end is None:
                     return  # let the caller look at leased / backed-off deliveries again
 
-    def run(self) -> int:
-        """Load the model, then consume until stopped. 0 on a clean stop; 3 when the model
-        cannot be loaded."""
+    def start_engine(self) -> str:
+        """Load the model (device, dtype and attention are logged once); returns its id.
+        DocprocError when it cannot be loaded."""
         s = self.settings
-        signals.worker_init.send(sender=self)  # what a Celery worker's start runs (tracing, ...)
-        try:
-            engine = self.r.engines.internvl  # loads (and logs device, dtype, attention) once
-        except DocprocError as exc:
-            logger.critical("model worker: %s; stopping", exc)
-            return 3
-        metrics.MODEL_WORKERS.labels(model=engine.model_id).set(1)
-        beacon = model_workers.Beacon(self.r.redis, self.hostname, engine.model_id,
-                                      s.model_worker_heartbeat_s).start()  # online for the API and intake
-        shared_metrics.start(self.r.redis)
+        engine = self.r.engines.internvl
         logger.info("model worker %s: %s on %s (dtype=%s, attention=%s); queue %r, prefetch %d, window %.3f s, "
                     "batch size %d, tile budget %d", self.hostname, engine.model_id, engine.device,
                     str(engine.dtype).removeprefix("torch."), engine.attn_implementation, GPU_QUEUE,
                     s.model_worker_prefetch, s.model_worker_batch_window_s, s.batch_size, engine.tile_budget())
+        return engine.model_id
+
+    def stop_engine(self) -> None:
+        """Release what :meth:`start_engine` started (the in-process model stays with the process)."""
+
+    @property
+    def prefetch(self) -> int:
+        """Page messages held unacked at once."""
+        return self.settings.model_worker_prefetch
+
+    def step(self, conn: Any) -> None:
+        """One turn of the consumer loop: gather a batch, run it."""
+        self._fill(conn)
+        due = self._due()
+        if due:
+            self.run_batch(due)
+
+    def on_connection_lost(self) -> None:
+        """The held messages come back after the visibility timeout; forget them here."""
+        self.held.clear()
+        self._extra.clear()
+
+    def run(self) -> int:
+        """Start the engine, then consume until stopped. 0 on a clean stop; 3 when the model
+        cannot be loaded (or its server cannot be reached)."""
+        signals.worker_init.send(sender=self)  # what a Celery worker's start runs (tracing, ...)
+        try:
+            model_id = self.start_engine()
+        except DocprocError as exc:
+            logger.critical("model worker: %s; stopping", exc)
+            self.stop_engine()
+            return 3
+        metrics.MODEL_WORKERS.labels(model=model_id).set(1)
+        beacon = model_workers.Beacon(self.r.redis, self.hostname, model_id,
+                                      self.settings.model_worker_heartbeat_s).start()  # online for the API and intake
+        shared_metrics.start(self.r.redis)
         self.events = Events(self.app, self.hostname)
         self.events.start()
         control = ControlNode(self.app, self).start()
@@ -317,9 +344,10 @@ class ModelWorker:
                 self._consume(queue)
         finally:
             beacon.stop()
-            metrics.MODEL_WORKERS.labels(model=engine.model_id).set(0)
+            metrics.MODEL_WORKERS.labels(model=model_id).set(0)
             control.close()
             self.events.close()
+            self.stop_engine()
             signals.worker_shutdown.send(sender=self)
         logger.info("model worker %s: stopped (%d pages done)", self.hostname, self.events.processed)
         return 0
@@ -330,29 +358,32 @@ class ModelWorker:
             try:
                 conn.ensure_connection(max_retries=1)
                 with Consumer(conn, queues=[queue], callbacks=[self._on_message], accept=["json"],
-                              prefetch_count=self.settings.model_worker_prefetch):
+                              prefetch_count=self.prefetch):
                     logger.info("model worker %s: ready", self.hostname)
                     while not self._stopping.is_set():
-                        self._fill(conn)
-                        due = self._due()
-                        if due:
-                            self.run_batch(due)
+                        self.step(conn)
                 # closing the channel puts the messages still held back on the queue
             except (*conn.connection_errors, OperationalError) as exc:
                 # the held messages come back after the visibility timeout; leases and
                 # write-once results make a second run of their pages harmless
                 logger.warning("model worker: broker connection lost (%s); reconnecting", exc)
-                self.held.clear()
-                self._extra.clear()
+                self.on_connection_lost()
                 self._stopping.wait(1.0)
 
 
 def run(*, hostname: str | None = None, install_signals: bool = True,
         resources_factory: Callable[[], Any] | None = None) -> int:
-    """``python -m workers --queues gpu``: the batched model worker in this process."""
+    """``python -m workers --queues gpu``: the model worker in this process: the batched
+    in-process engine, or the feeder of a model server when ``DOCPROC_MODEL_SERVER`` is set."""
     from workers.tasks import resources
 
-    worker = ModelWorker((resources_factory or resources)(), hostname=hostname)
+    r = (resources_factory or resources)()
+    if r.settings.model_server.strip():
+        from workers.model_feeder import FeederWorker
+
+        worker: ModelWorker = FeederWorker(r, hostname=hostname)
+    else:
+        worker = ModelWorker(r, hostname=hostname)
     if install_signals:
         signal.signal(signal.SIGTERM, worker.stop)
         signal.signal(signal.SIGINT, worker.stop)

@@ -136,15 +136,28 @@ def _string_bytes(node: dict[str, Any]) -> int:
     return 2 + MAX_CHAR_BYTES * int(node.get("minLength", 0))
 
 
-def greedy_fill(node: dict[str, Any]) -> int:
-    """Bytes of a whole value of ``node`` written by the closing order from its first byte."""
+def _fixed_bytes(node: dict[str, Any]) -> int | None:
+    """Bytes of a ``const``/``enum`` node's longest value (None for other nodes)."""
     if "const" in node:
         return _json_bytes(node["const"])
     if "enum" in node:
         return max(_json_bytes(v) for v in node["enum"])
+    return None
+
+
+def _typed(node: dict[str, Any]) -> list[str]:
     types = _types(node)
     if not types:
         raise UnboundedSchema("a node without 'type' admits any JSON")
+    return types
+
+
+def greedy_fill(node: dict[str, Any]) -> int:
+    """Bytes of a whole value of ``node`` written by the closing order from its first byte."""
+    fixed = _fixed_bytes(node)
+    if fixed is not None:
+        return fixed
+    types = _typed(node)
     if "string" in types:  # '"' comes first in the closing order
         return _string_bytes(node)
     if "null" in types:
@@ -197,3 +210,101 @@ def closing_reserve(schema: dict[str, Any]) -> int:
     """Tokens (stop token included) the closing order needs at most, from any state, to end a
     compact JSON value of ``schema``. Raises UnboundedSchema when that is not known."""
     return max_scalar_tail(schema) + _path_fill(schema) + 1
+
+
+# --- schemas sent to a model server (workers/engines/served.py) -----------------------
+#
+# A server (vLLM, LMDeploy) constrains decoding to the schema with xgrammar but has no
+# closing order: a string or an array the model never ends runs into ``max_tokens`` and
+# the JSON is cut. So what is sent is bounded instead: every string gets a ``maxLength``
+# and every array a ``maxItems`` (tighter ones of the schema stay), chosen so that the
+# longest compact value the bounded schema admits fits the page's token budget, and every
+# number a range (the grammar then bounds its digits). The output must be compact: the
+# server must run with the grammar's free whitespace off.
+
+STRING_CHARS_START = 512  # the bounds tried first, halved until the longest value fits
+ARRAY_ITEMS_START = 64
+# A number without a range is any count of digits in xgrammar's grammar; with one, the grammar
+# bounds its digits (and writes at most 6 decimals): -999999999999.999999 is 20 bytes.
+NUMBER_LIMIT = 10**12 - 1
+
+
+def max_bytes(node: dict[str, Any]) -> int:
+    """Most bytes of a compact JSON value of a bounded ``node`` (numbers count
+    :data:`MAX_NUMBER_BYTES`); UnboundedSchema where a string or array has no bound."""
+    fixed = _fixed_bytes(node)
+    return fixed if fixed is not None else max(_type_max_bytes(node, t) for t in _typed(node))
+
+
+def _type_max_bytes(node: dict[str, Any], kind: str) -> int:
+    if kind == "string":
+        if "format" in node or "pattern" in node:
+            return _string_bytes(node)
+        if "maxLength" not in node:
+            raise UnboundedSchema("a string without maxLength")
+        return 2 + MAX_CHAR_BYTES * int(node["maxLength"])
+    if kind in LITERAL_BYTES:
+        return LITERAL_BYTES[kind]
+    if kind in ("number", "integer"):
+        return MAX_NUMBER_BYTES
+    if kind == "array":
+        if "maxItems" not in node:
+            raise UnboundedSchema("an array without maxItems")
+        n = int(node["maxItems"])
+        return 2 + n * max_bytes(node.get("items") or {}) + max(0, n - 1)
+    if kind == "object":
+        props = node.get("properties") or {}
+        return 2 + sum(_json_bytes(k) + 1 + max_bytes(v) for k, v in props.items()) + max(0, len(props) - 1)
+    raise UnboundedSchema(f"unknown type {kind!r}")
+
+
+def _apply_bounds(node: Any, chars: int, items: int) -> None:
+    if isinstance(node, list):
+        for value in node:
+            _apply_bounds(value, chars, items)
+        return
+    if not isinstance(node, dict):
+        return
+    types = _types(node)
+    if "string" in types and "format" not in node and "pattern" not in node and "enum" not in node:
+        node["maxLength"] = max(int(node.get("minLength", 0)), min(chars, int(node.get("maxLength", chars))))
+    if {"number", "integer"} & set(types):
+        node.setdefault("minimum", -NUMBER_LIMIT)
+        node.setdefault("maximum", NUMBER_LIMIT)
+    if "array" in types:
+        node["maxItems"] = max(int(node.get("minItems", 0)), min(items, int(node.get("maxItems", items))))
+    if "object" in types:
+        node["additionalProperties"] = False  # no keys beyond the listed ones: their length is unknown
+    for key in ("properties", "items"):
+        child = node.get(key)
+        if isinstance(child, dict) and key == "properties":
+            _apply_bounds(list(child.values()), chars, items)
+        elif child is not None:
+            _apply_bounds(child, chars, items)
+
+
+def bounded_schema(schema: dict[str, Any], budget_tokens: int) -> tuple[dict[str, Any], int]:
+    """``(schema to send, its longest compact value in bytes)``: :func:`grammar_schema` of
+    ``schema`` with strings and arrays bounded so that value plus the stop token fits
+    ``budget_tokens`` (every token holds at least one byte). Bounds start at
+    :data:`STRING_CHARS_START` characters and :data:`ARRAY_ITEMS_START` items and are
+    halved, arrays first down to 8 items, until it fits; UnboundedSchema when even one
+    character and one item do not."""
+    chars, items = STRING_CHARS_START, ARRAY_ITEMS_START
+    while True:
+        out = grammar_schema(schema)
+        _apply_bounds(out, chars, items)
+        longest = max_bytes(out)
+        if longest + 1 <= budget_tokens:
+            return out, longest
+        if items > 8:
+            items //= 2
+        elif chars > 32:
+            chars //= 2
+        elif items > 1:
+            items //= 2
+        elif chars > 1:
+            chars //= 2
+        else:
+            raise UnboundedSchema(f"the schema's shortest bounded form needs {longest + 1} tokens, more than "
+                                  f"the budget of {budget_tokens}")

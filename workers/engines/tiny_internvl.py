@@ -19,6 +19,7 @@ real size. The outputs of random weights are noise; only their cost is real.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -109,9 +110,10 @@ def internvl_config(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             image_size=image_size, patch_size=patch_size, attention_bias=True,
         )
+        # head_dim 64: the smallest a vLLM CPU attention kernel takes (16 fails there)
         text_kwargs: dict[str, Any] = dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
+            hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32768,
         )
         vocab = vocab_size or len(tokenizer)
     elif size in _QWEN25:
@@ -198,4 +200,9 @@ def build_tiny_internvl(
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     ).save_pretrained(out)
+    # The processor's own config: vLLM reads image_seq_length from it (without it, 256 is
+    # assumed and the first image request fails on a placeholder count mismatch).
+    (out / "processor_config.json").write_text(
+        json.dumps({"image_seq_length": config.image_seq_length, "processor_class": "InternVLProcessor"}, indent=2)
+    )
     return out
