@@ -152,7 +152,9 @@ def run_stack(stack: Stack) -> int:
         print(
             f"docproc up: API http://127.0.0.1:{stack.api_port}/docs  "
             f"Flower http://127.0.0.1:{stack.flower_port} (user:password {stack.env['DOCPROC_FLOWER_BASIC_AUTH']})  "
-            f"Redis 127.0.0.1:{stack.redis_port}  storage {stack.env['DOCPROC_STORAGE_URL']}  -- Ctrl-C stops",
+            f"Redis 127.0.0.1:{stack.redis_port}  storage {stack.env['DOCPROC_STORAGE_URL']}  -- Ctrl-C stops\n"
+            f"docproc up: operator commands in this checkout (docproc jobs, queues, keys ...) use this stack: "
+            f"{stackfile.stack_file(stack.var)}",
             file=sys.stderr,
         )
         if stack.dev_key:
