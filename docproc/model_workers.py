@@ -13,11 +13,14 @@ What reads it:
 * intake (:func:`workers.jobflow.run_intake`) fails the pages it would put on ``gpu`` with
   the page error ``engine_unavailable`` instead of leaving them queued for hours;
 * ``/readyz`` reports the model workers it sees, and ``GET /v1/jobs/{id}`` says why a job
-  with model pages still queued waits (:func:`waiting_reason`).
+  with model pages still queued waits (:func:`waiting_reason`);
+* the watchdog tick fails the pages left on ``gpu`` once no model worker has been online for
+  ``model_worker_grace_s`` (:func:`offline_for`, ``workers/stranded_pages.py``).
 
 Redis layout::
 
-    docproc:model-workers   hash  node name -> {"node", "model", "pid", "since", "until"} (JSON)
+    docproc:model-workers             hash  node name -> {"node", "model", "pid", "since", "until"} (JSON)
+    docproc:model-workers:last-seen   str   when one last announced itself (Unix seconds)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from docproc.errors import EngineUnavailable
 logger = logging.getLogger(__name__)
 
 KEY = "docproc:model-workers"
+LAST_SEEN = "docproc:model-workers:last-seen"  # when a model worker last announced itself (Unix s)
 QUEUE = "gpu"
 """The queue model workers consume (``workers.celery_app.GPU_QUEUE`` is this name)."""
 LIFETIMES = 3  # an announcement outlives this many missed heartbeats
@@ -44,8 +48,11 @@ LIFETIMES = 3  # an announcement outlives this many missed heartbeats
 def announce(client: redis.Redis, node: str, model: str, heartbeat_s: float, since: float | None = None) -> None:
     """Say that ``node`` serves ``gpu`` with ``model`` for the next ``LIFETIMES`` heartbeats."""
     now = time.time()
-    client.hset(KEY, node, json.dumps({"node": node, "model": model, "pid": os.getpid(), "since": since or now,
-                                       "until": now + LIFETIMES * heartbeat_s}))
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(KEY, node, json.dumps({"node": node, "model": model, "pid": os.getpid(), "since": since or now,
+                                     "until": now + LIFETIMES * heartbeat_s}))
+    pipe.set(LAST_SEEN, now)
+    pipe.execute()
 
 
 def withdraw(client: redis.Redis, node: str) -> None:
@@ -69,6 +76,15 @@ def online(client: redis.Redis, now: float | None = None) -> list[dict[str, Any]
     if expired:
         client.hdel(KEY, *expired)
     return sorted(alive, key=lambda e: e["node"])
+
+
+def offline_for(client: redis.Redis, now: float | None = None) -> float | None:
+    """Seconds since a model worker was last online; None while one is (infinite: never seen)."""
+    now = time.time() if now is None else now
+    if online(client, now):
+        return None
+    seen = client.get(LAST_SEEN)
+    return now - float(seen) if seen else float("inf")
 
 
 NONE_ONLINE = ("no model worker serves the gpu queue (none has announced itself in the last "

@@ -255,6 +255,12 @@ class Settings(BaseSettings):
         "one silent for 3 beats is not online. With none online, work that needs the model is refused (503 "
         "engine_unavailable) and intake fails model pages with engine_unavailable (docproc/model_workers.py).",
     )
+    model_worker_grace_s: float = Field(
+        600.0, ge=0, description="Model pages left on the gpu queue when no model worker has been online for "
+        "this long (the last one went away: a crash loop, a pool scaled to zero) fail with engine_unavailable "
+        "at the next watchdog tick instead of waiting for the stuck-job watchdog; a model worker that comes "
+        "back finds them recorded.",
+    )
     lease_ttl_s: float = Field(
         60.0, gt=0, description="Page lease lifetime; the owner renews it every ttl/3 while the page runs, so "
         "a dead owner's page is taken over by a later delivery within one ttl.",

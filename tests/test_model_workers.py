@@ -122,3 +122,38 @@ def test_an_announcement_expires_when_its_worker_stops_beating(redis_client):
     with pytest.raises(Exception) as refused:
         model_workers.require_online(redis_client, 0.2)
     assert refused.value.code == "engine_unavailable" and refused.value.http_status == 503
+
+
+def test_model_pages_stranded_on_the_gpu_queue_fail_once_no_model_worker_was_online_for_the_grace(
+        mw_settings, redis_client):
+    """Pages queued while a model worker was online, which then went away for good: the watchdog
+    tick fails them with engine_unavailable after model_worker_grace_s, not hours later."""
+    from types import SimpleNamespace
+
+    from docproc.jobs import JobRequest, JobStore
+    from docproc.storage import open_storage
+    from docproc.submit import submit_job
+    from workers import jobflow, stranded_pages
+    from workers.celery_app import PAGE_TASK, create_app
+
+    settings = mw_settings.model_copy(update={"model_worker_grace_s": 2.0})
+    store, storage, celery = JobStore(redis_client, settings), open_storage(settings), create_app(settings)
+    r = SimpleNamespace(settings=settings, redis=redis_client, store=store, storage=storage,
+                        job_ended=lambda job_id: None)
+    model_workers.announce(redis_client, "gone@tests", "tests", heartbeat_s=0.2)  # online for 0.6 s
+    try:
+        job = submit_job(store=store, storage=storage, celery=celery, settings=settings, tenant="acme",
+                         request=JobRequest(task="ocr"), data=builders.tiff_multipage(2), filename="scan.tiff").job
+        jobflow.run_intake(job.id, settings=settings, store=store, storage=storage,
+                           enqueue=lambda j, n, q: celery.send_task(PAGE_TASK, args=[j, n], queue=q).id)
+    finally:
+        celery.close()
+    assert redis_client.llen("gpu") == 2 and store.load(job.id).state == "running"
+
+    time.sleep(0.7)  # its announcement expired: offline, not yet for the grace
+    assert stranded_pages.fail_stranded(r) == 0 and store.load(job.id).state == "running"
+    time.sleep(2.0)
+    assert stranded_pages.fail_stranded(r) == 2
+    assert store.load(job.id).state == "failed"
+    assert [p.error.code for p in store.pages(job.id)] == ["engine_unavailable", "engine_unavailable"]
+    assert stranded_pages.fail_stranded(r) == 0  # recorded once
