@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
+from api import openapi
 from api.deps import Services
 from api.middleware import RequestObservability
 from api.problems import install_problem_handlers
@@ -75,14 +77,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.redis.close()
             services.celery.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc with their JS/CSS served by the API itself (fastapi-offline
+    # ships them): air-gapped sites get working docs, no CDN is ever asked.
+    app = FastAPIOffline(
         title="docproc",
         version="0.1.0",
         summary="Asynchronous document processing: OCR, tables and field extraction with InternVL.",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationId = the route's function: submit, get_job
     )
     install_problem_handlers(app)
+    openapi.install(app)
     app.add_middleware(RequestObservability)  # request id, HTTP metrics, access log
     app.include_router(jobs.router)
     app.include_router(schemas.router)

@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from docproc.jobs import TERMINAL, Job, JobRequest, JobState, PageStatus
-from docproc.results import ErrorInfo
+from docproc.results import ErrorInfo, ResultWarning
 from docproc.schemas import ExtractionSchema
+from docproc.timestamps import UtcTime
 
 
 class JobSubmission(JobRequest):
@@ -50,8 +51,8 @@ class JobSummary(BaseModel):
     schema_name: str | None = Field(None, alias="schema")
     filename: str | None
     page_count: int | None
-    created_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcTime | None
+    finished_at: UtcTime | None
     error: ErrorInfo | None
     metadata: dict[str, Any]
 
@@ -65,7 +66,7 @@ class JobView(JobSummary):
     input: dict[str, Any] = Field(description="sha256, size_bytes, media_type of the stored document.")
     progress: Progress
     pages: list[PageStatus]
-    started_at: datetime | None
+    started_at: UtcTime | None
     timings: Timings
     schema_version: str | None
     batch_id: str | None = Field(None, description="The batch or re-process this job belongs to.")
@@ -73,6 +74,8 @@ class JobView(JobSummary):
     model: str | None
     waiting: str | None = Field(None, description="Why the job is not progressing, when docproc knows: e.g. "
                                 "its model pages wait on the gpu queue and no model worker is online.")
+    warnings: list[ResultWarning] = Field(default_factory=list, description="The document's warnings (repaired: "
+                                          "a damaged PDF MuPDF repaired; pages: those that lost content).")
     links: Links
 
 
@@ -93,8 +96,8 @@ class Version(BaseModel):
     model: str | None
     reprocess_of: str | None = Field(description="The job it re-processed (null for the first).")
     batch_id: str | None = Field(description="The batch or re-process it belongs to.")
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UtcTime
+    finished_at: UtcTime | None
     result: str | None = Field(description="Its result, when it has one.")
 
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
@@ -203,6 +206,7 @@ def job_view(job: Job, pages: list[PageStatus], now: datetime, waiting: str | No
         reprocess_of=job.reprocess_of,
         model=job.model,
         waiting=waiting,
+        warnings=job.warnings,
         links=job_links(job),
     )
 

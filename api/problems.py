@@ -69,7 +69,7 @@ class Problem(BaseModel):
     instance: str = Field(description="Identifies this occurrence (also in the server's log).")
 
 
-PROBLEM_SCHEMA = Problem.model_json_schema()
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}  # api.openapi adds Problem to the components
 
 
 def title_for(code: str) -> str:
@@ -208,5 +208,5 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             description = HTTPStatus(status).phrase
         except ValueError:
             description = "Error"
-        out[status] = {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}}}
+        out[status] = {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}}}
     return out

@@ -5,22 +5,30 @@ A multipart upload is parsed as it streams in: the file part goes to a
 fields stay small strings. The read stops with :class:`~docproc.errors.FileTooLarge`
 (413 ``file_too_large``) the moment the file passes ``max_file_bytes``; a
 ``Content-Length`` that already says so is refused before a byte is read.
+
+Every body is read through :func:`body_chunks`, which drops a request whose body has
+not arrived ``request_body_timeout_s`` after its first read (408 ``request_timeout``).
+JSON (bodies, and the ``metadata`` form field) is parsed by :mod:`api.strict_json`.
+A body in a Content-Type the route does not read is 415 ``unsupported_media_type``.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from tempfile import SpooledTemporaryFile
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from docproc.errors import FileTooLarge, InvalidRequest
+from api import strict_json
+from docproc.errors import FileTooLarge, InvalidRequest, RequestTimeout, UnsupportedMediaType
 from docproc.jobs import JobRequest
 
 SPOOL_BYTES = 1024 * 1024  # a file part stays in memory up to this, then goes to disk
@@ -30,6 +38,7 @@ MAX_FIELDS = 16
 FORM_OVERHEAD_BYTES = MAX_FIELDS * FIELD_BYTES + 16 * 1024
 JSON_BODY_BYTES = 64 * 1024
 FILE_FIELD = "file"
+MAX_BOUNDARY = 256  # python-multipart's own limit (RFC 2046 asks for at most 70)
 
 
 @dataclass
@@ -48,6 +57,45 @@ class Upload:
 
     def close(self) -> None:
         self.file.close()
+
+
+def content_type(request: Request) -> str:
+    """The request's media type, lower-case, without parameters ("" when it has none)."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def unsupported_content_type(request: Request, expected: str) -> UnsupportedMediaType:
+    """415 for a body the route does not read; ``expected`` says what it reads."""
+    return UnsupportedMediaType(f"send {expected}", content_type=content_type(request) or None)
+
+
+def multipart_boundary(request: Request) -> bytes:
+    """The boundary of a ``multipart/form-data`` request; InvalidRequest when missing or too long."""
+    _, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidRequest("the multipart Content-Type has no boundary")
+    if len(boundary) > MAX_BOUNDARY:
+        raise InvalidRequest(f"the multipart boundary is {len(boundary)} characters; at most {MAX_BOUNDARY}",
+                             reason="boundary_too_long", limit=MAX_BOUNDARY)
+    return boundary
+
+
+async def body_chunks(request: Request, timeout_s: float) -> AsyncIterator[bytes]:
+    """The request body as it streams in; RequestTimeout (408) once ``timeout_s`` have passed
+    since the first read and the body has not ended, however steadily bytes trickle in."""
+    deadline = time.monotonic() + timeout_s
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s",
+                                 limit_s=timeout_s) from None
+        yield chunk
 
 
 def too_large(size: int | None, limit: int) -> FileTooLarge:
@@ -160,7 +208,7 @@ class MultipartReader:
         self.ended = True
 
 
-async def read_multipart(request: Request, *, max_file_bytes: int) -> Upload:
+async def read_multipart(request: Request, *, max_file_bytes: int, timeout_s: float) -> Upload:
     """Stream a ``multipart/form-data`` body: the ``file`` part spooled, the rest as fields.
 
     Raises FileTooLarge as soon as the file passes ``max_file_bytes`` (or at once
@@ -170,17 +218,14 @@ async def read_multipart(request: Request, *, max_file_bytes: int) -> Upload:
     length = declared_length(request)
     if length is not None and length > max_file_bytes + FORM_OVERHEAD_BYTES:
         raise too_large(length, max_file_bytes)
-    _, params = parse_options_header(request.headers.get("content-type"))
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise InvalidRequest("the multipart Content-Type has no boundary")
+    boundary = multipart_boundary(request)
     reader = MultipartReader(max_file_bytes)
     try:
         parser = MultipartParser(boundary, reader.callbacks())
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, timeout_s):
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         reader.file.close()
         raise InvalidRequest(f"the multipart body is malformed: {exc}") from None
     except BaseException:
@@ -195,20 +240,20 @@ async def read_multipart(request: Request, *, max_file_bytes: int) -> Upload:
     return Upload(file=reader.file, filename=reader.filename, size=reader.size, fields=reader.fields)
 
 
-async def read_json(request: Request, *, max_bytes: int = JSON_BODY_BYTES) -> Any:
-    """A JSON request body of at most ``max_bytes``, parsed; InvalidRequest otherwise."""
+async def read_json(request: Request, *, timeout_s: float, max_bytes: int = JSON_BODY_BYTES) -> Any:
+    """A JSON request body of at most ``max_bytes``, parsed strictly (:mod:`api.strict_json`);
+    UnsupportedMediaType unless the Content-Type is JSON, InvalidRequest otherwise."""
+    if content_type(request) != "application/json":
+        raise unsupported_content_type(request, "a JSON body (Content-Type: application/json)")
     length = declared_length(request)
     if length is not None and length > max_bytes:
         raise InvalidRequest(f"the JSON body is {length} bytes; the limit is {max_bytes}", limit=max_bytes)
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, timeout_s):
         body += chunk
         if len(body) > max_bytes:
             raise InvalidRequest(f"the JSON body is longer than {max_bytes} bytes", limit=max_bytes)
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+    return strict_json.loads(bytes(body), "the body")
 
 
 def invalid_body(exc: ValidationError) -> RequestValidationError:
@@ -221,8 +266,5 @@ def request_from_form(fields: dict[str, str]) -> JobRequest:
     """A JobRequest from multipart form fields (``metadata`` sent as a JSON string)."""
     values: dict[str, Any] = dict(fields)
     if "metadata" in values:
-        try:
-            values["metadata"] = json.loads(values["metadata"])
-        except json.JSONDecodeError as exc:
-            raise InvalidRequest(f"the metadata field is not valid JSON: {exc}") from None
+        values["metadata"] = strict_json.loads(values["metadata"], "the metadata field")
     return JobRequest.model_validate(values)

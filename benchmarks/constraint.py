@@ -57,7 +57,7 @@ def load_engine(args: argparse.Namespace, workdir: Path) -> InternVLEngine:
     ns = argparse.Namespace(model_size=args.model_size, device=args.device, dtype=args.dtype,
                             batch_size=max(8, args.pages), tile_budget=64, max_tiles=args.max_tiles,
                             max_new_tokens=args.max_new_tokens, seed=0)
-    return build_engine(ns, workdir)
+    return build_engine(ns, workdir)[0]
 
 
 def run(engine: InternVLEngine, pages, schema, budget: int) -> tuple[float, int, int]:

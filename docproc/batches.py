@@ -55,6 +55,7 @@ from pydantic import BaseModel, Field
 from docproc.errors import DocprocError, InvalidRequest, NotFound, ServiceUnavailable, UploadInterrupted
 from docproc.jobs import TENANTS, TERMINAL, Job, JobRequest, JobStore, service_errors, new_job_id
 from docproc.settings import Settings
+from docproc.timestamps import UtcTime
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -87,7 +88,7 @@ class Batch(BaseModel):
     webhook_url: str | None = Field(None, description="Where batch.completed / reprocess.completed goes.")
     selector: dict[str, Any] = Field(default_factory=dict, description="The prefix, or the re-process selector.")
     model: str | None = Field(None, description="re-process: the model asked for (the deployed one).")
-    created_at: datetime
+    created_at: UtcTime
 
 
 class BatchCounts(BaseModel):
@@ -98,7 +99,7 @@ class BatchCounts(BaseModel):
     rejected: int = Field(description="Documents refused at intake (no job made; see rejections).")
     ended: int
     by_state: dict[str, int] = Field(description="Ended jobs by terminal state.")
-    finished_at: datetime | None = None
+    finished_at: UtcTime | None = None
     error: dict[str, Any] | None = Field(None, description="Why the listing stopped early (code, message), if it did.")
 
 

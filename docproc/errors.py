@@ -37,6 +37,8 @@ status for the service. Never match on messages; match on codes.
     |   +-- WebhookSignatureInvalid   webhook_signature_invalid 401 (docproc.webhooks.verify)
     |   +-- WebhookEndpointDisabled   webhook_endpoint_disabled 409 (endpoint answered 410)
     |   +-- JobStateConflict          job_state_conflict    409   (admin: retry a running job, cancel an ended one)
+    |   +-- RequestTimeout            request_timeout       408   (the request body did not arrive in time)
+    |   +-- UnsupportedMediaType      unsupported_media_type 415  (a request Content-Type the route does not read)
     +-- ServiceUnavailable            service_unavailable   503   (Redis down ...)
         +-- StorageError              storage_error         503   .retryable
         +-- InferenceServerUnavailable inference_server_unavailable 503 (engine openai: down, 429/5xx after retries)
@@ -263,6 +265,22 @@ class JobStateConflict(ClientError):
 
     code = "job_state_conflict"
     http_status = 409
+
+
+class RequestTimeout(ClientError):
+    """A request body that did not arrive within ``request_body_timeout_s`` (a client that
+    trickles bytes, or stalls): the request is dropped with 408."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
+class UnsupportedMediaType(ClientError):
+    """A request body in a Content-Type the route does not read (the document's own type is
+    :class:`UnsupportedType`)."""
+
+    code = "unsupported_media_type"
+    http_status = 415
 
 
 class ServiceUnavailable(DocprocError):

@@ -48,8 +48,9 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from docproc.errors import IdempotencyConflict, InvalidRequest, NotFound, ServiceUnavailable
-from docproc.results import EngineName, ErrorInfo, Task
+from docproc.results import EngineName, ErrorInfo, ResultWarning, Task
 from docproc.settings import TENANT_RE
+from docproc.timestamps import UtcTime
 
 JobState = Literal["queued", "running", "succeeded", "partial", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "partial", "failed", "canceled"})
@@ -86,13 +87,6 @@ class JobRequest(BaseModel):
     webhook_url: str | None = Field(None, max_length=2048)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Client data echoed back (<= 16 KiB as JSON).")
 
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(("https://", "http://")):
-            raise ValueError("webhook_url must be an http(s) URL")
-        return value
-
     @field_validator("metadata")
     @classmethod
     def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -127,9 +121,9 @@ class Job(BaseModel):
     pages: list[int] = Field(default_factory=list, description="The selected pages, 1-based.")
     pages_done: int = 0
     pages_failed: int = 0
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcTime
+    started_at: UtcTime | None = None
+    finished_at: UtcTime | None = None
     error: ErrorInfo | None = None
     result_key: str | None = None
     schema_version: str | None = None
@@ -139,6 +133,8 @@ class Job(BaseModel):
     reprocess_of: str | None = Field(None, description="The job whose stored input this re-process job re-reads.")
     request_id: str | None = Field(None, description="The X-Request-Id of the request that made the job "
                                    "(logs, task headers and webhooks carry it).")
+    warnings: list[ResultWarning] = Field(default_factory=list, description="The document's warnings, known at "
+                                          "intake (repaired: a damaged PDF, and the pages that lost content).")
 
 
 # Fields written after creation, each stored JSON-encoded in its own hash field.
@@ -153,6 +149,7 @@ _LATER_FIELDS = (
     "pages",
     "media_type",
     "task_ids",
+    "warnings",
 )
 _COUNTERS = ("pages_done", "pages_failed")
 
@@ -658,10 +655,13 @@ class JobStore:
 
     # --- worker side ---------------------------------------------------------
     @service_errors
-    def start(self, job_id: str, *, page_count: int, pages: list[int], media_type: str | None) -> bool:
-        """queued -> running with its selected pages. True also when already running (a
-        redelivered intake: nothing is reset); False when canceled or otherwise terminal."""
-        fields = {"started_at": _now(), "page_count": page_count, "pages": list(pages), "media_type": media_type}
+    def start(self, job_id: str, *, page_count: int, pages: list[int], media_type: str | None,
+              warnings: list[ResultWarning] | None = None) -> bool:
+        """queued -> running with its selected pages (and the document's warnings, e.g.
+        ``repaired``). True also when already running (a redelivered intake: nothing is
+        reset); False when canceled or otherwise terminal."""
+        fields = {"started_at": _now(), "page_count": page_count, "pages": list(pages), "media_type": media_type,
+                  "warnings": [w.model_dump(mode="json") for w in warnings or ()]}
         result = self._start(keys=[self._job_key(job_id), ACTIVE_JOBS], args=[len(pages), *_pairs(fields)])
         if result == -1:
             raise NotFound(f"no job {job_id!r}")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from docproc.batches import Batch, BatchServices, Chunk, Item, create_job, new_batch, reject_or_raise
-from docproc.errors import DocprocError, ModelNotDeployed, NotFound
+from docproc.errors import DocprocError, InvalidRequest, ModelNotDeployed, NotFound
 from docproc.jobs import MAX_LIST_LIMIT, Job, JobRequest, JobState
 from docproc.results import EngineName, Task
 
@@ -98,13 +98,19 @@ class ReprocessRequest(BaseModel):
         s = self.selector
         if not any((s.batch_id, s.schema_, s.state, s.since, s.until, s.input_prefix)):
             raise ValueError("the selector is empty: give a batch_id, schema, state, since/until or input_prefix")
-        if self.webhook_url is not None and not self.webhook_url.lower().startswith(("https://", "http://")):
-            raise ValueError("webhook_url must be an http(s) URL")
         return self
 
     def changes(self) -> dict[str, Any]:
         task = self.task or ("extract" if self.schema_ else None)
         return {"task": task, "schema": self.schema_, "engine": self.engine}
+
+
+def split_selector(batch: Batch) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A batch's (selector, changes) as shown: a re-process keeps both in ``batch.selector``
+    (``{"selector": ..., "changes": ...}``); another batch has no changes."""
+    if batch.kind != "reprocess":
+        return batch.selector, None
+    return batch.selector.get("selector", {}), batch.selector.get("changes")
 
 
 def _utc(value: datetime) -> datetime:
@@ -140,6 +146,9 @@ def check_request(req: ReprocessRequest, settings: Settings) -> None:
         raise ModelNotDeployed(
             f"this deployment serves {settings.model!r}, not {req.model!r}; re-process on a deployment "
             "that serves it", model=req.model, deployed=settings.model)
+    if req.model is not None and req.engine == "text":
+        raise InvalidRequest("the text engine runs no model: leave out the model, or choose a model engine",
+                             model=req.model, engine=req.engine)
     changes = req.changes()
     if changes["task"] is not None:
         resolve_request(changes["task"], changes["schema"], changes["engine"] or "auto", settings)
@@ -231,7 +240,7 @@ def submit_reprocess(svc: BatchServices, tenant: str, req: ReprocessRequest) -> 
     template = JobRequest(task=changes["task"] or "ocr", schema=schema, engine=changes["engine"] or "auto")
     batch = new_batch(tenant, source="jobs", request=template, webhook_url=req.webhook_url, kind="reprocess",
                       selector={"selector": selector.model_dump(mode="json", by_alias=True), "changes": changes},
-                      model=svc.settings.model)
+                      model=req.model)  # only a model the client named: whether one runs, each job records
     svc.batches.create(batch)
     start_expansion(svc, batch)
     logger.info("reprocess %s created (%s)", batch.id, changes, extra={"batch_id": batch.id, "tenant": tenant})

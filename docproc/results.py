@@ -15,6 +15,15 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class ResultWarning(BaseModel):
+    """Something the result should be read with in mind, though nothing failed: ``repaired``
+    (a damaged PDF that MuPDF repaired when opening it; ``pages``: those that lost content)."""
+
+    code: str
+    message: str
+    pages: list[int] | None = Field(None, description="The pages it concerns (document warnings).")
+
+
 class Table(BaseModel):
     markdown: str = Field(description="The table as GitHub-flavoured Markdown.")
     rows: list[list[str | None]] = Field(description="Cells row by row; the first row is the header.")
@@ -36,6 +45,8 @@ class PageResult(BaseModel):
     fields: dict[str, Any] | None = Field(None, description="extract: the page's JSON fields.")
     raw_output: str | None = Field(None, description="The model's raw text, kept when it did not parse.")
     error: ErrorInfo | None = None
+    warnings: list[ResultWarning] = Field(default_factory=list, description="e.g. repaired: part of the page's "
+                                    "content was lost in a damaged file.")
     timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
@@ -62,5 +73,7 @@ class DocumentResult(BaseModel):
     )
     timings_ms: dict[str, float] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    warnings: list[ResultWarning] = Field(default_factory=list, description="e.g. repaired: the PDF was damaged "
+                                    "and repaired when opened; its pages lists those that lost content.")
 
     model_config = {"populate_by_name": True}

@@ -22,6 +22,10 @@ class Settings(BaseSettings):
 
     # --- intake limits -------------------------------------------------------
     max_file_bytes: int = Field(100 * 1024 * 1024, description="Largest accepted upload, bytes.")
+    request_body_timeout_s: float = Field(
+        600.0, gt=0, description="A request body (upload, JSON) must arrive within this many seconds from its "
+        "first read, else 408 request_timeout: a client trickling bytes cannot hold a connection for ever.",
+    )
     max_pages: int = Field(500, description="Most pages a document may have.")
     max_image_pixels: int = Field(
         100_000_000, description="Most pixels an image page may declare (decompression-bomb guard)."

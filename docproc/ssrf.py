@@ -10,8 +10,10 @@ host in the private network. :func:`resolve_target` therefore
 - refuses addresses that are not globally routable: loopback, RFC 1918, link-local
   (incl. 169.254.169.254), CGNAT 100.64.0.0/10, unspecified (0.0.0.0, ::), multicast,
   reserved/documentation ranges, IPv6 ULA (fc00::/7) and link-local (fe80::/10), NAT64
-  (64:ff9b::/96, 64:ff9b:1::/48), IPv4-mapped (::ffff:0:0/96) and IPv4-translated
-  addresses, and 6to4 (2002::/16) whose embedded IPv4 address is not global;
+  (64:ff9b::/96, 64:ff9b:1::/48), IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96,
+  e.g. ``[::169.254.169.254]``: deprecated, and some stacks route it to the IPv4 address)
+  and IPv4-translated addresses, and 6to4 (2002::/16) whose embedded IPv4 address is not
+  global;
 - returns the checked address, which the caller connects to (keeping the URL's host in
   the ``Host`` header and TLS SNI), so a second DNS answer (DNS rebinding) cannot swap
   the address between the check and the connection. Redirects are never followed.
@@ -45,6 +47,7 @@ _BLOCKED_NETWORKS: tuple[IPNetwork, ...] = tuple(
     )
 )  # fmt: skip
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ def refusal_reason(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return "an IPv4-mapped IPv6 address"
+        if ip in _IPV4_COMPATIBLE:
+            return "an IPv4-compatible IPv6 address"
         if ip in _SIX_TO_FOUR and ip.sixtofour is not None and refusal_reason(ip.sixtofour):
             return "a 6to4 address of a non-public IPv4 address"
     if any(ip.version == net.version and ip in net for net in _BLOCKED_NETWORKS):

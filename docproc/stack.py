@@ -97,11 +97,13 @@ class Stack:
                 stackfile.write(self.var, self.env)
 
     def watch(self) -> int:
-        """Block until Redis or the API exits (or we are interrupted).
+        """Block until the API exits (or we are interrupted).
 
-        Workers and Flower are restarted when they exit, with a backoff doubling up
-        to a minute: the model worker deliberately exits after an inference
-        timeout, and one that cannot load its model exits at start (its log says why).
+        Redis, the workers, the scheduler and Flower are restarted when they exit, with a
+        backoff doubling up to a minute: Redis comes back from its AOF (the API and the
+        workers reconnect by themselves, as after any Redis restart), the model worker
+        deliberately exits after an inference timeout, and one that cannot load its
+        model exits at start (its log says why).
         """
         delays: dict[str, float] = {}
         due: dict[str, float] = {}
@@ -111,7 +113,7 @@ class Stack:
                 code = child.process.poll() if child.process else None
                 if code is None:
                     continue
-                if child.name in ("redis", "api"):
+                if child.name == "api":
                     print(f"docproc up: {child.name} exited with {code}; stopping", file=sys.stderr)
                     return code or 1
                 if child.name not in due:

@@ -79,7 +79,8 @@ from docproc.errors import (
 )
 from docproc.jobs import Job
 from docproc.settings import Settings
-from docproc.ssrf import resolve_target
+from docproc.ssrf import resolve_target, split_url
+from docproc.timestamps import UtcTime, iso
 from docproc.webhook_signing import generate_secret, sign_headers, signature, verify  # noqa: F401 - the public surface
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class WebhookEvent(BaseModel):
     tenant: str
     url: str
     body: str = Field(description="The exact JSON body sent (and signed) on every attempt.")
-    created_at: datetime
+    created_at: UtcTime
     subject: str | None = Field(None, description="The job (batch ...) id the event is about.")
     request_id: str | None = None
 
@@ -148,13 +149,13 @@ class DeliveryAttempt(BaseModel):
     """One delivery attempt as logged."""
 
     attempt: int
-    at: datetime
+    at: UtcTime
     outcome: Outcome
     status_code: int | None = None
     latency_ms: float | None = None
     response: str | None = Field(None, description="The start of the receiver's response body.")
     error: str | None = None
-    next_attempt_at: datetime | None = None
+    next_attempt_at: UtcTime | None = None
 
 
 class EventStatus(BaseModel):
@@ -164,11 +165,11 @@ class EventStatus(BaseModel):
     type: str
     url: str
     subject: str | None
-    created_at: datetime
+    created_at: UtcTime
     state: EventState
     dead_reason: str | None = None
     attempts: list[DeliveryAttempt]
-    next_attempt_at: datetime | None = None
+    next_attempt_at: UtcTime | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -185,9 +186,11 @@ def tenant_secrets(settings: Settings, tenant: str) -> list[str]:
 
 
 def check_webhook(url: str | None, tenant: str, settings: Settings) -> None:
-    """At submission: the tenant can sign and the URL passes the SSRF guard (or raise)."""
+    """At submission: the URL passes the SSRF guard and the tenant can sign (or raise
+    WebhookUrlRefused / WebhookNotConfigured; a URL that is not http(s) is refused first)."""
     if url is None:
         return
+    split_url(url)
     tenant_secrets(settings, tenant)
     resolve_target(url, settings.webhook_allow_hosts)
 
@@ -297,10 +300,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
 def emit_event(ctx: lifecycle.Context, *, tenant: str, event_type: str, event_id: str, url: str | None,
                data: dict) -> str | None:
     """Create the event once (idempotent on ``event_id``), record it and enqueue its first
@@ -324,7 +323,7 @@ def _emit(ctx: lifecycle.Context, *, tenant: str, event_type: str, event_id: str
     r = ctx.redis
     now = time.time()
     subject = next((str(data[k]) for k in ("job_id", "batch_id", "reprocess_id") if data.get(k)), None)
-    body = json.dumps({"type": event_type, "timestamp": _iso(now), "data": data}, separators=(",", ":"),
+    body = json.dumps({"type": event_type, "timestamp": iso(now), "data": data}, separators=(",", ":"),
                       default=str)
     event = WebhookEvent(id=event_id, type=event_type, tenant=tenant, url=url, body=body,
                          created_at=datetime.fromtimestamp(now, UTC), subject=subject, request_id=request_id)
@@ -380,8 +379,9 @@ def job_payload(job: Job) -> dict[str, Any]:
         "error": job.error.model_dump(mode="json") if job.error is not None else None,
         "result_url": f"/v1/jobs/{job.id}/result" if job.result_key else None,
         "job_url": f"/v1/jobs/{job.id}",
-        "created_at": job.created_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at) if job.finished_at else None,
+        "metadata": job.request.metadata,
     }
 
 
@@ -559,7 +559,7 @@ def deliver(ctx: lifecycle.Context, event_id: str, attempt: int) -> AttemptResul
         return SKIPPED
     if record.outcome == "gone":
         r.hset(_disabled_key(event.tenant), _url_hash(event.url),
-               json.dumps({"url": event.url, "at": _iso(now), "event_id": event_id}))
+               json.dumps({"url": event.url, "at": iso(now), "event_id": event_id}))
         logger.warning("webhook %s: endpoint answered 410 Gone; disabled for tenant %s", event_id, event.tenant,
                        extra=log_extra)
     if state == "dead":

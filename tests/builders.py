@@ -203,6 +203,47 @@ def _pdf_from_objects(objects: list[bytes], root: int = 1) -> bytes:
     return bytes(out)
 
 
+def book_pdf(n: int = 48, lines_per_page: int = 40) -> bytes:
+    """``n`` born-digital pages, each with one compressed content stream, objects in page
+    order (as most writers lay a book chapter out): cutting the file at 90 % loses the
+    last pages' content and cuts one page's stream short, as a truncated upload does."""
+    doc = pymupdf.open(stream=multipage_text_pdf(n, lines_per_page=lines_per_page), filetype="pdf")
+    return doc.tobytes(garbage=4, deflate=True, clean=True)
+
+
+SURROGATE_CELLS = ("\U0001d465C head", "\ufffd x \ufffd")  # what the cleaned cells read (x: math italic)
+
+
+def surrogate_table_pdf() -> bytes:
+    """A born-digital page with a ruled 2x2 table whose font's ToUnicode map sends "A" to a
+    lone high surrogate (D835) and "B" to a lone low one (DC65), as split math-italic
+    glyphs do: PyMuPDF's table finder returns them as lone surrogates in Python strings
+    ("AB" -> "\ud835\udc65", "A x B" -> "\ud835 x \udc65"), which no UTF-8 can encode."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=400, height=300)
+    for i in range(6):  # a usable text layer in another font
+        page.insert_text((40, 170 + 16 * i), f"Body line {i + 1}: the quick brown fox jumps over the lazy dog.",
+                         fontsize=10, fontname="tiro")
+    for y in (40, 80, 120):
+        page.draw_line((40, y), (360, y))
+    for x in (40, 200, 360):
+        page.draw_line((x, 40), (x, 120))
+    for (x, y), text in zip(((50, 65), (210, 65), (50, 105), (210, 105)), ("ABC head", "Value", "A x B", "42")):
+        page.insert_text((x, y), text, fontsize=11, fontname="helv")
+    doc = pymupdf.open(stream=doc.tobytes(), filetype="pdf")
+    helv = next(f[0] for f in doc.get_page_fonts(0) if f[3] == "Helvetica")
+    cmap = doc.get_new_xref()
+    doc.update_object(cmap, "<< >>")
+    doc.update_stream(cmap, b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n"
+                      b"/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def\n"
+                      b"/CMapName /Adobe-Identity-UCS def /CMapType 2 def\n"
+                      b"1 begincodespacerange <00> <FF> endcodespacerange\n"
+                      b"2 beginbfchar <41> <D835> <42> <DC65> endbfchar\n"
+                      b"endcmap CMapName currentdict /CMap defineresource pop end end")
+    doc.xref_set_key(helv, "ToUnicode", f"{cmap} 0 R")
+    return doc.tobytes()
+
+
 def zero_page_pdf() -> bytes:
     """A syntactically valid PDF whose page tree is empty (/Count 0, no /Kids)."""
     return _pdf_from_objects([

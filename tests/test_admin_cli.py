@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -162,6 +163,7 @@ def test_show_prints_state_request_timings_pages_and_error(admin_settings, store
     assert shown["job"]["id"] == job.id and shown["job"]["state"] == "failed"
     assert shown["job"]["request"]["metadata"] == {"po": "42"}
     assert shown["job"]["error"]["code"] == "corrupt_document"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", shown["job"]["created_at"])  # one format
     assert shown["pages"] == [{"page": 1, "state": "failed", "engine": "text", "attempts": 1,
                                "error": {"code": "corrupt_document", "message": "page 1 cannot be drawn"},
                                "timings_ms": {"render": 12.0}}]

@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import boto3
 import httpx
@@ -244,12 +245,23 @@ def test_invalid_fields_are_422_with_field_errors(api: Api) -> None:
     too_big = assert_problem(submit(client, pdf, metadata={"blob": "x" * 20000}), 422, "invalid_request")
     assert [e["loc"] for e in too_big["errors"]] == [["body", "metadata"]]
     assert_problem(submit(client, pdf, metadata=["not", "an", "object"]), 422, "invalid_request")
-    assert_problem(submit(client, pdf, webhook_url="ftp://example.com/hook"), 422, "invalid_request")
+    for url in ("ftp://example.com/hook", "not a url", "example.com/hook"):  # the SSRF guard's code, not pydantic's
+        refused = assert_problem(submit(client, pdf, webhook_url=url), 422, "webhook_url_refused")
+        assert refused["reason"] == "scheme"
     not_json = client.post("/v1/jobs", files={"file": ("a.pdf", pdf)}, data={"metadata": "{not json"})
     assert_problem(not_json, 422, "invalid_request")
     no_file = client.post("/v1/jobs", data={"task": "ocr"}, files={"other": ("a.pdf", pdf)})
     assert_problem(no_file, 422, "invalid_request")
     assert queued_tasks(api.redis, "intake") == []
+
+
+def test_api_errors_name_request_fields_not_cli_flags(api: Api) -> None:
+    client = api.client("tenant-a")
+    pdf = builders.invoice_pdf()
+    for fields, named in (({"task": "extract"}, "schema 'invoice'"),
+                          ({"task": "extract", "schema": "invoice", "engine": "text"}, "engine 'internvl'")):
+        body = assert_problem(submit(client, pdf, **fields), 422, "invalid_request")
+        assert "--" not in body["detail"] and named in body["detail"], body["detail"]
 
 
 def test_unknown_json_field_is_refused(api: Api) -> None:
@@ -261,8 +273,9 @@ def test_unknown_json_field_is_refused(api: Api) -> None:
     assert ["body", "source_uri"] in [e["loc"] for e in missing["errors"]]
     assert_problem(client.post("/v1/jobs", content=b"{nope", headers={"content-type": "application/json"}),
                    422, "invalid_request")
-    assert_problem(client.post("/v1/jobs", content=b"%PDF-1.7", headers={"content-type": "application/pdf"}),
-                   422, "invalid_request")
+    raw_pdf = assert_problem(client.post("/v1/jobs", content=b"%PDF-1.7", headers={"content-type": "application/pdf"}),
+                             415, "unsupported_media_type")  # a body the route does not read: 415, not 422
+    assert raw_pdf["content_type"] == "application/pdf"
 
 
 def test_submit_from_an_allowed_s3_bucket_only(start_api, moto_server: str) -> None:
@@ -526,6 +539,59 @@ def test_result_redirect_with_local_storage_serves_the_body(start_api, tmp_path)
     response = client.get(f"/v1/jobs/{job_id}/result", params={"redirect": "true"})
     assert response.status_code == 200
     assert response.json()["pages"][0]["tables"]
+    # ... and says it did not redirect (and why); without redirect=true nothing is said
+    assert response.headers["Docproc-Redirect"].startswith("not-redirected; the storage is local")
+    assert client.get(f"/v1/jobs/{job_id}/pages/1", params={"redirect": "true"}).headers["Docproc-Redirect"]
+    assert "Docproc-Redirect" not in client.get(f"/v1/jobs/{job_id}/result").headers
+
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def test_every_timestamp_has_one_format(api: Api) -> None:
+    """RFC 3339 UTC with microseconds and Z, whether or not the time has a fraction (pydantic
+    wrote ...24Z for a whole second, ...24.010000Z otherwise) and in webhooks (+00:00)."""
+    from docproc.jobs import JobStore, connect_redis
+    from docproc.webhooks import job_payload
+
+    client = api.client("tenant-a")
+    job_id = submit(client, builders.invoice_pdf(), task="tables", engine="text").json()["id"]
+    redis_client = connect_redis(api.settings)
+    store = JobStore(redis_client, api.settings)
+    whole_second = datetime(2026, 12, 6, 1, 2, 3, tzinfo=timezone.utc)
+    run_job_inline(api, job_id)
+    redis_client.hset(f"docproc:job:{job_id}", "started_at", json.dumps(whole_second.isoformat()))
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["started_at"] == "2026-12-06T01:02:03.000000Z"
+    for name in ("created_at", "finished_at"):
+        assert ISO_UTC.fullmatch(job[name]), job[name]
+    listed = client.get("/v1/jobs").json()["jobs"][0]
+    assert ISO_UTC.fullmatch(listed["created_at"]) and ISO_UTC.fullmatch(listed["finished_at"])
+    version = client.get(f"/v1/jobs/{job_id}/versions").json()["versions"][0]
+    assert ISO_UTC.fullmatch(version["created_at"])
+    payload = job_payload(store.load(job_id))
+    assert ISO_UTC.fullmatch(payload["created_at"]) and ISO_UTC.fullmatch(payload["finished_at"])
+    redis_client.close()
+
+
+def test_a_reprocess_answer_shows_its_selector_and_changes_and_only_a_model_it_named(api: Api) -> None:
+    client = api.client("tenant-a")
+    response = client.post("/v1/reprocess", json={"selector": {"schema": "invoice"}, "schema": "invoice@2"})
+    assert response.status_code == 202, response.text
+    view = response.json()
+    assert view["selector"]["schema"] == "invoice" and "selector" not in view["selector"]
+    assert view["changes"] == {"task": "extract", "schema": "invoice@2", "engine": None}
+    assert view["model"] is None  # none named; each job records the model that ran it
+    assert client.get(f"/v1/reprocess/{view['id']}").json()["selector"] == view["selector"]
+    named = client.post("/v1/reprocess", json={"selector": {"schema": "invoice"}, "schema": "invoice@2",
+                                               "model": api.settings.model}).json()
+    assert named["model"] == api.settings.model
+    text = client.post("/v1/reprocess", json={"selector": {"schema": "invoice"}, "task": "ocr", "engine": "text",
+                                              "model": api.settings.model})
+    assert_problem(text, 422, "invalid_request")  # the text engine runs no model
+    batch = client.post("/v1/batches", json={"source_uris": ["s3://inbox/a.pdf"]})
+    if batch.status_code == 202:
+        assert batch.json()["changes"] is None
 
 
 # ---------------------------------------------------------------------------

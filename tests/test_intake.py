@@ -362,3 +362,17 @@ def test_damaged_bytes_only_raise_typed_errors(settings, build):
         except DocprocError as exc:
             errors[exc.code] = errors.get(exc.code, 0) + 1
     assert set(errors) <= {"corrupt_document", "no_pages", "image_too_large", "unsupported_type"}, errors
+
+
+def test_a_zero_page_pdf_that_needed_repair_still_has_no_pages(settings):
+    """A hand-written empty page tree without an xref table: MuPDF repairs the file and
+    finds the (empty) page tree: no_pages, as documented, not corrupt_document."""
+    data = (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+            b"2 0 obj\n<< /Type /Pages /Kids [] /Count 0 >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n")
+    assert pymupdf.open(stream=data, filetype="pdf").is_repaired
+    with pytest.raises(NoPages) as info:
+        open_document(data, settings=settings)
+    assert info.value.code == "no_pages"
+    no_tree = data.replace(b"/Pages 2 0 R", b"/Pagez 2 0 R")  # no page tree at all: damage
+    with pytest.raises(CorruptDocument):
+        open_document(no_tree, settings=settings)

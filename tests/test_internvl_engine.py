@@ -366,3 +366,19 @@ def test_chat_template_from_processor_file_is_used(tmp_path, tiny_model_dir):
     page = RenderedPage(number=1, image=Image.new("RGB", (448, 448), "white"))
     prompt = engine.prompt_text(engine.request_for_page(page, "ocr"))
     assert prompt.startswith("<|im_start|>#system\n") and "<|im_start|>#user\n<img>" in prompt
+
+
+def test_a_forced_length_writes_exactly_that_many_tokens(tiny_engine, pages):
+    """force_new_tokens (benchmarks): every row writes exactly N tokens: no EOS before, and no
+    loop stop (the same blank page unforced is stopped by the repetition guard)."""
+    engine = engine_with(tiny_engine, repetition_guard_span=16, max_new_tokens_ocr=48)
+    blank = RenderedPage(number=1, image=Image.new("RGB", (1275, 1650), "white"))
+    free = engine.generate_outputs([engine.request_for_page(blank, "ocr")], retry_degenerate=False)[0]
+    assert free.finish_reason in ("repetition", "eos") and len(free.token_ids) < 48, free
+    requests = [engine.request_for_page(p, "ocr") for p in [blank, *pages[:2]]]
+    for request in requests:
+        request.force_new_tokens = 48
+    outputs = engine.generate_outputs(requests, retry_degenerate=False)
+    assert [len(o.token_ids) for o in outputs] == [48, 48, 48]
+    assert all(o.finish_reason == "length" for o in outputs)
+    assert not any(t in engine.eos_token_ids for o in outputs for t in o.token_ids)

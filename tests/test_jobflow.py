@@ -200,6 +200,33 @@ def test_text_engine_on_a_scan_reports_needs_model(flow):
     assert flow.document(job.id).pages[1].error.code == "needs_model"
 
 
+def test_a_truncated_pdf_job_records_repaired_and_fails_the_lost_pages_as_corrupt(flow):
+    """The service says what the CLI says about a PDF cut to 90 %: the job and its document
+    carry a repaired warning naming the pages that lost content; those pages go to the
+    CPU queue (not the model's: they are not scans) and fail corrupt_document."""
+    data = builders.book_pdf(48)
+    cut = data[: len(data) * 9 // 10]
+    job = flow.submit(cut, task="ocr", engine="auto")
+    done = flow.run(job.id)
+    local = process_document(cut, task="ocr", engine="auto", settings=flow.settings)
+    lost = local.warnings[0].pages
+    assert lost and {queue for _, page, queue in flow.sent if page in lost} == {"render"}
+    assert done.state == "partial" and done.pages_failed == len(lost)
+    assert [(w.code, w.pages) for w in done.warnings] == [("repaired", lost)]
+    document = flow.document(job.id)
+    assert document.warnings == local.warnings
+    assert [(p.page, p.error.code) for p in document.pages if p.error] == [(n, "corrupt_document") for n in lost]
+    assert all([w.code for w in document.pages[n - 1].warnings] == ["repaired"] for n in lost)
+
+
+def test_a_page_with_lone_surrogates_is_stored_cleaned_not_failed(flow):
+    job = flow.submit(builders.surrogate_table_pdf(), task="tables", engine="text")
+    done = flow.run(job.id)
+    assert done.state == "succeeded", flow.store.pages(job.id)
+    rows = flow.document(job.id).pages[0].tables[0].rows
+    assert [row[0] for row in rows] == list(builders.SURROGATE_CELLS)
+
+
 # --------------------------------------------------------------------- bad input
 
 

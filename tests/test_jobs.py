@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from docproc.errors import IdempotencyConflict, InvalidRequest, NotFound, ServiceUnavailable
+from docproc.errors import IdempotencyConflict, InvalidRequest, NotFound, ServiceUnavailable, WebhookUrlRefused
 from docproc.jobs import (
     ACTIVE_JOBS,
     ENDED_OUTBOX,
@@ -25,6 +25,7 @@ from docproc.jobs import (
 )
 from docproc.results import ErrorInfo
 from docproc.settings import Settings
+from docproc.webhooks import check_webhook
 
 
 @pytest.fixture
@@ -62,11 +63,16 @@ def test_job_request_validation():
     request = JobRequest.model_validate({"task": "extract", "schema": "invoice", "priority": "bulk"})
     assert request.schema_ == "invoice"
     assert request.model_dump()["schema"] == "invoice"  # the wire name, both ways
-    for bad in ({"task": "translate"}, {"unknown": 1}, {"webhook_url": "file:///etc/passwd"},
+    for bad in ({"task": "translate"}, {"unknown": 1},
                 {"metadata": {"blob": "x" * 17_000}}, {"priority": "urgent"}):  # fmt: skip
         with pytest.raises(ValidationError):
             JobRequest.model_validate(bad)
     JobRequest.model_validate({"metadata": {"blob": "x" * 16_000}})
+    # a webhook URL that is not http(s) is the SSRF guard's to refuse, with its documented code
+    with pytest.raises(WebhookUrlRefused) as info:
+        check_webhook(JobRequest.model_validate({"webhook_url": "file:///etc/passwd"}).webhook_url, "t",
+                      Settings(_env_file=None))
+    assert info.value.details["reason"] == "scheme"
 
 
 def test_job_ids_sort_by_creation_time():

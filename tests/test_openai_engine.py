@@ -258,3 +258,15 @@ def test_a_cpu_only_worker_runs_an_openai_job(service_settings, redis_client, se
     assert doc.fields is not None and not list(get_registry().get("invoice").validator.iter_errors(doc.fields))
     assert len(server.requests) == 2 and server.problems == []
     assert KEY not in worker.log()  # the API key is never logged
+
+
+def test_an_answer_with_lone_surrogate_escapes_still_gives_a_serialisable_result(server, monkeypatch):
+    """A server's JSON may carry "\\ud835" escapes (a split or lone UTF-16 half): valid JSON,
+    but no UTF-8 text. The page keeps its text, cleaned where it leaves the engine."""
+    monkeypatch.setattr(server, "answer", lambda body: "Math: \ud835\udc65 and a lone \ud835 half")
+    settings = Settings(_env_file=None, openai_base_url=server.url, openai_api_key=KEY, openai_model=MODEL)
+    result = process_document(builders.scanned_pdf(), task="ocr", engine="openai", settings=settings,
+                              engines=Engines(settings))
+    assert result.status == "succeeded"
+    assert {p.text for p in result.pages} == {"Math: \U0001d465 and a lone \ufffd half"}
+    result.model_dump_json().encode("utf-8")

@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 import builders
 from docproc.cli import main
@@ -102,3 +105,95 @@ def test_cli_schemas_lists_shipped_schemas(capsys):
 def test_unsupported_type_raised_from_library(settings):
     with pytest.raises(UnsupportedType):
         process_document(builders.elf_bytes(), filename="invoice.pdf", settings=settings)
+
+
+# ---------------------------------------------------------------------------
+# damaged PDFs that MuPDF repairs, and text that cannot be serialised as it comes
+# ---------------------------------------------------------------------------
+
+
+def test_a_pdf_cut_to_90_percent_says_it_was_repaired_and_fails_the_pages_it_lost(settings):
+    """The end of the file is gone: the last pages' content streams are missing and one
+    is cut short. Those pages fail corrupt_document (never needs_model: they are not
+    scans), and the document and those pages carry a repaired warning."""
+    data = builders.book_pdf(48)
+    whole = process_document(data, task="ocr", engine="auto", settings=settings)
+    result = process_document(data[: len(data) * 9 // 10], task="ocr", engine="auto", settings=settings)
+    assert whole.warnings == [] and all(p.warnings == [] for p in whole.pages)
+    lost = [p.page for p in result.pages if p.status == "failed"]
+    assert lost and lost == list(range(lost[0], 49))  # the tail of the book
+    assert all(p.error.code == "corrupt_document" and [w.code for w in p.warnings] == ["repaired"]
+               for p in result.pages if p.status == "failed")
+    assert result.status == "partial" and result.document.page_count == 48
+    (warning,) = result.warnings
+    assert warning.code == "repaired" and warning.pages == lost
+    for page in result.pages:  # what is kept is whole, or said to be incomplete
+        if page.status == "succeeded" and not page.warnings:
+            assert page.text == whole.pages[page.page - 1].text
+
+
+def test_a_pdf_cut_in_half_keeps_half_its_pages_and_says_which_lost_content(settings):
+    data = builders.book_pdf(48)
+    whole = process_document(data, task="ocr", engine="text", settings=settings)
+    result = process_document(data[: len(data) // 2], task="ocr", engine="text", settings=settings)
+    failed = [p for p in result.pages if p.status == "failed"]
+    assert 20 <= len(failed) <= 30 and {p.error.code for p in failed} == {"corrupt_document"}  # not needs_model
+    (cut,) = [p for p in result.pages if p.status == "succeeded" and p.warnings]  # the page the cut went through
+    assert [w.code for w in cut.warnings] == ["repaired"] and "incomplete" in cut.warnings[0].message
+    assert 0 < len(cut.text) < len(whole.pages[cut.page - 1].text)
+    assert result.warnings[0].pages == [cut.page, *(p.page for p in failed)]
+    json.loads(result.model_dump_json())  # and it serialises
+
+
+def test_table_cells_with_lone_surrogates_are_cleaned_at_the_engine_boundary(settings):
+    """PyMuPDF's table finder returns split (and lone) UTF-16 surrogates for a font whose
+    ToUnicode map has them: the pair is joined into its character, a lone half becomes
+    U+FFFD, and the result serialises."""
+    for task in ("tables", "ocr"):
+        result = process_document(builders.surrogate_table_pdf(), task=task, engine="text", settings=settings)
+        (page,) = result.pages
+        assert page.status == "succeeded", page.error
+        encoded = result.model_dump_json().encode("utf-8")
+        assert "\U0001d465C head" in encoded.decode()
+    assert [row[0] for row in page.tables[0].rows] == list(builders.SURROGATE_CELLS)
+
+
+def test_cli_writes_the_json_of_a_page_with_surrogates(tmp_path):
+    src = tmp_path / "math.pdf"
+    src.write_bytes(builders.surrogate_table_pdf())
+    proc = subprocess.run([sys.executable, "-m", "docproc", "process", str(src), "--task", "tables", "--engine",
+                           "text", "--out", str(tmp_path / "out"), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "out" / "math.json").read_text(encoding="utf-8"))
+    assert doc["status"] == "succeeded"
+    assert [row[0] for row in doc["pages"][0]["tables"][0]["rows"]] == list(builders.SURROGATE_CELLS)
+
+
+SURROGATE_TEXT = st.text(st.one_of(st.characters(), st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)),
+                         max_size=40)
+
+
+@settings_(max_examples=200, deadline=None)
+@given(text=SURROGATE_TEXT, cells=st.lists(st.lists(st.one_of(st.none(), SURROGATE_TEXT), max_size=3), max_size=3),
+       fields=st.recursive(st.one_of(st.none(), st.integers(), SURROGATE_TEXT),
+                           lambda inner: st.dictionaries(SURROGATE_TEXT, inner, max_size=3) | st.lists(inner, max_size=3),
+                           max_leaves=8))
+def test_no_string_an_engine_returns_can_break_serialisation(text, cells, fields):
+    """Whatever strings an engine puts in a page result (text, tables, fields and their keys,
+    raw output, error messages), the result that leaves the engine serialises as UTF-8."""
+    from docproc.results import ErrorInfo, PageResult, Table
+    from PIL import Image
+
+    from workers.pages import RenderedPage
+    from workers.pipeline import finish_page
+
+    page = RenderedPage(number=1, image=Image.new("RGB", (4, 4)))
+    result = PageResult(page=1, status="failed", engine="internvl", text=text, raw_output=text,
+                        tables=[Table(markdown=text, rows=cells)], fields={"f": fields},
+                        error=ErrorInfo(code="invalid_output", message=text))
+    finished = finish_page(page, result)
+    finished.model_dump_json().encode("utf-8")
+    json.loads(finished.model_dump_json())
+    if not any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        assert finished.text == text  # clean text is left as it is

@@ -222,3 +222,42 @@ def test_slow_webhook_receivers_do_not_delay_page_work(tmp_path):
         took = time.monotonic() - started
         assert took < 6, f"a one-page job took {took:.1f} s behind two slow webhook receivers"
         assert time.time() - rx.requests[1].at < 12  # measured while the receivers still held them
+
+
+def test_watch_restarts_a_dead_redis_and_stops_only_when_the_api_exits(tmp_path):
+    """Redis SIGKILLed under `docproc up` comes back (from its AOF, on the same port) like the
+    other children, instead of taking the whole stack down; the API exiting still ends it."""
+    import shutil
+    import threading
+
+    import redis as redis_lib
+
+    from docproc.stack import Child, Stack, wait_for_port
+
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    redis_argv = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                  str(tmp_path / "redis"), "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    stack = Stack(var=tmp_path)
+    stack.children = [Child("redis", redis_argv), Child("api", [sys.executable, "-c", "import time; time.sleep(120)"])]
+    for child in stack.children:
+        child.process = subprocess.Popen(child.argv, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=10)
+        redis_lib.Redis(port=port).set("survives", "yes")
+        returned: list[int] = []
+        watcher = threading.Thread(target=lambda: returned.append(stack.watch()), daemon=True)
+        watcher.start()
+        first = stack.children[0].process
+        os.kill(first.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while stack.children[0].process is first or stack.children[0].process.poll() is not None:
+            assert time.monotonic() < deadline and watcher.is_alive() and not returned, "redis was not restarted"
+            time.sleep(0.1)
+        wait_for_port(port, timeout=10)
+        assert redis_lib.Redis(port=port).get("survives") == b"yes"  # the same data, from the AOF
+        os.kill(stack.children[1].process.pid, signal.SIGTERM)  # the API exits: the stack stops
+        watcher.join(timeout=10)
+        assert returned and returned[0] != 0
+    finally:
+        stack.stop(timeout=5)

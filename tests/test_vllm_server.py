@@ -27,6 +27,7 @@ import jsonschema
 import pytest
 from conftest import settings_env, wait_until
 from PIL import Image, ImageDraw
+from test_inference_benchmark import engine_report, run_benchmark
 from test_worker import s3_keys, submit, worker_settings  # noqa: F401 - fixtures
 
 from docproc.jobs import TERMINAL, JobStore
@@ -120,6 +121,19 @@ def test_vllm_cuts_the_tiles_docproc_counts_for_every_page_shape(vllm_server, ti
         assert done.prompt_tokens == len(tiny_engine.prompt_ids(ours)), (width, height, ours.n_tiles)
         seen.append(ours.n_tiles)
     assert len(set(seen)) >= 5, seen  # the shapes really give different grids
+
+
+def test_the_inference_benchmark_compares_both_engines_at_64_tokens_per_page(vllm_server):
+    """benchmarks/inference.py --engine inprocess,vllm on the same pages: both engines really
+    write 64 tokens a page (counted; vLLM's usage agrees) and report output tokens/s and TTFT."""
+    url, _ = vllm_server
+    output = run_benchmark("--device", "cpu", "--new-tokens", "64", "--pages", "4", "--engine", "inprocess,vllm",
+                           "--vllm-url", url, "--repeats", "1")
+    inprocess = engine_report(output, "inprocess (b) docproc batched", 64, 4)
+    served = engine_report(output, "vllm, 4 in flight", 64, 4)
+    assert re.search(r"^vllm, 4 in flight: output tokens counted per page: \[64, 64, 64, 64\] "
+                     r"\(the server's usage: \[64, 64, 64, 64\]\)$", output, re.M), output
+    assert inprocess["tokens_s"] > 0 and served["tokens_s"] > 0
 
 
 def test_extract_gives_schema_valid_json_for_every_shipped_schema(vllm_server, tiny_settings):

@@ -112,8 +112,12 @@ def emit(ctx: lifecycle.Context, url: str, event_id: str = "evt_test_1", tenant:
                                data={"batch_id": "b1", "documents": 3})
 
 
+JOB_METADATA = {"customer": "c-42", "batch": {"n": 1}}
+
+
 def finished_job(store: JobStore, url: str | None, *, tenant: str = TENANT, state: str = "succeeded"):
-    job, _ = store.create(tenant, JobRequest(task="ocr", webhook_url=url), input_key="inputs/x", input_sha256="0" * 64,
+    job, _ = store.create(tenant, JobRequest(task="ocr", webhook_url=url, metadata=JOB_METADATA), input_key="inputs/x",
+                          input_sha256="0" * 64,
                           size_bytes=10, filename="a.pdf", idempotency_key=None, fingerprint="f",
                           request_id="req-webhook-test")
     store.start(job.id, page_count=1, pages=[1], media_type="application/pdf")
@@ -199,6 +203,16 @@ def test_ssrf_guard_refuses_non_public_addresses(url):
     assert info.value.code == "webhook_url_refused"
 
 
+@pytest.mark.parametrize("url", ["http://[::169.254.169.254]/latest/meta-data/", "http://[::a9fe:a9fe]/",
+                                 "http://[::10.0.0.1]/hook", "http://[::8.8.8.8]/hook"])
+def test_ssrf_guard_refuses_ipv4_compatible_ipv6(url):
+    """::/96 (deprecated IPv4-compatible IPv6) embeds an IPv4 address some stacks route to:
+    refused like IPv4-mapped ones, whatever the embedded address."""
+    with pytest.raises(WebhookUrlRefused) as info:
+        resolve_target(url)
+    assert info.value.details["reason"] == "address" and "IPv4-compatible" in info.value.message
+
+
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "gopher://1.1.1.1/",
                                  "http://user:pw@93.184.215.14/", "http:///nohost", "http://[::1/"])
 def test_ssrf_guard_refuses_other_schemes_and_malformed_urls(url):
@@ -260,6 +274,9 @@ def test_a_job_event_is_signed_sent_once_and_idempotent(ctx, receiver, redis_cli
     data = payload["data"]
     assert (data["job_id"], data["state"], data["pages_done"]) == (job.id, "succeeded", 0)
     assert data["result_url"] == f"/v1/jobs/{job.id}/result" and "text" not in data
+    assert data["metadata"] == JOB_METADATA  # the client's own data comes back with the event
+    assert payload["timestamp"].endswith("Z") and data["created_at"].endswith("Z")
+    assert "+00:00" not in request.body.decode()
     assert counter(metrics.WEBHOOK_ATTEMPTS, event="job.succeeded", outcome="success") == attempts_before + 1
     status = webhooks.event_status(redis_client, TENANT, request.headers["webhook-id"])
     assert status.state == "succeeded" and [a.status_code for a in status.attempts] == [200]

@@ -8,8 +8,9 @@ this order, and raises the matching :class:`~docproc.errors.InputError`:
 3. magic bytes not PDF/PNG/JPEG/TIFF/WEBP  -> UnsupportedType (the file name is never used)
 4. the file does not open                  -> CorruptDocument
 5. PDF needs a password                    -> EncryptedDocument
-6. no pages                                -> NoPages (a damaged PDF whose repair
-                                              recovers no page: CorruptDocument)
+6. no pages                                -> NoPages (an empty page tree, also in a file
+                                              that needed repair; a damaged PDF whose repair
+                                              finds no page tree at all: CorruptDocument)
 7. more than ``max_pages`` pages           -> TooManyPages
 8. an image declares more than ``max_image_pixels`` -> ImageTooLarge (before decoding)
 9. a PDF's page content streams inflate past ``max_content_bytes`` -> ContentTooLarge
@@ -21,8 +22,10 @@ Decisions:
   authenticates it) and is accepted: only the owner's permissions are limited,
   and every PDF reader shows it.
 * A damaged PDF that MuPDF repairs (a truncated upload often is) is accepted
-  when every page it recovers loads; pages may come out partly blank. If a page
-  does not load, or none is recovered, it is a CorruptDocument.
+  when every page it recovers loads (``OpenedDocument.repaired``). Its pages may have
+  lost content: :mod:`workers.repair` tells which, and the result says so (a
+  ``repaired`` warning; a page whose content is gone fails ``corrupt_document``). If a
+  page does not load, or no page tree is recovered, it is a CorruptDocument.
 * Image headers are read with the format's Pillow plugin class, which reads the
   header only and skips Pillow's process-wide ``Image.MAX_IMAGE_PIXELS`` guard:
   ``Settings.max_image_pixels`` decides. Two Pillow paths keep that guard as an
@@ -172,6 +175,7 @@ class OpenedDocument:
     filename: str | None = None
     pdf: pymupdf.Document | None = field(default=None, repr=False)
     image: Image.Image | None = field(default=None, repr=False)
+    repaired: bool = False  # a damaged PDF that MuPDF repaired when opening it (workers.repair)
 
     def close(self) -> None:
         if self.pdf is not None:
@@ -220,6 +224,7 @@ def open_document(
         filename=filename,
         pdf=pdf,
         image=image,
+        repaired=pdf is not None and pdf.is_repaired,
     )
 
 
@@ -246,7 +251,7 @@ def _open_pdf(data: bytes, settings: Settings) -> pymupdf.Document:
             count = doc.page_count
         except Exception as exc:
             raise CorruptDocument(f"the PDF's page tree is damaged: {exc}") from exc
-        if count == 0 and doc.is_repaired:
+        if count == 0 and doc.is_repaired and not _has_page_tree(doc):
             raise CorruptDocument("the PDF is damaged and no page could be recovered")
         _check_page_count(count, settings)
         _check_content_size(doc, count, settings.max_content_bytes)
@@ -264,7 +269,17 @@ def _open_pdf(data: bytes, settings: Settings) -> pymupdf.Document:
         raise
 
 
-_XREF_RE = re.compile(rb"(\d+)\s+\d+\s+R")
+def _has_page_tree(doc: pymupdf.Document) -> bool:
+    """True when the catalog's /Pages is a page tree node (an empty one: no pages, not damage)."""
+    try:
+        kind, value = doc.xref_get_key(doc.pdf_catalog(), "Pages")
+        return kind == "xref" and doc.xref_get_key(int(value.split()[0]), "Type") == ("name", "/Pages")
+    except Exception:  # noqa: BLE001 - no catalog, a dangling reference: no page tree
+        return False
+
+
+CONTENT_REF_RE = re.compile(r"(\d+)\s+\d+\s+R")  # an indirect reference in a /Contents value
+FLATE_FILTERS = ("/FlateDecode", "[/FlateDecode]", "/Fl", "[/Fl]")
 _INFLATE_CHUNK = 1 << 20
 
 
@@ -298,12 +313,12 @@ def _check_content_size(doc: pymupdf.Document, count: int, limit: int) -> None:
             continue
         if kind not in ("xref", "array"):
             continue
-        for match in _XREF_RE.finditer(value.encode()):
+        for match in CONTENT_REF_RE.finditer(value):
             xref = int(match.group(1))
             if xref not in sizes:
                 try:
                     raw = doc.xref_stream_raw(xref) or b""
-                    flate = doc.xref_get_key(xref, "Filter")[1] in ("/FlateDecode", "[/FlateDecode]", "/Fl", "[/Fl]")
+                    flate = doc.xref_get_key(xref, "Filter")[1] in FLATE_FILTERS
                 except Exception:  # noqa: BLE001 - not a stream: nothing to inflate
                     raw, flate = b"", False
                 sizes[xref] = _inflated_size(raw, limit - total) if flate else len(raw)

@@ -44,8 +44,18 @@ from docproc.storage import Storage, document_result_key, page_result_key
 from workers.celery_app import GPU_QUEUE, page_queue
 from workers.engines.text import TEXT_TASKS
 from workers.intake import OpenedDocument, open_document
+from workers.repair import page_damage
 from workers.pages import RenderedPage
-from workers.pipeline import Engines, assemble_document, page_stage_totals, render_or_fail, resolve_request, route
+from workers.pipeline import (
+    Engines,
+    assemble_document,
+    document_warnings,
+    finish_page,
+    page_stage_totals,
+    render_or_fail,
+    resolve_request,
+    route,
+)
 from workers.render import extract_text_layer, is_usable_text, parse_page_range
 
 logger = logging.getLogger(__name__)
@@ -122,7 +132,8 @@ def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, set
     layer to the text engine, everything else to the model. The text layer is
     read with :func:`extract_text_layer`, as render reads it; no pixels are drawn.
     A page whose text cannot be read goes to the text engine, whose render will
-    report the page's error without taking a GPU.
+    report the page's error without taking a GPU; so does a page of a repaired PDF that
+    lost its content (:mod:`workers.repair`: it fails ``corrupt_document`` at render).
     """
     if engine != "auto":
         return engine
@@ -132,7 +143,9 @@ def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, set
         text, _ = extract_text_layer(doc.pdf.load_page(number - 1))
     except Exception:  # noqa: BLE001 - render reports the page's own error
         return "text"
-    return "text" if is_usable_text(text, settings.min_text_chars) else "internvl"
+    if is_usable_text(text, settings.min_text_chars):
+        return "text"
+    return "text" if doc.repaired and page_damage(doc.pdf, number) is not None else "internvl"
 
 
 @tracing.staged("intake")
@@ -161,6 +174,7 @@ def run_intake(
                 for n in numbers
             }
             page_count, media_type = doc.page_count, str(doc.media_type)
+            warnings = document_warnings(doc, numbers)
     except DocprocError as exc:
         if is_transient(exc):
             raise
@@ -169,7 +183,7 @@ def run_intake(
         return []
     model_offline = any(q == GPU_QUEUE for q in queues.values()) and not model_workers.online(store.redis)
     if job.state == "queued":
-        if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type):
+        if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type, warnings=warnings):
             logger.info("intake %s: job was canceled before it started", job_id)
             return []
     else:  # running: a redelivered intake; the pages already recorded need no task
@@ -277,8 +291,7 @@ def prepare_page(job: Job, page: int, *, settings: Settings, storage: Storage,
                 return ModelPage(rendered, request.task, schema)
             with tracing.span("infer", engine="text", page=page):
                 result = engines.text.process(doc, [rendered], request.task)[0]
-            result.timings_ms = {**rendered.timings_ms, **result.timings_ms}
-            return result
+            return finish_page(rendered, result)
     except DocprocError as exc:
         if is_transient(exc):
             raise
@@ -310,8 +323,7 @@ def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, e
         if is_transient(exc):
             raise
         return failed_page(page, exc.code, exc.message)
-    result.timings_ms = {**prepared.rendered.timings_ms, **result.timings_ms}
-    return result
+    return finish_page(prepared.rendered, result)
 
 
 def _get_or_none(storage: Storage, key: str) -> bytes | None:
@@ -537,7 +549,7 @@ def build_document(job: Job, pages: list[PageResult], *, settings: Settings) -> 
     return assemble_document(
         info, pages, task=request.task, schema=schema, engine=request.engine,
         model_id=(settings.openai_model or settings.model) if request.engine == "openai" else settings.model,
-        timings_ms=timings,
+        timings_ms=timings, warnings=job.warnings,
     )
 
 

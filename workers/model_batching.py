@@ -38,7 +38,7 @@ from docproc.settings import Settings
 from docproc.storage import Storage
 from workers import jobflow
 from workers.jobflow import ModelPage, OnEnded, PageStart
-from workers.pipeline import Engines
+from workers.pipeline import Engines, finish_page
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,5 @@ def _read(group: list[tuple[_Running, ModelPage]], *, settings: Settings, engine
                                            "the engine raised on this page; see the worker log", engine="internvl")]
         else:
             logger.exception("model batch: the call raised; reading its %d pages one by one", len(group))
-            results = [r for one in group for r in _read([one], settings=settings, engines=engines)]
-    for (_, m), result in zip(group, results):
-        result.timings_ms = {**m.rendered.timings_ms, **result.timings_ms}
-    return results
+            return [r for one in group for r in _read([one], settings=settings, engines=engines)]  # finished there
+    return [finish_page(m.rendered, result) for (_, m), result in zip(group, results)]

@@ -53,6 +53,7 @@ from workers.jobflow import ModelPage, PageStart
 from workers.model_batching import PageOutcome, PageWork, retry_outcome
 from workers.model_server import ModelServer, server_for
 from workers.model_worker import Delivery, ModelWorker
+from workers.pipeline import finish_page
 
 logger = logging.getLogger(__name__)
 
@@ -270,8 +271,7 @@ class FeederWorker(ModelWorker):
         except InferenceServerUnavailable as exc:
             self.server_ready = False
             raise _ServerAway(str(exc)) from None
-        result.timings_ms = {**prepared.rendered.timings_ms, **result.timings_ms}
-        return result
+        return finish_page(prepared.rendered, result)  # render timings and warnings; strings made serialisable
 
 
 class _ServerAway(Exception):

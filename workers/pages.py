@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from docproc.results import ResultWarning
+
 
 @dataclass(frozen=True, slots=True)
 class Word:
@@ -34,3 +36,4 @@ class RenderedPage:
     words: list[Word] = field(default_factory=list)
     has_text_layer: bool = False  # True when `text` is usable in place of OCR
     timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[ResultWarning] = field(default_factory=list)  # e.g. repaired: content cut short

@@ -12,14 +12,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from docproc.clean_text import clean_page
 from docproc.errors import DocprocError, InvalidRequest, ModelUnavailable
-from docproc.results import DocumentInfo, DocumentResult, EngineName, ErrorInfo, PageResult, Task
+from docproc.results import DocumentInfo, DocumentResult, EngineName, ErrorInfo, PageResult, ResultWarning, Task
 from docproc.schemas import ExtractionSchema, get_registry
 from docproc.settings import Settings, get_settings
 from workers.engines.text import TEXT_TASKS, TextEngine
 from workers.intake import OpenedDocument, open_document
 from workers.pages import RenderedPage
 from workers.render import parse_page_range, render_pages
+from workers.repair import CUT, CUT_MESSAGE, MISSING, MISSING_MESSAGE, document_warning, page_damage, page_warning
 
 if TYPE_CHECKING:
     from workers.engines.internvl import InternVLEngine
@@ -87,9 +89,9 @@ def resolve_request(task: str, schema: str | None, engine: str, settings: Settin
         raise InvalidRequest(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if task == "extract":
         if not schema:
-            raise InvalidRequest("task 'extract' needs a schema (e.g. --schema invoice)")
+            raise InvalidRequest("task 'extract' needs a schema (e.g. schema 'invoice')")
         if engine == "text":
-            raise InvalidRequest("the text engine cannot extract fields; use --engine internvl, openai or auto")
+            raise InvalidRequest("the text engine cannot extract fields; use engine 'internvl', 'openai' or 'auto'")
         return get_registry(settings).get(schema)
     if schema:
         raise InvalidRequest(f"a schema is only used by task 'extract', not {task!r}")
@@ -115,11 +117,42 @@ def _batches(pages: Iterable[RenderedPage | PageResult], size: int) -> Iterable[
 
 
 def render_or_fail(doc: OpenedDocument, number: int, settings: Settings) -> RenderedPage | PageResult:
-    """Render one page; a page that cannot render becomes a failed result (engine ``render``)."""
+    """Render one page; a page that cannot render becomes a failed result (engine ``render``).
+
+    In a repaired PDF (:mod:`workers.repair`) a page whose content is gone fails
+    ``corrupt_document`` (it would look like a scan), and so does one whose content is cut
+    short before any usable text; one cut short later is rendered and carries a
+    ``repaired`` warning."""
+    damage = page_damage(doc.pdf, number) if doc.repaired and doc.pdf is not None else None
+    if damage == MISSING:
+        return _lost(number, MISSING_MESSAGE)
     try:
-        return next(render_pages(doc, [number], settings))
+        page = next(render_pages(doc, [number], settings))
     except DocprocError as exc:
         return PageResult(page=number, status="failed", engine="render", error=ErrorInfo(**exc.to_dict()))
+    if damage == CUT:
+        if not page.has_text_layer:
+            return _lost(number, CUT_MESSAGE)
+        page.warnings.append(page_warning(damage))
+    return page
+
+
+def _lost(number: int, message: str) -> PageResult:
+    return PageResult(page=number, status="failed", engine="render", warnings=[page_warning(MISSING)],
+                      error=ErrorInfo(code="corrupt_document", message=message))
+
+
+def finish_page(page: RenderedPage, result: PageResult) -> PageResult:
+    """An engine's result for ``page`` as it leaves the engine: the render's timings and
+    warnings added, and its strings made safe to serialise (:mod:`docproc.clean_text`)."""
+    result.timings_ms = {**page.timings_ms, **result.timings_ms}
+    result.warnings = [*page.warnings, *result.warnings]
+    return clean_page(result)
+
+
+def document_warnings(doc: OpenedDocument, numbers: list[int]) -> list[ResultWarning]:
+    """The document's warnings: ``repaired`` when MuPDF had to repair the PDF."""
+    return [document_warning(doc.pdf, numbers)] if doc.repaired and doc.pdf is not None else []
 
 
 def _rendered(doc: OpenedDocument, numbers: Sequence[int], settings: Settings) -> Iterable[RenderedPage | PageResult]:
@@ -152,11 +185,7 @@ def _run_batch(
         else:
             done += model.process(model_pages, task, schema)
     by_page = {p.number: p for p in rendered}
-    for result in done:
-        page = by_page.get(result.page)
-        if page is not None:
-            result.timings_ms = {**page.timings_ms, **result.timings_ms}
-    return done
+    return [finish_page(by_page[r.page], r) if r.page in by_page else r for r in done]
 
 
 def document_status(pages: Sequence[PageResult]) -> str:
@@ -207,6 +236,7 @@ def process_document(
                 results.append(result)
                 if on_page:
                     on_page(result)
+        warnings = document_warnings(doc, numbers)
         info = DocumentInfo(
             filename=filename,
             sha256=doc.sha256,
@@ -219,7 +249,8 @@ def process_document(
     stage_totals = {"intake": intake_ms, **page_stage_totals(results)}
     stage_totals["total"] = (time.perf_counter() - started) * 1000
     return assemble_document(
-        info, results, task=task, schema=extraction_schema, engine=engine, model_id=model_id, timings_ms=stage_totals
+        info, results, task=task, schema=extraction_schema, engine=engine, model_id=model_id, timings_ms=stage_totals,
+        warnings=warnings,
     )
 
 
@@ -241,6 +272,7 @@ def assemble_document(
     engine: EngineName,
     model_id: str | None,
     timings_ms: dict[str, float],
+    warnings: Sequence[ResultWarning] = (),
 ) -> DocumentResult:
     """The document result from its page results: status, merged fields, engines used.
 
@@ -268,4 +300,5 @@ def assemble_document(
         provenance=provenance,
         timings_ms={k: round(v, 3) for k, v in timings_ms.items()},
         error=document_error(results) if status == "failed" else None,
+        warnings=list(warnings),
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from tempfile import SpooledTemporaryFile
 from typing import Annotated, Any
 
@@ -24,20 +23,25 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError, model_validator
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.deps import Services, ServicesDep, TenantDep
+from api.openapi import json_body
 from api.problems import problem_responses
 from api.uploads import (
     FILE_FIELD,
     MAX_FIELDS,
     SPOOL_BYTES,
     MultipartReader,
+    body_chunks,
+    content_type,
     declared_length,
     invalid_body,
+    multipart_boundary,
     read_json,
     request_from_form,
+    unsupported_content_type,
 )
 from docproc import batches, reprocess
 from docproc.batches import Batch, BatchCounts, BatchServices
@@ -47,6 +51,7 @@ from docproc.reprocess import ReprocessRequest
 from docproc.reprocess_diff import DiffReport, diff_report
 from docproc.results import ErrorInfo
 from docproc.submit import parse_source_uri
+from docproc.timestamps import UtcTime
 from docproc.webhooks import check_webhook
 
 router = APIRouter(tags=["batches"])
@@ -70,7 +75,7 @@ class BatchSubmission(JobRequest):
         return self
 
 
-class Links(BaseModel):
+class BatchLinks(BaseModel):
     self: str
     results: str
     diff: str | None = None
@@ -89,9 +94,12 @@ class BatchView(BaseModel):
     source: str
     task: str
     schema_name: str | None = Field(None, alias="schema")
-    selector: dict[str, Any]
-    model: str | None
-    created_at: datetime
+    selector: dict[str, Any] = Field(description="A prefix batch: its source_prefix; a re-process: its selector.")
+    changes: dict[str, Any] | None = Field(None, description="A re-process: the task, schema and engine it runs "
+                                           "instead (null: each job's own).")
+    model: str | None = Field(description="A re-process: the model it asked for (null when it named none; "
+                              "each job records the model that ran it).")
+    created_at: UtcTime
     state: str
     progress: float = Field(description="Ended jobs / jobs (1.0 once completed).")
     counts: BatchCounts
@@ -99,7 +107,7 @@ class BatchView(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page of job ids; null at the end.")
     rejections: list[dict[str, Any]] = Field(description="Documents refused at intake (up to 100): index, source, "
                                              "code, message.")
-    links: Links
+    links: BatchLinks
 
 
 class DryRun(BaseModel):
@@ -122,13 +130,14 @@ def _view(svc: BatchServices, batch: Batch, *, cursor: str | None = None, limit:
     more = len(rows) > limit
     rows = rows[:limit]
     base = f"/v1/{'reprocess' if batch.kind == 'reprocess' else 'batches'}/{batch.id}"
+    selector, changes = reprocess.split_selector(batch)
     return BatchView(
         id=batch.id, kind=batch.kind, source=batch.source, task=batch.request.task, schema=batch.request.schema_,
-        selector=batch.selector, model=batch.model, created_at=batch.created_at, state=counts.state,
+        selector=selector, changes=changes, model=batch.model, created_at=batch.created_at, state=counts.state,
         progress=1.0 if counts.state == "completed" else (counts.ended / counts.total if counts.total else 0.0),
         counts=counts, jobs=[BatchJob(index=i, job_id=j) for i, j in rows],
         next_cursor=str(rows[-1][0]) if more else None, rejections=svc.batches.rejections(batch.id),
-        links=Links(self=base, results=f"/v1/batches/{batch.id}/results",
+        links=BatchLinks(self=base, results=f"/v1/batches/{batch.id}/results",
                     diff=f"/v1/reprocess/{batch.id}/diff" if batch.kind == "reprocess" else None),
     )
 
@@ -223,10 +232,7 @@ def _add_upload(svc: BatchServices, batch: Batch, index: int, file: SpooledTempo
 
 async def _stream_upload(request: Request, svc: BatchServices, tenant: str) -> Batch:
     settings = svc.settings
-    _, params = parse_options_header(request.headers.get("content-type"))
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise InvalidRequest("the multipart Content-Type has no boundary")
+    boundary = multipart_boundary(request)
     declared_length(request)
     reader = _BatchReader(settings.max_file_bytes, settings.batch_max_files)
     parser = MultipartParser(boundary, reader.callbacks())
@@ -243,7 +249,7 @@ async def _stream_upload(request: Request, svc: BatchServices, tenant: str) -> B
             index += 1
 
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, settings.request_body_timeout_s):
             parser.write(chunk)
             await drain()
         parser.finalize()
@@ -252,7 +258,7 @@ async def _stream_upload(request: Request, svc: BatchServices, tenant: str) -> B
             raise InvalidRequest("the multipart body ended before its closing boundary")
         if batch is None:
             raise InvalidRequest(f"no documents: send them in multipart form fields named {FILE_FIELD!r}")
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         _close(reader)
         if batch is not None:
             batches.fail_listing(svc, batch.id, InvalidRequest("the upload was cut short"))
@@ -280,7 +286,7 @@ def _create_upload_batch(svc: BatchServices, tenant: str, fields: dict[str, str]
     try:
         job_request = request_from_form(values)
         if webhook_url is not None:
-            JobRequest(webhook_url=webhook_url)  # the same URL check as a job's
+            JobRequest(webhook_url=webhook_url)  # a job's limits on the field (its length); the URL: _create_batch
     except ValidationError as exc:
         raise invalid_body(exc) from None
     return _create_batch(svc, tenant, job_request, webhook_url, source="upload")
@@ -299,7 +305,8 @@ def _create_batch(svc: BatchServices, tenant: str, job_request: JobRequest, webh
 
 
 async def _json_batch(request: Request, svc: BatchServices, tenant: str) -> Batch:
-    body = await read_json(request, max_bytes=svc.settings.batch_json_max_bytes)
+    body = await read_json(request, timeout_s=svc.settings.request_body_timeout_s,
+                           max_bytes=svc.settings.batch_json_max_bytes)
     try:
         submission = BatchSubmission.model_validate(body)
     except ValidationError as exc:
@@ -355,22 +362,19 @@ _MULTIPART_SCHEMA = {
         "under an s3:// prefix). One task/schema/webhook for all; jobs run at priority `bulk`. 202 with the "
         "batch; `batch.completed` is sent to `webhook_url` once every job ended."
     ),
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-        "application/json": {"schema": BatchSubmission.model_json_schema(by_alias=True)},
-    }}},
-    responses=problem_responses(400, *COMMON_ERRORS, 413, 503),
+    openapi_extra=json_body(BatchSubmission, multipart=_MULTIPART_SCHEMA),
+    responses=problem_responses(400, *COMMON_ERRORS, 408, 413, 415, 503),
 )
 async def submit_batch(request: Request, response: Response, tenant: TenantDep, services: ServicesDep) -> BatchView:
     svc = _svc(services)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
+    kind = content_type(request)
+    if kind == "multipart/form-data":
         batch = await _stream_upload(request, svc, tenant)
-    elif content_type == "application/json":
+    elif kind == "application/json":
         batch = await _json_batch(request, svc, tenant)
     else:
-        raise InvalidRequest("send documents as multipart/form-data (fields 'file') or JSON with source_uris or "
-                             "source_prefix", content_type=content_type or None)
+        raise unsupported_content_type(
+            request, "documents as multipart/form-data (fields 'file') or JSON with source_uris or source_prefix")
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     return await run_in_threadpool(_view, svc, batch)
 
@@ -434,11 +438,13 @@ def batch_results(batch_id: BatchId, tenant: TenantDep, services: ServicesDep) -
         "results stay untouched. `model` must be the deployed model (else 422 `model_not_deployed`). "
         "With `dry_run`: 200 with how many documents would run."
     ),
-    responses={200: {"model": DryRun, "description": "Dry run."}, **problem_responses(*COMMON_ERRORS, 404, 503)},
+    openapi_extra=json_body(ReprocessRequest),
+    responses={200: {"model": DryRun, "description": "Dry run."},
+               **problem_responses(*COMMON_ERRORS, 404, 408, 415, 503)},
 )
 async def submit_reprocess(request: Request, response: Response, tenant: TenantDep,
                            services: ServicesDep) -> BatchView | DryRun:
-    body = await read_json(request)
+    body = await read_json(request, timeout_s=services.settings.request_body_timeout_s)
     try:
         req = ReprocessRequest.model_validate(body)
     except ValidationError as exc:

@@ -17,10 +17,18 @@ from pydantic import ValidationError
 
 from api.deps import CeleryDep, ServicesDep, SettingsDep, StorageDep, StoreDep, TenantDep
 from api.models import JobList, JobSubmission, JobView, VersionList, job_summary, job_view, version_list
+from api.openapi import json_body
 from api.problems import problem_responses
-from api.uploads import invalid_body, read_json, read_multipart, request_from_form
+from api.uploads import (
+    content_type,
+    invalid_body,
+    read_json,
+    read_multipart,
+    request_from_form,
+    unsupported_content_type,
+)
 from docproc import lifecycle, metrics, model_workers
-from docproc.errors import InvalidRequest, NotFound, ResultNotReady
+from docproc.errors import NotFound, ResultNotReady
 from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
 from docproc.results import DocumentResult, PageResult
 from docproc.reprocess import newest_version
@@ -47,13 +55,6 @@ _MULTIPART_SCHEMA = {
     },
     "additionalProperties": False,
 }
-_SUBMIT_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-        "application/json": {"schema": JobSubmission.model_json_schema(by_alias=True)},
-    },
-}
 
 
 class StoredJson:
@@ -71,7 +72,11 @@ class StoredJson:
         self.redirect = redirect
 
     def response(self, key: str, *, missing: Callable[[], Exception] | None = None) -> Response:
-        """The object at ``key``; if it is not stored, ``missing()`` is raised (given) or NotFound."""
+        """The object at ``key``; if it is not stored, ``missing()`` is raised (given) or NotFound.
+
+        ``?redirect=true`` on storage that cannot presign (local disk) answers the body, with
+        the header :data:`NOT_REDIRECTED` saying why it did not redirect."""
+        headers = None
         try:
             if self.redirect:
                 url = self.storage.presign(key, self.expires_s)
@@ -79,7 +84,8 @@ class StoredJson:
                     if missing is not None and not self.storage.exists(key):
                         raise NotFound(f"no stored object {key!r}")
                     return RedirectResponse(url, status_code=307)
-            return Response(self.storage.get(key), media_type="application/json")
+                headers = {NOT_REDIRECTED: NOT_REDIRECTED_REASON}
+            return Response(self.storage.get(key), media_type="application/json", headers=headers)
         except NotFound:
             if missing is None:
                 raise
@@ -87,13 +93,18 @@ class StoredJson:
 
 
 StoredJsonDep = Annotated[StoredJson, Depends()]
+NOT_REDIRECTED = "Docproc-Redirect"
+NOT_REDIRECTED_REASON = "not-redirected; the storage is local and has no presigned URLs, so the body follows"
+_BODY_HEADERS = {NOT_REDIRECTED: {"description": "Only with redirect=true on local storage: why the body "
+                                  "came instead of a 307.", "schema": {"type": "string"}}}
 
 
 async def _read_submission(request: Request, settings: Settings) -> tuple[JobRequest, bytes, str | None]:
     """The job fields, document bytes and file name of a multipart upload or a JSON source_uri."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        upload = await read_multipart(request, max_file_bytes=settings.max_file_bytes)
+    kind = content_type(request)
+    if kind == "multipart/form-data":
+        upload = await read_multipart(request, max_file_bytes=settings.max_file_bytes,
+                                      timeout_s=settings.request_body_timeout_s)
         try:
             try:
                 job_request = request_from_form(upload.fields)
@@ -102,8 +113,8 @@ async def _read_submission(request: Request, settings: Settings) -> tuple[JobReq
             return job_request, await run_in_threadpool(upload.read), upload.filename
         finally:
             upload.close()
-    if content_type == "application/json":
-        body = await read_json(request)
+    if kind == "application/json":
+        body = await read_json(request, timeout_s=settings.request_body_timeout_s)
         try:
             submission = JobSubmission.model_validate(body)
         except ValidationError as exc:
@@ -111,10 +122,8 @@ async def _read_submission(request: Request, settings: Settings) -> tuple[JobReq
         job_request = JobRequest.model_validate(submission.model_dump(by_alias=True, exclude={"source_uri"}))
         data, filename = await run_in_threadpool(read_source, submission.source_uri, settings)
         return job_request, data, filename
-    raise InvalidRequest(
-        "send the document as multipart/form-data (field 'file') or JSON with an s3:// source_uri",
-        content_type=content_type or None,
-    )
+    raise unsupported_content_type(
+        request, "the document as multipart/form-data (field 'file') or JSON with an s3:// source_uri")
 
 
 @router.post(
@@ -129,10 +138,10 @@ async def _read_submission(request: Request, settings: Settings) -> tuple[JobReq
         "`Idempotency-Key` that was used before for the same document and fields, 200 with "
         "that job; for different ones, 409 `idempotency_conflict`."
     ),
-    openapi_extra={"requestBody": _SUBMIT_BODY},
+    openapi_extra=json_body(JobSubmission, multipart=_MULTIPART_SCHEMA),
     responses={
         200: {"description": "Idempotent replay: the job this Idempotency-Key created before.", "model": JobView},
-        **problem_responses(400, *COMMON_ERRORS, 409, 413, 415, 503),
+        **problem_responses(400, *COMMON_ERRORS, 408, 409, 413, 415, 503),
     },
 )
 async def submit(
@@ -245,12 +254,13 @@ def _view(store: JobStore, job: Job) -> JobView:
     summary="A finished job's document result",
     description=(
         "The document JSON of a job that ended `succeeded`, `partial` or `failed` with a result. "
-        "With `?redirect=true` and S3 storage: 307 to a short-lived presigned URL instead. "
+        "With `?redirect=true` and S3 storage: 307 to a short-lived presigned URL instead (local storage has "
+        "none: the body, with a `Docproc-Redirect` header saying so). "
         "409 `result_not_ready` while the job runs. With `?schema=invoice@2`: the result of the document's "
         "newest version that ran that schema (this job or a re-process of it), 404 if none has one."
     ),
     responses={
-        200: {"model": DocumentResult, "description": "The document result."},
+        200: {"model": DocumentResult, "description": "The document result.", "headers": _BODY_HEADERS},
         307: {"description": "Redirect to a presigned URL of the result (redirect=true, S3 storage)."},
         **problem_responses(*COMMON_ERRORS, 404, 409),
     },
@@ -297,7 +307,7 @@ def get_versions(job_id: JobId, tenant: TenantDep, store: StoreDep) -> VersionLi
     "/{job_id}/pages/{page}",
     summary="One page's result",
     responses={
-        200: {"model": PageResult, "description": "The page result."},
+        200: {"model": PageResult, "description": "The page result.", "headers": _BODY_HEADERS},
         307: {"description": "Redirect to a presigned URL of the page result (redirect=true, S3 storage)."},
         **problem_responses(*COMMON_ERRORS, 404, 409),
     },

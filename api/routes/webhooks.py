@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import RedisDep, ServicesDep, StoreDep, TenantDep
+from api.openapi import json_body
 from api.problems import problem_responses
+from api.uploads import invalid_body, read_json
 from docproc import webhooks
 from docproc.webhooks import EventStatus
 
@@ -105,10 +108,18 @@ def disabled_endpoints(tenant: TenantDep, redis: RedisDep) -> list[DisabledEndpo
     response_model=EndpointState,
     summary="Re-enable an endpoint disabled by a 410 answer",
     description="Later events to the URL are sent again; earlier dead-lettered ones can be redelivered.",
-    responses=problem_responses(*COMMON_ERRORS),
+    openapi_extra=json_body(EndpointRequest),
+    responses=problem_responses(*COMMON_ERRORS, 408, 415),
 )
-def enable_endpoint(body: EndpointRequest, tenant: TenantDep, redis: RedisDep) -> EndpointState:
-    return EndpointState(url=body.url, was_disabled=webhooks.enable_endpoint(redis, tenant, body.url))
+async def enable_endpoint(request: Request, tenant: TenantDep, services: ServicesDep) -> EndpointState:
+    # read here, not as a body parameter: the strict JSON rules and the body deadline (api.uploads)
+    raw = await read_json(request, timeout_s=services.settings.request_body_timeout_s)
+    try:
+        body = EndpointRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
+    disabled = await run_in_threadpool(webhooks.enable_endpoint, services.redis, tenant, body.url)
+    return EndpointState(url=body.url, was_disabled=disabled)
 
 
 @router.get(

@@ -160,3 +160,44 @@ def tiff_ifd_loop() -> bytes:
     last_next = len(data) - 2 - 4
     data[last_next:last_next + 4] = struct.pack("<I", 8)
     return bytes(data)
+
+
+# ---------------------------------------------------------------------------
+# request bodies: JSON that Python's json module takes but docproc must refuse
+# ---------------------------------------------------------------------------
+
+# name -> (JSON text of a value, the refusal's reason)
+HOSTILE_JSON_VALUES = {
+    "an object nested 400 deep": ('{"a":' * 400 + "1" + "}" * 400, "nesting_too_deep"),
+    "an integer of 5,000 digits": ("9" * 5000, "number_too_large"),
+    "a lone surrogate": ('"\\ud800"', "lone_surrogate"),
+    "a lone surrogate as a key": ('{"\\udc00": 1}', "lone_surrogate"),
+    "NaN": ("NaN", "non_finite_number"),
+    "Infinity": ("Infinity", "non_finite_number"),
+    "-Infinity": ("-Infinity", "non_finite_number"),
+    "1e999 (Infinity as a float)": ("1e999", "non_finite_number"),
+}
+
+# route -> a JSON body around one value (metadata where the route has it)
+JSON_ROUTES = {
+    "/v1/jobs": '{"source_uri": "s3://inbox/a.pdf", "metadata": {"x": %s}}',
+    "/v1/batches": '{"source_uris": ["s3://inbox/a.pdf"], "metadata": {"x": %s}}',
+    "/v1/reprocess": '{"selector": {"schema": "invoice"}, "dry_run": true, "model": %s}',
+    "/v1/webhooks/endpoints/enable": '{"url": %s}',
+}
+
+
+def nested_array(depth: int) -> str:
+    """``[[[...]]]`` ``depth`` deep: past Python's recursion limit at 1,000."""
+    return "[" * depth + "]" * depth
+
+
+def multipart_body(boundary: str, fields: dict[str, str], file: bytes | None = None) -> bytes:
+    """A multipart/form-data body with ``fields`` and, given, one ``file`` part (a PDF)."""
+    out = b""
+    for name, value in fields.items():
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n').encode()
+    if file is not None:
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.pdf"\r\n'
+                f"Content-Type: application/pdf\r\n\r\n").encode() + file + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()

@@ -77,6 +77,42 @@ def test_the_api_answers_every_schema_generated_request_without_a_5xx(stack_sett
     assert len(tried) >= 5 and total >= len(tried)
 
 
+@st.composite
+def hostile_json_body(draw) -> tuple[str, bytes]:
+    """(route, body): one of the JSON bodies Python's json module parses but docproc must
+    refuse (tests/reliability/hostile.py), at a random depth inside a route's body, or a
+    bare array nested past the recursion limit."""
+    from . import hostile
+
+    route = draw(st.sampled_from(sorted(hostile.JSON_ROUTES)))
+    if draw(st.booleans()):
+        return route, hostile.nested_array(draw(st.integers(33, 5000))).encode()
+    value, _ = hostile.HOSTILE_JSON_VALUES[draw(st.sampled_from(sorted(hostile.HOSTILE_JSON_VALUES)))]
+    depth = draw(st.integers(0, 20))  # wrapped in arrays, still under the depth limit
+    return route, (hostile.JSON_ROUTES[route] % ("[" * depth + value + "]" * depth)).encode()
+
+
+def test_hostile_json_bodies_get_a_typed_4xx_never_a_5xx(stack_settings, serve_api):
+    """Hypothesis over the JSON rules: every body a typed 422 (problem+json with a code and
+    a reason), on every route that reads JSON."""
+    api = serve_api(stack_settings(rate_limit_per_minute=0))
+    tried: dict[str, int] = {}
+
+    @settings(max_examples=EXAMPLES * 4, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=hostile_json_body())
+    def run(case) -> None:
+        route, body = case
+        tried[route] = tried.get(route, 0) + 1
+        response = api.post(route, content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, (route, response.status_code, response.text[:300])
+        problem = response.json()
+        assert problem["code"] == "invalid_request" and problem["reason"], problem
+
+    run()
+    print(f"\nhostile JSON: {sum(tried.values())} requests: {tried}")
+    assert len(tried) == 4
+
+
 # ---------------------------------------------------------------------------
 # intake + render, from random and mutated documents
 # ---------------------------------------------------------------------------

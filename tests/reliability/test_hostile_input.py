@@ -237,3 +237,103 @@ def test_a_json_body_that_is_not_json_is_a_typed_error(api):
     for raw in (b"{", b"\xff\xfe", b'{"source_uri": "s3://b/k"' + b" " * 70_000 + b"}"):
         response = api.post("/v1/jobs", content=raw, headers={"Content-Type": "application/json"})
         assert response.status_code == 422 and response.json()["code"] == "invalid_request", response.text
+
+
+# ---------------------------------------------------------------------------
+# the API: bodies that used to give 500 (or be changed silently), a trickling upload
+# ---------------------------------------------------------------------------
+
+
+def assert_refused(response: httpx.Response, status: int, code: str, reason: str | None = None) -> dict:
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == code, body
+    if reason is not None:
+        assert body["reason"] == reason, body
+    return body
+
+
+@pytest.mark.parametrize("route", sorted(hostile.JSON_ROUTES))
+@pytest.mark.parametrize("name", sorted(hostile.HOSTILE_JSON_VALUES))
+def test_json_that_python_parses_but_docproc_cannot_keep_is_a_typed_422(api, route, name):
+    """Deep nesting, a 5,000-digit integer, lone surrogates, NaN/Infinity: each a 422
+    invalid_request whose reason names the check, on every route that reads JSON."""
+    value, reason = hostile.HOSTILE_JSON_VALUES[name]
+    body = hostile.JSON_ROUTES[route] % value
+    response = api.post(route, content=body.encode(), headers={"Content-Type": "application/json"})
+    assert_refused(response, 422, "invalid_request", reason)
+
+
+@pytest.mark.parametrize("route", sorted(hostile.JSON_ROUTES))
+def test_a_json_body_nested_3000_deep_is_a_typed_422(api, route):
+    response = api.post(route, content=hostile.nested_array(3000).encode(), headers={"Content-Type": "application/json"})
+    assert_refused(response, 422, "invalid_request", "nesting_too_deep")
+
+
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/batches"])
+@pytest.mark.parametrize("name", sorted(hostile.HOSTILE_JSON_VALUES))
+def test_metadata_form_fields_follow_the_same_json_rules(api, route, name):
+    """In a multipart upload metadata is a JSON string: NaN there used to be stored as null
+    without a word (202), deep nesting or a 5,000-digit integer gave 500."""
+    value, reason = hostile.HOSTILE_JSON_VALUES[name]
+    boundary = "b0undary"
+    body = hostile.multipart_body(boundary, {"task": "ocr", "metadata": '{"x": %s}' % value},
+                                  builders.multipage_text_pdf(1))
+    response = api.post(route, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert_refused(response, 422, "invalid_request", reason)
+    assert api.get("/v1/jobs").json()["jobs"] == []  # nothing was made
+
+
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/batches"])
+def test_a_multipart_boundary_over_256_characters_is_a_typed_422(api, route):
+    boundary = "b" * 300
+    body = hostile.multipart_body(boundary, {"task": "ocr"}, builders.multipage_text_pdf(1))
+    response = api.post(route, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert_refused(response, 422, "invalid_request", "boundary_too_long")
+    ok = "b" * 256  # python-multipart's limit, and ours
+    body = hostile.multipart_body(ok, {"task": "ocr"}, builders.multipage_text_pdf(1))
+    assert api.post(route, content=body, headers={"Content-Type": f"multipart/form-data; boundary={ok}"}
+                    ).status_code == 202
+
+
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/batches", "/v1/reprocess", "/v1/webhooks/endpoints/enable"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_in_a_content_type_the_route_does_not_read_is_415(api, route, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = api.post(route, content=b'{"selector": {"schema": "invoice"}}', headers=headers)
+    body = assert_refused(response, 415, "unsupported_media_type")
+    assert body["content_type"] == content_type
+
+
+def test_a_trickling_upload_is_dropped_with_408_at_the_body_deadline(stack_settings, serve_api):
+    """1 byte every 0.3 s: every read arrives in time, but the body as a whole does not:
+    408 request_timeout once request_body_timeout_s (here 2 s) passed since its first read."""
+    api = serve_api(stack_settings(request_body_timeout_s=2.0))
+    boundary = "slowboundary"
+    body = hostile.multipart_body(boundary, {"task": "ocr"}, builders.multipage_text_pdf(1))
+    sock = socket.create_connection((api.base_url.host, api.base_url.port), timeout=30)
+    sock.sendall((f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nX-API-Key: {api.headers['X-API-Key']}\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+                  ).encode())
+    started = time.monotonic()
+    sock.setblocking(False)
+    response = b""
+    for byte in body:
+        try:
+            sock.send(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        time.sleep(0.3)
+        try:
+            response += sock.recv(65536)
+        except BlockingIOError:
+            pass
+        if b'"code"' in response or time.monotonic() - started > 20:
+            break
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert response.startswith(b"HTTP/1.1 408"), response[:300]
+    assert b'"code":"request_timeout"' in response.replace(b" ", b"")
+    assert 1.5 < elapsed < 6, elapsed
+    assert api.get("/v1/jobs").json()["jobs"] == []

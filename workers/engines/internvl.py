@@ -86,6 +86,9 @@ class GenerationRequest:
     schema: "ExtractionSchema | None" = None
     text_hint: str | None = None
     max_new_tokens: int | None = None  # None: from settings, by task and tile count
+    # benchmarks: exactly this many output tokens: the budget, EOS suppressed until then and no
+    # loop stop (min_new_tokens is batch-wide: it applies when every row of a batch forces this length)
+    force_new_tokens: int | None = None
 
     @property
     def tiles_per_image(self) -> list[int]:
@@ -527,6 +530,8 @@ class InternVLEngine:
         return ids
 
     def budget(self, request: GenerationRequest) -> int:
+        if request.force_new_tokens:
+            return int(request.force_new_tokens)
         if request.max_new_tokens is not None:
             return max(1, int(request.max_new_tokens))
         return self.max_new_tokens(request.task, request.n_tiles)
@@ -722,13 +727,16 @@ class InternVLEngine:
         pixel_values = normalize_tiles(tiles, device=device, dtype=self.dtype)
         budgets = [self.budget(r) for r in requests]
         grammars = self._grammars(requests, budgets)  # may raise a row's budget to fit its JSON
+        # a batch whose rows all force one length writes exactly that (EOS suppressed, no loop stop)
+        forced = {r.force_new_tokens for r in requests}
+        force = forced.pop() if len(forced) == 1 else None
         guard = RunawayGuard(width, budgets, eos_token_ids=self.eos_token_ids,
-                             min_span=self.settings.repetition_guard_span)
+                             min_span=0 if force else self.settings.repetition_guard_span)
         processors = LogitsProcessorList()
         if grammars is not None:
             processors.append(self._constraint.logits_processor(grammars, budgets))
         config = GenerationConfig(
-            max_new_tokens=max(budgets), do_sample=False, num_beams=1,
+            max_new_tokens=max(budgets), do_sample=False, num_beams=1, min_new_tokens=force or None,
             eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
             repetition_penalty=penalty if penalty else 1.0,
         )

@@ -194,7 +194,7 @@ class Streamed:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    first_token_s: float | None = None  # seconds from sending to the first output text
+    first_token_s: float | None = None  # seconds from sending to the first output token
     looped: bool = False
 
 
@@ -276,7 +276,7 @@ class ServedEngine:
                     _raise_for_status(response)
                 async for event in sse_events(response):
                     text, ids, reason = _pieces(event)
-                    if text and out.first_token_s is None:
+                    if (text or ids) and out.first_token_s is None:
                         out.first_token_s = time.perf_counter() - started
                     out.text += text
                     out.tokens.extend(ids or ([hash(text)] if text else []))

@@ -119,7 +119,7 @@ class TextEngine:
     def process(self, document: OpenedDocument, pages: Sequence[RenderedPage], task: Task) -> list[PageResult]:
         if task not in TEXT_TASKS:
             raise InvalidRequest(
-                f"the text engine cannot do {task!r}; use --engine internvl or auto",
+                f"the text engine cannot do {task!r}; use engine 'internvl' or 'auto'",
                 engine="text",
                 task=task,
             )

@@ -14,7 +14,9 @@ gives 8 x 8 = 64 patches per tile, and the 0.5 pixel-shuffle downsample leaves
 
 :func:`internvl_config` also gives the configs of the real InternVL3-1B/2B/8B
 (InternViT-300M + Qwen2.5-0.5B/1.5B/7B) for benchmarks on random weights of the
-real size. The outputs of random weights are noise; only their cost is real.
+real size (:func:`real_size_tokenizer` fills the vocabulary so that every id decodes), and
+:func:`save_checkpoint` writes such a model to disk for a vLLM server to load. The
+outputs of random weights are noise; only their cost is real.
 """
 
 from __future__ import annotations
@@ -62,13 +64,28 @@ _QWEN25: dict[str, dict[str, Any]] = {
 REAL_VOCAB_SIZE = 151674  # InternVL3 (Qwen2.5 vocabulary + InternVL's added tokens)
 
 
-def build_tiny_tokenizer() -> "PreTrainedTokenizerBase":
-    """A byte-level Qwen2 tokenizer (256 byte symbols, no merges) with ChatML and image tokens."""
+ADDED_TOKENS = 3 + len(IMAGE_TOKENS)  # <|endoftext|>, <|im_start|>, <|im_end|> and the image tokens
+
+
+def build_tiny_tokenizer(vocab_size: int | None = None) -> "PreTrainedTokenizerBase":
+    """A byte-level Qwen2 tokenizer (256 byte symbols, no merges) with ChatML and image tokens.
+
+    ``vocab_size`` (random weights of the real size): the vocabulary is filled up to that many
+    ids with three-character ASCII words, so that every id a random model writes decodes to
+    text (a server streams text; TTFT is its first piece). Without merges no prompt ever
+    encodes to them: prompts are the same as with the 256-symbol vocabulary."""
+    from itertools import product
+    from string import ascii_letters, digits
+
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
 
     alphabet = sorted(ByteLevel.alphabet())
     vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    if vocab_size is not None:
+        words = ("".join(w) for w in product(ascii_letters + digits, repeat=3))
+        while len(vocab) < vocab_size - ADDED_TOKENS:
+            vocab.setdefault(next(words), len(vocab))
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
         merges=[],
@@ -169,6 +186,43 @@ def random_internvl(
     return model.eval()
 
 
+def save_checkpoint(model: Any, tokenizer: "PreTrainedTokenizerBase", directory: str | Path,
+                    *, max_patches: int = 12) -> Path:
+    """Write ``model`` and ``tokenizer`` as a complete checkpoint that transformers and vLLM
+    load: weights and config, tokenizer, the GotOcr2 image-processor config and the
+    processor's own config. Returns the directory."""
+    from transformers import GotOcr2ImageProcessorPil
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    size = config.vision_config.image_size
+    image_size = size[0] if isinstance(size, (list, tuple)) else size
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    GotOcr2ImageProcessorPil(
+        size={"height": image_size, "width": image_size},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=max_patches,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(out)
+    # The processor's own config: vLLM reads image_seq_length from it (without it, 256 is
+    # assumed and the first image request fails on a placeholder count mismatch).
+    (out / "processor_config.json").write_text(
+        json.dumps({"image_seq_length": config.image_seq_length, "processor_class": "InternVLProcessor"}, indent=2)
+    )
+    return out
+
+
+def real_size_tokenizer() -> "PreTrainedTokenizerBase":
+    """The tokenizer of random weights of the real size: the real vocabulary's size."""
+    return build_tiny_tokenizer(vocab_size=REAL_VOCAB_SIZE)
+
+
 def build_tiny_internvl(
     directory: str | Path,
     *,
@@ -180,29 +234,6 @@ def build_tiny_internvl(
 
     Deterministic: the same ``seed`` gives the same weights. Returns the directory.
     """
-    from transformers import GotOcr2ImageProcessorPil
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
     config = internvl_config("tiny", tokenizer, image_size=image_size, patch_size=patch_size)
-    model = random_internvl(config, seed=seed)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    GotOcr2ImageProcessorPil(
-        size={"height": image_size, "width": image_size},
-        crop_to_patches=True,
-        min_patches=1,
-        max_patches=12,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-    ).save_pretrained(out)
-    # The processor's own config: vLLM reads image_seq_length from it (without it, 256 is
-    # assumed and the first image request fails on a placeholder count mismatch).
-    (out / "processor_config.json").write_text(
-        json.dumps({"image_seq_length": config.image_seq_length, "processor_class": "InternVLProcessor"}, indent=2)
-    )
-    return out
+    return save_checkpoint(random_internvl(config, seed=seed), tokenizer, directory)
