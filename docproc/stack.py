@@ -12,8 +12,9 @@ Starts, as child processes sharing one environment:
 
 Results go to local disk (<var>/storage) unless DOCPROC_STORAGE_URL names an S3
 bucket. While it runs, <var>/docproc-up.env holds its Redis and storage settings, where
-the operator commands in another terminal find them (docproc/stackfile.py). Ctrl-C (or SIGTERM) stops everything, workers first so they finish or
-return their current task, Redis last.
+the operator commands in another terminal find them (docproc/stackfile.py). Ctrl-C (or
+SIGTERM) stops everything, workers first so they finish or return their current task,
+Redis last.
 """
 
 from __future__ import annotations
