@@ -43,6 +43,19 @@ class PageResult(BaseModel):
     text: str | None = Field(None, description="ocr: the page as Markdown, in reading order.")
     tables: list[Table] | None = Field(None, description="tables: every table found on the page.")
     fields: dict[str, Any] | None = Field(None, description="extract: the page's JSON fields.")
+    headers: list[str] | None = Field(
+        None, description="text engine: running headers and other lines at the top of the page, kept out of text."
+    )
+    footers: list[str] | None = Field(
+        None, description="text engine: running footers and page numbers at the bottom, kept out of text."
+    )
+    margin: list[str] | None = Field(
+        None, description="text engine: margin text (vertical stamps, side notes), kept out of text."
+    )
+    text_layer: str | None = Field(
+        None, description="Why the page's text layer was not trusted (auto then sent it to the model); "
+        "None when it was, or when there is none to judge (an image).",
+    )
     raw_output: str | None = Field(None, description="The model's raw text, kept when it did not parse.")
     error: ErrorInfo | None = None
     warnings: list[ResultWarning] = Field(default_factory=list, description="e.g. repaired: part of the page's "

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     max_tiles: int = Field(12, ge=1, description="InternVL dynamic-resolution tile budget per page.")
     use_thumbnail: bool = Field(True, description="Add a thumbnail tile when a page has >1 tile.")
     min_text_chars: int = Field(
-        20, description="A page with fewer extractable characters has no usable text layer."
+        20, description="A page with fewer extractable characters beside an image (a page number on a scan) is "
+        "sent to the model; alone on the page, short text is read as text (workers/text_routing.py).",
     )
 
     # --- model ---------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_text_pdf_job_end_to_end(flow):
     local = process_document(data, filename="three.pdf", task="ocr", settings=flow.settings)
     assert [p.text for p in document.pages] == [p.text for p in local.pages]
     for n, page in enumerate(document.pages, start=1):
-        assert page.text.splitlines()[0].endswith(f"Page {n} of 3")
+        assert page.text.startswith(f"Line 1 of page {n}:") and page.headers == [f"Page {n} of 3"]
         stored = PageResult.model_validate_json(flow.storage.get(page_result_key(job.id, n)))
         assert stored == page
     assert {"queued", "render", "text", "total"} <= set(document.timings_ms)

@@ -22,7 +22,6 @@ from workers.intake import open_document
 from workers.render import (
     extract_text_layer,
     fit_pixels,
-    is_usable_text,
     layer_text,
     parse_page_range,
     render_page,
@@ -433,31 +432,20 @@ def test_scanned_page_has_no_text_layer(settings):
     assert np.asarray(page.image).min() < 80  # the scan itself is there
 
 
-def test_text_layer_needs_enough_characters(settings):
+def test_short_text_alone_on_a_page_is_a_text_layer(settings):
+    """"Page 1 of 1" and nothing else: nothing more to read, so it is text, not a model's job
+    (short text beside a scan is not: tests/test_text_routing.py)."""
     pdf = builders.multipage_text_pdf(1, lines_per_page=0)  # only "Page 1 of 1": 8 visible chars
     with open_document(pdf, settings=settings) as doc:
         page = render_page(doc, 1, settings)
     assert page.text.strip() == "Page 1 of 1"
-    assert not page.has_text_layer
-    lenient = settings.model_copy(update={"min_text_chars": 8})
-    with open_document(pdf, settings=lenient) as doc:
-        assert render_page(doc, 1, lenient).has_text_layer
+    assert page.has_text_layer and page.text_layer_issue is None
 
 
-@pytest.mark.parametrize(
-    ("text", "usable"),
-    [
-        ("Invoice INV-2026-0042 total 476.00 EUR", True),
-        ("\ufffd" * 40, False),
-        ("Invoice " + "\ufffd" * 30, False),
-        ("Invoice number 42, total 476.00 \ufffd", True),  # one odd glyph is fine
-        ("\ue000\ue001\ue002" * 10, False),  # private-use glyphs: no ToUnicode map
-        ("short", False),
-        ("   \n\n\t  " * 20, False),
-    ],
-)
-def test_is_usable_text(text, usable):
-    assert is_usable_text(text, 20) is usable
+def test_scan_page_records_why_its_layer_is_not_used(settings):
+    with open_document(builders.scanned_pdf(), settings=settings) as doc:
+        page = render_page(doc, 1, settings)
+    assert not page.has_text_layer and page.text_layer_issue == "no_text_layer"
 
 
 def test_render_pages_in_given_order(settings):

@@ -56,7 +56,8 @@ from workers.pipeline import (
     resolve_request,
     route,
 )
-from workers.render import extract_text_layer, is_usable_text, parse_page_range
+from workers.render import parse_page_range
+from workers.text_routing import text_layer_issue
 
 logger = logging.getLogger(__name__)
 
@@ -125,25 +126,25 @@ def _count_finished(store: JobStore, job_id: str, state: str, error: ErrorInfo |
 
 
 def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, settings: Settings) -> str:
-    """The engine page ``number`` will go to, decided without rendering it.
+    """The engine page ``number`` will go to, decided without rendering it for the model.
 
     The same rule as :func:`workers.pipeline.route` (the page task routes the
-    rendered page again): ``auto`` sends ocr/tables pages with a usable text
-    layer to the text engine, everything else to the model. The text layer is
-    read with :func:`extract_text_layer`, as render reads it; no pixels are drawn.
-    A page whose text cannot be read goes to the text engine, whose render will
-    report the page's error without taking a GPU; so does a page of a repaired PDF that
-    lost its content (:mod:`workers.repair`: it fails ``corrupt_document`` at render).
+    rendered page again): ``auto`` sends ocr/tables pages whose text layer can be
+    trusted (:func:`workers.text_routing.text_layer_issue`, as render judges it)
+    to the text engine, everything else to the model. A page whose text cannot be
+    read goes to the text engine, whose render will report the page's error
+    without taking a GPU; so does a page of a repaired PDF that lost its content
+    (:mod:`workers.repair`: it fails ``corrupt_document`` at render).
     """
     if engine != "auto":
         return engine
     if task not in TEXT_TASKS or doc.pdf is None:
         return "internvl"
     try:
-        text, _ = extract_text_layer(doc.pdf.load_page(number - 1))
+        issue = text_layer_issue(doc.pdf.load_page(number - 1), settings.min_text_chars)
     except Exception:  # noqa: BLE001 - render reports the page's own error
         return "text"
-    if is_usable_text(text, settings.min_text_chars):
+    if issue is None:
         return "text"
     return "text" if doc.repaired and page_damage(doc.pdf, number) is not None else "internvl"
 

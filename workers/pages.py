@@ -35,5 +35,6 @@ class RenderedPage:
     text: str = ""  # the text layer in reading order, "" when there is none
     words: list[Word] = field(default_factory=list)
     has_text_layer: bool = False  # True when `text` is usable in place of OCR
+    text_layer_issue: str | None = None  # why it is not (workers/text_routing.py), for a PDF page
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[ResultWarning] = field(default_factory=list)  # e.g. repaired: content cut short

@@ -99,7 +99,8 @@ def resolve_request(task: str, schema: str | None, engine: str, settings: Settin
 
 
 def route(page: RenderedPage, task: Task, engine: EngineName) -> str:
-    """Which engine a page goes to: ``auto`` reads born-digital pages for ocr/tables."""
+    """Which engine a page goes to: ``auto`` reads born-digital pages for ocr/tables when their
+    text layer can be trusted (``page.text_layer_issue`` says why not, workers/text_routing.py)."""
     if engine != "auto":
         return engine
     return "text" if task in TEXT_TASKS and page.has_text_layer else "internvl"
@@ -144,9 +145,12 @@ def _lost(number: int, message: str) -> PageResult:
 
 def finish_page(page: RenderedPage, result: PageResult) -> PageResult:
     """An engine's result for ``page`` as it leaves the engine: the render's timings and
-    warnings added, and its strings made safe to serialise (:mod:`docproc.clean_text`)."""
+    warnings added, why the page's text layer was not trusted (if it was not), and its
+    strings made safe to serialise (:mod:`docproc.clean_text`)."""
     result.timings_ms = {**page.timings_ms, **result.timings_ms}
     result.warnings = [*page.warnings, *result.warnings]
+    if result.text_layer is None:
+        result.text_layer = page.text_layer_issue
     return clean_page(result)
 
 

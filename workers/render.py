@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 import time
-import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from docproc.errors import CorruptDocument, DocprocError, ImageTooLarge, Invalid
 from docproc.settings import Settings, get_settings
 from workers.intake import MediaType, OpenedDocument, read_image_header
 from workers.pages import RenderedPage, Word
+from workers.text_routing import text_layer_issue
 from workers.tiling import choose_grid
 
 RENDER_MARGIN = 1.1
@@ -39,11 +39,6 @@ one zoom this much finer than covering the grid needs, so tiling downsamples."""
 WORD_LINE_TOLERANCE = 3.0
 """Words whose top or bottom edges are this close (points) are on one line when
 the text layer's words are put in reading order (PyMuPDF's ``sort=True`` rule)."""
-
-GARBAGE_MAX_FRACTION = 0.1
-"""A text layer where more than this fraction of the visible characters are
-U+FFFD, control or private-use characters (fonts without a usable ToUnicode
-map) is not usable."""
 
 # ---------------------------------------------------------------- page ranges
 
@@ -182,16 +177,6 @@ def render_scale(width_pt: float, height_pt: float, settings: Settings | None = 
 
 
 # ------------------------------------------------------------- text layer
-
-
-def is_usable_text(text: str, min_chars: int) -> bool:
-    """True when ``text`` has at least ``min_chars`` visible characters and is
-    not mostly garbage (see GARBAGE_MAX_FRACTION)."""
-    visible = [ch for ch in text if not ch.isspace()]
-    if len(visible) < min_chars:
-        return False
-    bad = sum(1 for ch in visible if ch == "\ufffd" or unicodedata.category(ch) in ("Cc", "Co", "Cs", "Cn"))
-    return bad <= GARBAGE_MAX_FRACTION * len(visible)
 
 
 def sort_words(words: Sequence[tuple], tolerance: float = WORD_LINE_TOLERANCE) -> list[tuple]:
@@ -333,6 +318,7 @@ def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings) -> 
             image = image.resize(scale.size, Image.Resampling.BICUBIC)
         rendered = time.perf_counter()
         text, words = extract_text_layer(page)
+        issue = text_layer_issue(page, settings.min_text_chars)
     except DocprocError as exc:
         exc.details.setdefault("page", number)
         raise
@@ -349,7 +335,8 @@ def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings) -> 
         grid=scale.grid,
         text=text,
         words=words,
-        has_text_layer=is_usable_text(text, settings.min_text_chars),
+        has_text_layer=issue is None,
+        text_layer_issue=issue,
         timings_ms={"render": (rendered - start) * 1000.0, "text_layer": (done - rendered) * 1000.0},
     )
 

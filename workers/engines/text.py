@@ -1,18 +1,28 @@
-"""The text engine: no model, just the PDF text layer and PyMuPDF's table finder.
+"""The text engine: no model, just the PDF text layer.
 
-For born-digital pages this is exact and fast; a page without a usable text
-layer (a scan) is reported as ``needs_model`` rather than as empty text.
+For born-digital pages this is exact and fast. A page is read in five steps, each
+in its own module: its lines and words (``text_lines``), page furniture apart
+(``text_furniture``: headers, footers, margin text), tables (``text_tables``:
+ruled and unruled, header rows joined, wrapped cells whole, currency kept with
+its numbers), blocks in the layout's reading order (``text_layout``), then
+Markdown with each table in place. A page whose text layer is not to be trusted
+(workers/text_routing.py: a scan, vector-drawn text, a bad OCR layer...) is
+reported as ``needs_model`` with the reason, rather than as empty or wrong text.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from docproc.errors import PAGE_ERROR_CODES, InvalidRequest
 from docproc.results import ErrorInfo, PageResult, Table, Task
+from workers.engines.text_furniture import split_furniture
+from workers.engines.text_layout import Block, Item, make_blocks, reading_order
+from workers.engines.text_lines import Line, body_size, page_lines, unrotated
+from workers.engines.text_tables import find_tables
 from workers.intake import OpenedDocument
 from workers.pages import RenderedPage
 
@@ -34,71 +44,79 @@ def rows_to_markdown(rows: Sequence[Sequence[str | None]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(slots=True)
+class PageText:
+    """What the text engine reads from one page."""
+
+    text: str
+    tables: list[Table]
+    headers: list[str] = field(default_factory=list)
+    footers: list[str] = field(default_factory=list)
+    margin: list[str] = field(default_factory=list)
+
+
+def _block_markdown(block: Block, body: float) -> str:
+    text = "\n".join(line.text for line in block.lines)
+    size = min(line.size for line in block.lines)
+    if body and size >= 1.2 * body and len(text) < 200:
+        return ("# " if size >= 1.6 * body else "## ") + text.replace("\n", " ")
+    return text
+
+
+def _untaken(lines: list[Line], taken: set[int]) -> list[Line]:
+    """The lines, less the words a table took (a line left empty goes)."""
+    out = []
+    for line in lines:
+        words = [w for w in line.words if id(w) not in taken]
+        if len(words) == len(line.words):
+            out.append(line)
+        elif words:
+            out.append(Line(min(w.x0 for w in words), min(w.y0 for w in words), max(w.x1 for w in words),
+                            max(w.y1 for w in words), line.size, line.bold, line.horizontal, words))
+    return out
+
+
+def _furniture_text(lines: list[Line]) -> list[str]:
+    return [line.text for line in sorted(lines, key=lambda ln: (ln.y0, ln.x0))]
+
+
+def read_page(pdf_page: Any, task: str = "ocr") -> PageText:
+    """The page's body text as Markdown in reading order (tables in place), its tables, and
+    its headers, footers and margin text apart."""
+    with unrotated(pdf_page):
+        return _read(pdf_page, task)
+
+
+def _read(pdf_page: Any, task: str) -> PageText:
+    lines = page_lines(pdf_page)
+    body_lines, furniture = split_furniture(pdf_page, lines)
+    found = find_tables(pdf_page, body_lines)
+    tables = [Table(markdown=rows_to_markdown(f.rows), rows=f.rows, bbox=f.bbox) for f in found]
+    text = ""
+    if task == "ocr":
+        taken = set().union(*(f.words for f in found)) if found else set()
+        rest = _untaken(body_lines, taken)
+        body = body_size(rest or lines)
+        items = [Item(b.bbox, _block_markdown(b, body)) for b in make_blocks(rest)]
+        items += [Item(t.bbox, t.markdown) for t in tables if t.bbox]
+        text = "\n\n".join(i.markdown for i in reading_order(items) if i.markdown).strip()
+    return PageText(text, tables, _furniture_text(furniture.headers), _furniture_text(furniture.footers),
+                    _furniture_text(furniture.margin))
+
+
 def page_tables(pdf_page: Any) -> list[Table]:
-    """Every ruled table PyMuPDF's finder sees on the page, as Markdown and as rows of cells.
-
-    The layout-gated default finder of PyMuPDF 2 garbles cells (drops spaces, splits
-    decimals) and swallows the totals below a table; the plain line-based finder with
-    ``extract_cells`` on one shared text page reads each cell exactly.
-    """
-    import pymupdf
-
-    tables = []
-    textpage = None
-    for found in pdf_page.find_tables(use_layout=False).tables:
-        textpage = textpage or pdf_page.get_textpage()
-        rows = [
-            [None if cell is None else " ".join(pymupdf.table.extract_cells(textpage, cell).split()) for cell in row.cells]
-            for row in found.rows
-        ]
-        rows = [r for r in rows if any(c for c in r)]
-        if rows:
-            tables.append(Table(markdown=rows_to_markdown(rows), rows=rows, bbox=tuple(found.bbox)))
-    return tables
+    """Every table on the page (ruled and unruled), as Markdown and as rows of cells."""
+    return read_page(pdf_page, "tables").tables
 
 
-def _inside(bbox: Sequence[float], table: Table) -> bool:
-    """True when most of ``bbox`` lies inside the table's box."""
-    x0, y0, x1, y1 = bbox
-    tx0, ty0, tx1, ty1 = table.bbox or (0, 0, 0, 0)
-    ix = max(0.0, min(x1, tx1) - max(x0, tx0))
-    iy = max(0.0, min(y1, ty1) - max(y0, ty0))
-    area = max((x1 - x0) * (y1 - y0), 1e-6)
-    return ix * iy / area > 0.5
-
-
-def page_markdown(pdf_page: Any, tables: Sequence[Table] = ()) -> str:
-    """The page's text in reading order as Markdown.
-
-    Blocks come in PyMuPDF's sorted reading order; a block set clearly larger
-    than the body text becomes a heading; text inside a detected table is
-    replaced by that table in Markdown, placed where the table starts.
-    """
-    blocks = [b for b in pdf_page.get_text("dict", sort=True)["blocks"] if b.get("type") == 0]
-    sizes: Counter[float] = Counter()
-    for b in blocks:
-        for line in b["lines"]:
-            for span in line["spans"]:
-                sizes[round(span["size"], 1)] += len(span["text"].strip())
-    body = sizes.most_common(1)[0][0] if sizes else 0.0
-
-    items: list[tuple[float, float, str]] = [(t.bbox[1], t.bbox[0], t.markdown) for t in tables if t.bbox]
-    for b in blocks:
-        if any(_inside(b["bbox"], t) for t in tables):
-            continue
-        lines = [" ".join("".join(s["text"] for s in line["spans"]).split()) for line in b["lines"]]
-        text = "\n".join(line for line in lines if line)
-        if not text:
-            continue
-        span_sizes = [s["size"] for line in b["lines"] for s in line["spans"] if s["text"].strip()]
-        if body and span_sizes and min(span_sizes) >= 1.2 * body and len(text) < 200:
-            text = ("# " if min(span_sizes) >= 1.6 * body else "## ") + text.replace("\n", " ")
-        items.append((b["bbox"][1], b["bbox"][0], text))
-    items.sort(key=lambda item: (round(item[0], 1), item[1]))
-    return "\n\n".join(text for _, _, text in items).strip()
+def page_markdown(pdf_page: Any) -> str:
+    """The page's body text in reading order as Markdown, tables in place."""
+    return read_page(pdf_page).text
 
 
 def needs_model(page: RenderedPage) -> PageResult:
+    """The failed result of a page whose text layer is not to be trusted, with the reason."""
+    reason = page.text_layer_issue or "no_text_layer"
     return PageResult(
         page=page.number,
         status="failed",
@@ -107,7 +125,8 @@ def needs_model(page: RenderedPage) -> PageResult:
         height=page.image.height,
         tiles=0,
         has_text_layer=False,
-        error=ErrorInfo(code="needs_model", message=PAGE_ERROR_CODES["needs_model"]),
+        text_layer=reason,
+        error=ErrorInfo(code="needs_model", message=f"{PAGE_ERROR_CODES['needs_model']} ({reason})"),
     )
 
 
@@ -129,8 +148,7 @@ class TextEngine:
         if not page.has_text_layer or document.pdf is None:
             return needs_model(page)
         start = time.perf_counter()
-        pdf_page = document.pdf[page.number - 1]
-        tables = page_tables(pdf_page)
+        read = read_page(document.pdf[page.number - 1], task)
         result = PageResult(
             page=page.number,
             status="succeeded",
@@ -139,9 +157,11 @@ class TextEngine:
             height=page.image.height,
             tiles=0,
             has_text_layer=True,
-            tables=tables,
+            tables=read.tables,
+            text=read.text if task == "ocr" else None,
+            headers=read.headers,
+            footers=read.footers,
+            margin=read.margin,
         )
-        if task == "ocr":
-            result.text = page_markdown(pdf_page, tables)
         result.timings_ms["text"] = (time.perf_counter() - start) * 1000
         return result
