@@ -23,7 +23,7 @@ from api.problems import install_problem_handlers
 from api.routes import batches, health, jobs, schemas
 from api.routes import metrics as metrics_route
 from api.routes import webhooks as webhooks_route
-from docproc import lifecycle, logs, tracing
+from docproc import lifecycle, logs, shared_metrics, tracing
 from docproc.auth import KeyRing
 from docproc.jobs import JobStore, connect_redis
 from docproc.schemas import get_registry
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = open_services(settings or get_settings())
         tracing.configure(services.settings)  # spans per stage when otel_enabled
+        shared_metrics.start(services.redis)  # this process's counts reach the service-wide /metrics
         app.state.services = services
         try:
             yield

@@ -72,6 +72,8 @@ class JobView(JobSummary):
     batch_id: str | None = Field(None, description="The batch or re-process this job belongs to.")
     reprocess_of: str | None = Field(None, description="The job whose stored input this re-process job read again.")
     model: str | None
+    waiting: str | None = Field(None, description="Why the job is not progressing, when docproc knows: e.g. "
+                                "its model pages wait on the gpu queue and no model worker is online.")
     warnings: list[ResultWarning] = Field(default_factory=list, description="The document's warnings (repaired: "
                                           "a damaged PDF MuPDF repaired; pages: those that lost content).")
     links: Links
@@ -123,9 +125,28 @@ class SchemaList(BaseModel):
     schemas: list[SchemaSummary]
 
 
+class ModelWorker(BaseModel):
+    """A model worker serving the gpu queue (its heartbeat in Redis is alive)."""
+
+    node: str
+    model: str
+    pid: int
+    since: float = Field(description="Unix time it came online.")
+    until: float = Field(description="Unix time its last heartbeat expires.")
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class Readiness(Health):
+    """``/readyz``: the checks, and the model workers the API sees (they do not make it unready)."""
+
+    model_workers: list[ModelWorker] = Field(
+        default_factory=list, description="The model workers online (their heartbeats in Redis are alive). None: "
+        "work that needs the model is refused with 503 engine_unavailable and intake fails model pages with "
+        "engine_unavailable.")
 
 
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
@@ -164,7 +185,7 @@ def version_list(jobs: list[Job]) -> VersionList:
     ])
 
 
-def job_view(job: Job, pages: list[PageStatus], now: datetime) -> JobView:
+def job_view(job: Job, pages: list[PageStatus], now: datetime, waiting: str | None = None) -> JobView:
     end = job.finished_at if job.state in TERMINAL else now
     return JobView(
         **job_summary(job).model_dump(by_alias=False),
@@ -184,6 +205,7 @@ def job_view(job: Job, pages: list[PageStatus], now: datetime) -> JobView:
         batch_id=job.batch_id,
         reprocess_of=job.reprocess_of,
         model=job.model,
+        waiting=waiting,
         warnings=job.warnings,
         links=job_links(job),
     )

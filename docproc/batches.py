@@ -216,6 +216,9 @@ class BatchStore:
         if batch.source == "upload":
             pipe.zadd(UPLOADING, {batch.id: int(time.time() * 1000)})
         pipe.execute()
+        from docproc import metrics
+
+        metrics.BATCHES_SUBMITTED.labels(kind=batch.kind, source=batch.source).inc()
 
     @service_errors
     def upload_progressed(self, batch_id: str) -> None:

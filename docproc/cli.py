@@ -26,6 +26,9 @@ from docproc.errors import DocprocError, InputError
 from docproc.settings import get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+OPERATOR_COMMANDS = ("jobs", "queues", "purge", "keys", "reprocess")
+"""Commands that talk to the service's Redis and storage: they use a running ``docproc up``'s
+settings when the environment names none, and say which they use (docproc/stackfile.py)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=8000)
 
     w = sub.add_parser("worker", help="run a worker (-Q gpu: the batching model worker; Celery prefork otherwise)")
-    w.add_argument("--queues", "-Q", default="intake,render,bulk,webhooks,periodic")
+    w.add_argument("--queues", "-Q", default="intake,render,bulk,periodic",
+                   help="comma-separated queues (webhooks alone: the webhook deliverer, a threads pool)")
     w.add_argument("--concurrency", "-c", type=int, default=None)
 
     f = sub.add_parser("flower", help="run Flower (Celery monitoring) on the same broker, with basic auth")
@@ -105,10 +109,11 @@ def cmd_process(args: argparse.Namespace) -> int:
     settings = get_settings()
     # A bad task/schema/engine combination is refused before any file is read.
     resolve_request(args.task, args.schema, args.engine, settings)
-    engines = Engines(settings)
+    engines = Engines(settings, remember_load_failure=True)  # a model that cannot load is tried once
     args.out.mkdir(parents=True, exist_ok=True)
     taken: set[Path] = set()
     exit_code = EXIT_OK
+    model_reported = False
     for source in args.files:
         bar = None
 
@@ -141,6 +146,10 @@ def cmd_process(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
+        if engines.load_error is not None and not model_reported:  # once: its pages say it too
+            print(f"docproc: {str(engines.load_error).rstrip('.')}; its pages fail with model_unavailable, the "
+                  "other pages and files go on", file=sys.stderr)
+            model_reported = True
         path = _output_path(args.out, source, result.document.sha256, taken)
         path.write_text(result.model_dump_json(indent=2, by_alias=True) + "\n")
         failed = [p for p in result.pages if p.status == "failed"]
@@ -194,7 +203,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
     import os
 
     from workers.celery_app import app
+    from workers.flower_queues import keep_every_queue
 
+    keep_every_queue()  # the gpu queue stays listed with no model worker online
     auth = args.basic_auth or os.environ.get("FLOWER_BASIC_AUTH")
     if not auth:
         print("docproc: configuration_error: Flower needs --basic-auth user:password "
@@ -234,7 +245,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    using = None  # which Redis and storage an operator command used: its last line on stderr
     try:
+        if args.command in OPERATOR_COMMANDS and getattr(args, "keys_command", None) != "hash":
+            from docproc import stackfile
+
+            source = stackfile.apply()  # before the first get_settings()
+            using = stackfile.describe(get_settings(), source)
         return {
             "process": cmd_process,
             "schemas": cmd_schemas,
@@ -262,6 +279,25 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"docproc: internal_error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if using:  # after the output, so an error stays the first line
+            _publish_metrics()
+            print(using, file=sys.stderr)
+
+
+def _publish_metrics() -> None:
+    """What an operator command counted (a retry's job, a cancel, a re-process) reaches the
+    service-wide counters of the API's /metrics (docproc.shared_metrics)."""
+    if "prometheus_client" not in sys.modules:  # nothing was counted
+        return
+    from docproc import shared_metrics
+    from docproc.jobs import connect_redis
+
+    client = connect_redis(get_settings())
+    try:
+        shared_metrics.publish(client)
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

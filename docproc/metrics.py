@@ -47,7 +47,8 @@ MODEL_BATCH_SPLITS = Counter(
     "docproc_model_batch_splits_total", "Batches split and retried after an error (out of memory, ...).", ["reason"]
 )
 GPU_MEMORY_BYTES = Gauge(
-    "docproc_gpu_memory_bytes", "GPU memory of the model worker.", ["device", "kind"], multiprocess_mode="liveall"
+    "docproc_gpu_memory_bytes", "GPU memory of the model worker (worker: host:pid).", ["device", "kind", "worker"],
+    multiprocess_mode="liveall",
 )
 MODEL_WORKERS = Gauge(
     "docproc_model_workers", "Model workers with a loaded model (1 per live worker process).",
@@ -59,6 +60,10 @@ WEBHOOK_ATTEMPTS = Counter(
 )
 WEBHOOK_DEAD_LETTERS = Counter(
     "docproc_webhook_dead_letters_total", "Webhook events given up after their last attempt.", ["event"]
+)
+BATCHES_SUBMITTED = Counter(
+    "docproc_batches_submitted_total", "Batches and re-processes accepted (POST /v1/batches, POST /v1/reprocess, "
+    "docproc reprocess), by kind (batch, reprocess) and source (upload, list, prefix, jobs).", ["kind", "source"],
 )
 RETENTION_PURGED = Counter(
     "docproc_retention_purged_total", "Redis records deleted past their retention (docproc.retention), "
@@ -80,9 +85,10 @@ JOBS_RUNNING_NAME = "docproc_jobs_in_state"  # gauge {state}: jobs queued / runn
 # ---------------------------------------------------------------------------
 # exposure
 # ---------------------------------------------------------------------------
-# The API serves ``/metrics`` (api/routes/metrics.py): this process's metrics (or, when
-# PROMETHEUS_MULTIPROC_DIR is set, e.g. ``python -m api --workers N``, every process's)
-# plus the gauges read from Redis at scrape time (RedisStateCollector). A Celery worker
+# The API serves ``/metrics`` (api/routes/metrics.py): the whole service's docproc metrics,
+# from the counters every process adds to Redis (docproc.shared_metrics), this process's
+# process_*/python_* metrics, plus the gauges read from Redis at scrape time
+# (RedisStateCollector): one scrape target for everything. A Celery worker
 # runs prometheus_client in multiprocess mode (workers.observability sets
 # PROMETHEUS_MULTIPROC_DIR before this module is imported) and its main process serves
 # the sum over its pool children on ``settings.worker_metrics_port``.
@@ -159,12 +165,37 @@ class _DefaultRegistry(Collector):
         return REGISTRY.collect()
 
 
-def scrape_registry(extra: Iterable[Collector] = ()) -> CollectorRegistry:
+class _ServiceWide(Collector):
+    """The API's scrape: ``docproc_*`` of the whole service from the shared counters in Redis
+    (:mod:`docproc.shared_metrics`), the rest (``process_*``, ``python_*``) from ``local``;
+    ``local``'s own ``docproc_*`` when Redis cannot be read."""
+
+    def __init__(self, client, local: Collector) -> None:
+        self._client = client
+        self._local = local
+
+    def collect(self) -> Iterator:
+        from docproc.shared_metrics import SharedCollector
+
+        try:
+            shared = list(SharedCollector(self._client).collect())
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer even with Redis down
+            _log.warning("metrics: shared counters unreadable: %s", type(exc).__name__)
+            shared = None
+        for family in self._local.collect():
+            if shared is None or not family.name.startswith("docproc_"):
+                yield family
+        yield from shared or ()
+
+
+def scrape_registry(extra: Iterable[Collector] = (), service=None) -> CollectorRegistry:
     """A registry for one scrape: every process's metrics in multiprocess mode, else this
-    process's default registry; then ``extra`` collectors (read at scrape time)."""
+    process's default registry (with ``service``, a Redis client: the whole service's docproc
+    metrics from the shared counters instead); then ``extra`` collectors (read at scrape time)."""
     registry = CollectorRegistry(auto_describe=False)
     path = multiprocess_dir()
-    registry.register(_LiveMultiProcessCollector(path) if path else _DefaultRegistry())
+    local = _LiveMultiProcessCollector(path) if path else _DefaultRegistry()
+    registry.register(local if service is None else _ServiceWide(service, local))
     for collector in extra:
         registry.register(collector)
     return registry
@@ -235,6 +266,13 @@ def observe_stages(timings_ms: dict[str, float]) -> None:
             seconds[stage] = seconds.get(stage, 0.0) + float(ms) / 1000.0
     for stage, value in seconds.items():
         STAGE_SECONDS.labels(stage=stage).observe(max(0.0, value))
+
+
+def worker_label() -> str:
+    """The ``worker`` label of a per-process gauge: ``host:pid`` of this process."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def schema_label(schema: str | None) -> str:

@@ -149,7 +149,14 @@ class Settings(BaseSettings):
         'two, and every request carries both signatures. JSON in the env, e.g. DOCPROC_WEBHOOK_SECRETS='
         '\'{"acme": ["whsec_..."]}\'. A tenant without one cannot ask for webhooks (webhook_not_configured).',
     )
-    webhook_timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook delivery attempt.")
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="Total deadline of one webhook delivery attempt: connect, TLS, request, the "
+        "receiver's status line and headers, its body; a receiver trickling bytes is cut at it.",
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, description="Deliveries one webhook worker (`docproc worker -Q webhooks`, threads pool) "
+        "makes at once.",
+    )
     webhook_retry_schedule_s: list[float] = Field(
         default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
         min_length=1,
@@ -216,7 +223,10 @@ class Settings(BaseSettings):
         description="A worker's main process serves its Prometheus metrics (all pool children "
         "summed) on this port at /metrics; 0: off. One port per worker on a host.",
     )
-    worker_metrics_host: str = Field("0.0.0.0", description="Interface of the worker metrics endpoint.")
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Interface of the worker metrics endpoint: loopback unless you open it (the "
+        "API's /metrics already shows the whole service).",
+    )
     otel_enabled: bool = Field(
         False, description="OpenTelemetry spans per stage (needs the otel extra); off by default."
     )
@@ -244,6 +254,17 @@ class Settings(BaseSettings):
     model_page_attempts: int = Field(
         2, ge=1, description="Tries of one page alone after its batch failed and was split down to it; "
         "then the page fails with inference_error (its batch-mates are unaffected).",
+    )
+    model_worker_heartbeat_s: float = Field(
+        5.0, gt=0, description="A model worker announces itself in Redis this often once its model is loaded; "
+        "one silent for 3 beats is not online. With none online, work that needs the model is refused (503 "
+        "engine_unavailable) and intake fails model pages with engine_unavailable (docproc/model_workers.py).",
+    )
+    model_worker_grace_s: float = Field(
+        600.0, ge=0, description="Model pages left on the gpu queue when no model worker has been online for "
+        "this long (the last one went away: a crash loop, a pool scaled to zero) fail with engine_unavailable "
+        "at the next watchdog tick instead of waiting for the stuck-job watchdog; a model worker that comes "
+        "back finds them recorded.",
     )
     lease_ttl_s: float = Field(
         60.0, gt=0, description="Page lease lifetime; the owner renews it every ttl/3 while the page runs, so "

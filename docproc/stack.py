@@ -4,14 +4,17 @@ Starts, as child processes sharing one environment:
 
     redis-server   broker + job state (AOF on, data in <var>/redis)
     api            the REST API (uvicorn)                       http://127.0.0.1:<port>
-    cpu worker     Celery prefork on the intake, render, bulk, webhooks and periodic queues
+    cpu worker     Celery prefork on the intake, render, bulk and periodic queues
+    webhook worker the webhooks queue, a threads pool (slow receivers never hold page work)
     scheduler      celery beat: sends the housekeeping ticks (workers.periodic)
     model worker   the gpu queue: loads the model once, batches pages across jobs (workers.model_worker)
     flower         Celery monitoring, basic auth                http://127.0.0.1:<flower port>
 
 Results go to local disk (<var>/storage) unless DOCPROC_STORAGE_URL names an S3
-bucket. Ctrl-C (or SIGTERM) stops everything, workers first so they finish or
-return their current task, Redis last.
+bucket. While it runs, <var>/docproc-up.env holds its Redis and storage settings, where
+the operator commands in another terminal find them (docproc/stackfile.py). Ctrl-C (or
+SIGTERM) stops everything, workers first so they finish or return their current task,
+Redis last.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from docproc import stackfile
 from docproc.auth import generate_key, hash_key
 from docproc.errors import ConfigurationError
 from docproc.localservices import stop_group
@@ -65,7 +69,9 @@ class Stack:
                             "--maxmemory-policy", "noeviction",
                             "--logfile", str((self.var / "redis" / "redis.log").resolve())]),
             Child("api", [py, "-m", "api", "--host", "127.0.0.1", "--port", str(self.api_port)]),
-            Child("cpu-worker", [py, "-m", "workers", "--queues", "intake,render,bulk,webhooks,periodic", "-c", "2"]),
+            Child("cpu-worker", [py, "-m", "workers", "--queues", "intake,render,bulk,periodic", "-c", "2"]),
+            # webhook delivery in its own pool (threads): slow receivers never hold page work
+            Child("webhook-worker", [py, "-m", "workers", "--queues", "webhooks"]),
             Child("scheduler", [*celery, "beat", "--loglevel", "INFO",
                                 "--schedule", str((self.var / "beat-schedule").resolve())]),
         ]
@@ -88,6 +94,8 @@ class Stack:
             self.children.append(child)
             if child.name == "redis":
                 wait_for_port(self.redis_port, timeout=10)
+                # where the operator CLI (docproc jobs/queues/keys ...) finds this Redis and storage
+                stackfile.write(self.var, self.env)
 
     def watch(self) -> int:
         """Block until the API exits (or we are interrupted).
@@ -121,6 +129,7 @@ class Stack:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Workers and API first (SIGTERM: warm shutdown), Redis last."""
+        stackfile.remove(self.var)
         for child in reversed(self.children):
             if child.process:
                 stop_group(child.process, timeout)
@@ -146,7 +155,9 @@ def run_stack(stack: Stack) -> int:
         print(
             f"docproc up: API http://127.0.0.1:{stack.api_port}/docs  "
             f"Flower http://127.0.0.1:{stack.flower_port} (user:password {stack.env['DOCPROC_FLOWER_BASIC_AUTH']})  "
-            f"Redis 127.0.0.1:{stack.redis_port}  storage {stack.env['DOCPROC_STORAGE_URL']}  -- Ctrl-C stops",
+            f"Redis 127.0.0.1:{stack.redis_port}  storage {stack.env['DOCPROC_STORAGE_URL']}  -- Ctrl-C stops\n"
+            f"docproc up: operator commands in this checkout (docproc jobs, queues, keys ...) use this stack: "
+            f"{stackfile.stack_file(stack.var)}",
             file=sys.stderr,
         )
         if stack.dev_key:

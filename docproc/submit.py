@@ -9,7 +9,9 @@ bulk re-processing call it too. Order of work, so a bad request costs nothing:
 2. the document is opened the way the worker will open it
    (:func:`workers.intake.open_document`): the typed 4xx (``unsupported_type``,
    ``encrypted_document``, ``too_many_pages`` ...) comes back at once;
-3. the page selection is checked against the page count (``invalid_page_range``);
+3. the page selection is checked against the page count (``invalid_page_range``); work
+   that certainly needs the model is refused with 503 ``engine_unavailable`` when no model
+   worker is online (:mod:`docproc.model_workers`);
 4. the bytes are stored once, content-addressed (``Storage.put_input``);
 5. the job is created; an ``Idempotency-Key`` seen before with the same fingerprint
    returns that job instead, with another fingerprint ``IdempotencyConflict``;
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from docproc import logs, metrics
+from docproc import logs, metrics, model_workers
 from docproc.errors import FileTooLarge, InvalidRequest, ServiceUnavailable, StorageError
 from docproc.jobs import Job, JobRequest, JobStore
 from docproc.results import ErrorInfo
@@ -112,6 +114,9 @@ def submit_job(
     """
     check_webhook(request.webhook_url, tenant, settings)  # SSRF guard + signing secret: 422 now, not at the end
     checked = check_input(data, request, filename=filename, settings=settings)
+    if model_workers.needs_model(request.task, request.engine, checked.media_type):
+        # no model worker online: 503 engine_unavailable now, not a job queued for hours
+        model_workers.require_online(store.redis, settings.model_worker_heartbeat_s)
     key = storage.put_input(data)
     job, created = store.create(
         tenant,

@@ -68,6 +68,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from docproc import lifecycle, metrics, tracing
+from docproc.deadline_transport import DeadlineTransport
 from docproc.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -458,21 +459,27 @@ def _post(event: WebhookEvent, settings: Settings, attempt: int) -> DeliveryAtte
         record.error = f"{exc.code}: {exc.message}"
         return record
     limit = settings.webhook_response_max_bytes
+    # One deadline for the whole attempt, headers included: a receiver trickling its
+    # status line or headers byte by byte cannot hold the worker past webhook_timeout_s.
+    deadline = time.monotonic() + settings.webhook_timeout_s
+    transport = DeadlineTransport(deadline, _tls_context(settings.webhook_ca_file))
     try:
-        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False,
-                          verify=_tls_context(settings.webhook_ca_file)) as client:
+        with httpx.Client(transport=transport, timeout=settings.webhook_timeout_s, follow_redirects=False,
+                          trust_env=False) as client:
             with client.stream("POST", target.connect_url, content=body, headers=headers,
                                extensions={"sni_hostname": target.host}) as response:
-                chunks, size = [], 0
-                deadline = started + settings.webhook_timeout_s  # a trickling receiver cannot hold the worker
-                for chunk in response.iter_bytes():
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size >= limit or time.time() > deadline:
-                        break
                 record.status_code = response.status_code
-                record.response = b"".join(chunks)[:limit].decode("utf-8", "replace")
                 retry_after = response.headers.get("retry-after")
+                chunks, size = [], 0
+                try:
+                    for chunk in response.iter_bytes():
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size >= limit:
+                            break
+                except httpx.TimeoutException:
+                    pass  # the body was cut at the deadline; the status line stands
+                record.response = b"".join(chunks)[:limit].decode("utf-8", "replace")
         code = record.status_code
         record.outcome = "success" if 200 <= code < 300 else "gone" if code == 410 else "http_error"
         if record.outcome == "http_error":

@@ -126,6 +126,17 @@ def service_settings(s3_settings, redis_client, redis_server) -> Settings:
     return s3_settings.model_copy(update={"redis_url": redis_server.url})
 
 
+@pytest.fixture
+def model_worker_online(redis_client):
+    """A model worker counted online (docproc.model_workers) for a test that queues model pages
+    without running one: with none online, model work is refused (engine_unavailable)."""
+    from docproc import model_workers
+
+    model_workers.announce(redis_client, "placeholder@tests", "tests", heartbeat_s=3600)
+    yield
+    model_workers.withdraw(redis_client, "placeholder@tests")
+
+
 # --- end of service block ----------------------------------------------------
 
 

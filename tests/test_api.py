@@ -63,8 +63,10 @@ class Api:
 
 
 @pytest.fixture
-def start_api(service_settings: Settings, redis_client: redis.Redis) -> Iterator[Callable[..., Api]]:
-    """``start_api(**settings_overrides)`` runs an API server; all are stopped after the test."""
+def start_api(service_settings: Settings, redis_client: redis.Redis,
+              model_worker_online) -> Iterator[Callable[..., Api]]:
+    """``start_api(**settings_overrides)`` runs an API server (with a model worker counted online);
+    all are stopped after the test."""
     with_keys = service_settings.model_copy(
         update={"api_keys": {tenant: hash_key(key) for tenant, key in KEYS.items()}}
     )

@@ -258,7 +258,8 @@ def test_keda_scales_each_worker_on_exactly_the_queues_it_consumes():
     deployments = {d["metadata"]["name"]: d for d in k8s_objects("Deployment")}
     auths = {a["metadata"]["name"] for a in k8s_objects("TriggerAuthentication")}
     scaled = k8s_objects("ScaledObject")
-    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == {"docproc-worker-cpu", "docproc-worker-gpu"}
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == {"docproc-worker-cpu", "docproc-worker-gpu",
+                                                                     "docproc-worker-webhooks"}
     every_queue: set[str] = set()
     for obj in scaled:
         target = deployments[obj["spec"]["scaleTargetRef"]["name"]]
@@ -362,7 +363,7 @@ def test_healthchecks_are_wired():
     # compose: API ready = /readyz; CPU worker pings its own node name; Flower /healthcheck
     services = compose()["services"]
     assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
-    for name, node in (("cpu-worker", "cpu"), ("gpu-worker", "gpu")):  # each pings its own node name
+    for name, node in (("cpu-worker", "cpu"), ("gpu-worker", "gpu"), ("webhook-worker", "webhooks")):  # own node name
         worker = services[name]
         assert worker["command"][worker["command"].index("--hostname") + 1] == f"{node}@%h"
         assert f'inspect ping -d "{node}@$$HOSTNAME"' in worker["healthcheck"]["test"][1]
@@ -378,7 +379,8 @@ def test_healthchecks_are_wired():
     containers = main_containers()
     api = containers["docproc-api"]
     assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == ("/readyz", "/healthz")
-    for name, node in (("docproc-worker-cpu", "cpu"), ("docproc-worker-gpu", "gpu")):
+    for name, node in (("docproc-worker-cpu", "cpu"), ("docproc-worker-gpu", "gpu"),
+                       ("docproc-worker-webhooks", "webhooks")):
         worker = containers[name]
         assert worker["command"][worker["command"].index("--hostname") + 1] == f"{node}@$(POD_NAME)"
         assert f'inspect ping -d "{node}@$POD_NAME"' in worker["livenessProbe"]["exec"]["command"][-1]
@@ -387,6 +389,22 @@ def test_healthchecks_are_wired():
     assert gpu["startupProbe"]["exec"]["command"] == gpu["livenessProbe"]["exec"]["command"]
     assert containers["docproc-flower"]["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
     assert gpu["readinessProbe"]["httpGet"]["port"] == "metrics"
+
+
+def test_webhook_delivery_has_workers_of_its_own_everywhere(tmp_path):
+    """Slow receivers must not starve page work: no page worker consumes ``webhooks``, and
+    one worker of its own (threads pool) does, in compose, in Kubernetes and in ``docproc up``."""
+    from docproc.stack import Stack
+    from workers.worker_cli import pool_for
+
+    services = compose()["services"]
+    k8s = [c for _, c in pod_containers() if c["command"][:3] == ["python", "-m", "workers"]]
+    up = [c.argv[1:] for c in Stack(var=tmp_path).plan() if c.argv[1:3] == ["-m", "workers"]]
+    for commands in ([s["command"] for s in services.values() if s.get("command", [])[:3] == ["python", "-m", "workers"]],
+                     [c["command"] for c in k8s], [["python", *argv] for argv in up]):
+        consumers = [worker_queues({"command": argv}) for argv in commands]
+        assert [q for q in consumers if "webhooks" in q] == [["webhooks"]], commands
+        assert pool_for(["webhooks"]) == "threads"
 
 
 def gpu_pod() -> tuple[dict, dict, dict]:
@@ -718,19 +736,23 @@ def test_the_worker_healthchecks_ping_the_node_the_worker_command_names(redis_se
         worker.stop()
 
 
-@pytest.mark.worker
-def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, redis_client, tmp_path):
-    """infra's Flower command, run with the env its Secret gives it: every page but
-    /healthcheck needs the credentials (Flower reads FLOWER_BASIC_AUTH itself)."""
+def deployed_flower(redis_server, tmp_path: Path) -> tuple[ServiceProcess, str]:
+    """infra's Flower command on a free loopback port, with the env its Secret gives it
+    (FLOWER_BASIC_AUTH ops:s3cret-for-this-test): (process, base URL)."""
     (container,) = [c for _, c in pod_containers() if "flower" in c["command"]]
     port = free_port()
     argv = ["--address=127.0.0.1" if a.startswith("--address=") else f"--port={port}" if a.startswith("--port=")
             else a for a in container["command"]]
     env = settings_env(Settings(_env_file=None, redis_url=redis_server.url))
     env.update(FLOWER_BASIC_AUTH="ops:s3cret-for-this-test", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
-    flower = ServiceProcess(argv, env, tmp_path / "flower.log")
-    url = f"http://127.0.0.1:{port}"
+    return ServiceProcess(argv, env, tmp_path / "flower.log"), f"http://127.0.0.1:{port}"
 
+
+@pytest.mark.worker
+def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, redis_client, tmp_path):
+    """infra's Flower command, run with the env its Secret gives it: every page but
+    /healthcheck needs the credentials (Flower reads FLOWER_BASIC_AUTH itself)."""
+    flower, url = deployed_flower(redis_server, tmp_path)
     try:
         wait_for_http(f"{url}/healthcheck", 60, "Flower to answer /healthcheck", [flower])
         for path in ("/", "/workers", "/api/workers", "/api/tasks"):
@@ -739,3 +761,38 @@ def test_flower_as_deployed_asks_for_the_basic_auth_of_its_secret(redis_server, 
         assert httpx.get(f"{url}/workers", auth=("ops", "s3cret-for-this-test"), timeout=10).status_code == 200
     finally:
         flower.stop()
+
+
+@pytest.mark.worker
+def test_flower_as_deployed_lists_the_gpu_queue_with_no_model_worker_online(redis_server, redis_client, tmp_path):
+    """With a CPU worker online and no model worker, Flower used to list only the CPU worker's
+    queues: the gpu queue (and its backlog) vanished from the broker page and the queues API."""
+    worker = ServiceProcess([sys.executable, "-m", "workers", "--queues", "intake,render", "-c", "1", "-n", "cpu@%h"],
+                            settings_env(Settings(_env_file=None, redis_url=redis_server.url)), tmp_path / "worker.log")
+    flower, url = deployed_flower(redis_server, tmp_path)
+    auth = ("ops", "s3cret-for-this-test")
+    redis_client.lpush("gpu", "{}")  # a page waiting for a model worker
+
+    def queues() -> dict[str, int]:
+        try:
+            found = httpx.get(f"{url}/api/queues/length", auth=auth, timeout=10).json()["active_queues"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return {}
+        return {q["name"]: q["messages"] for q in found}
+
+    try:
+        wait_for_http(f"{url}/healthcheck", 60, "Flower to answer /healthcheck", [flower])
+        wait_until(lambda: "cpu@ready" if "ready" in worker.log() else None, 60, "the worker", [worker], interval=0.2)
+
+        def cpu_worker_known() -> bool:  # Flower asks the workers it sees for their queues
+            known = httpx.get(f"{url}/api/workers?refresh=1", auth=auth, timeout=20).json()
+            return any(info.get("active_queues") for info in known.values())
+
+        wait_until(cpu_worker_known, 60, "Flower to know the CPU worker's queues", [flower, worker], interval=0.5)
+        listed = queues()
+        assert listed.get("gpu") == 1, listed
+        assert set(listed) >= {"intake", "render", "gpu", "webhooks", "bulk", "periodic"}
+        assert "gpu" in httpx.get(f"{url}/broker", auth=auth, timeout=10).text
+    finally:
+        flower.stop()
+        worker.stop()

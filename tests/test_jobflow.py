@@ -82,8 +82,9 @@ def flow_settings(service_settings, tiny_settings) -> Settings:
 
 
 @pytest.fixture
-def flow(flow_settings, redis_client) -> Flow:
-    """A flow whose model engine loads lazily (text-only jobs never load it)."""
+def flow(flow_settings, redis_client, model_worker_online) -> Flow:
+    """A flow whose model engine loads lazily (text-only jobs never load it); it counts as a model
+    worker online, so intake queues model pages."""
     store = JobStore(redis_client, flow_settings)
     return Flow(flow_settings, store, open_storage(flow_settings), Engines(flow_settings))
 

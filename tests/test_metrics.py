@@ -16,6 +16,7 @@ import time
 import builders
 import pytest
 import redis
+from conftest import wait_until
 from obs_stack import delta, fresh_text_stack, scrape, value
 
 from docproc.queues import PUBLISHED_AT_HEADER, priority_keys, queue_stats
@@ -117,6 +118,44 @@ def test_the_worker_endpoint_has_no_queue_gauges_and_the_api_survives_redis_down
         redis_server.start()
 
 
+def test_the_api_scrape_shows_the_workers_counts_and_re_process_submissions(stack) -> None:
+    """One scrape target for the whole service: what the worker's pool children counted (pages,
+    finished jobs, stage histograms) shows on the API's /metrics, exactly once; so does a
+    re-process submission."""
+    url = f"{stack.api_url}/metrics"
+    before = scrape(url)
+    pdf = builders.multipage_text_pdf(PAGES)
+    response = stack.api.post("/v1/jobs", files={"file": ("doc.pdf", pdf, "application/pdf")},
+                              data={"task": "ocr", "engine": "text"})
+    assert response.status_code == 202, response.text
+    assert stack.wait_for_job(response.json()["id"])["state"] == "succeeded"
+
+    def arrived():  # each task's counts are published as it ends, the last one just after the job ended
+        after = scrape(url)
+        return after if delta(before, after, "docproc_stage_seconds_count", stage="store") >= PAGES else None
+
+    after = wait_until(arrived, 20, "the worker's counts on the API's /metrics", [stack.worker])
+    time.sleep(0.5)
+    after = scrape(url)  # nothing arrives twice
+    assert delta(before, after, "docproc_jobs_finished_total", state="succeeded", task="ocr", schema="") == 1
+    assert delta(before, after, "docproc_pages_processed_total", engine="text", status="succeeded") == PAGES
+    for stage, observations in (("intake", 1), ("render", PAGES), ("infer", PAGES), ("store", PAGES)):
+        assert delta(before, after, "docproc_stage_seconds_count", stage=stage) == observations, stage
+        assert delta(before, after, "docproc_stage_seconds_bucket", stage=stage, le="+Inf") == observations, stage
+        assert delta(before, after, "docproc_stage_seconds_sum", stage=stage) > 0, stage
+    assert delta(before, after, "docproc_jobs_submitted_total", task="ocr", schema="", priority="normal") == 1
+
+    reprocess = stack.api.post("/v1/reprocess", json={"selector": {"state": "succeeded"}, "engine": "text"})
+    assert reprocess.status_code == 202, reprocess.text
+    try:
+        counted = scrape(url)
+        assert delta(after, counted, "docproc_batches_submitted_total", kind="reprocess", source="jobs") == 1
+    finally:  # its expansion waits on bulk, which this worker does not consume
+        with redis.Redis.from_url(stack.settings.redis_url) as client:
+            client.delete(*priority_keys(BULK_QUEUE))
+    assert Settings(_env_file=None).worker_metrics_host == "127.0.0.1"  # worker endpoints: loopback by default
+
+
 # --------------------------------------------------------------------------- queue_stats
 
 
@@ -157,7 +196,7 @@ def test_a_killed_processes_live_gauges_are_dropped_and_its_counters_kept(tmp_pa
     from docproc.metrics import mark_dead_processes
 
     child = ("from docproc import metrics; import os; "
-             "metrics.GPU_MEMORY_BYTES.labels(device='cuda:0', kind='allocated').set(123); "
+             "metrics.GPU_MEMORY_BYTES.labels(device='cuda:0', kind='allocated', worker='h:1').set(123); "
              "metrics.PAGES_PROCESSED.labels(engine='text', status='succeeded').inc(2); os._exit(0)")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", child], env=env, check=True, timeout=60)

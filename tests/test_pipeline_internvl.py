@@ -11,8 +11,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import builders
+from conftest import free_port
 from workers.pipeline import Engines, process_document
 
 MODEL_CODES = {"invalid_output", "degenerate_output"}
@@ -92,3 +94,31 @@ def test_cli_missing_model_names_the_setting(tmp_path):
     assert proc.returncode == 1
     assert "model_unavailable" in proc.stderr and "DOCPROC_MODEL" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_with_a_model_that_cannot_load_fails_its_pages_fast_and_goes_on(tmp_path):
+    """A Hub id this machine cannot reach (no network, not cached): the scan's pages fail with
+    model_unavailable at once (no Hub retries), its JSON is written, and the next file is processed."""
+    (tmp_path / "scan.png").write_bytes(builders.png_image())
+    (tmp_path / "invoice.pdf").write_bytes(builders.invoice_pdf())
+    dead_hub = f"http://127.0.0.1:{free_port()}"  # nothing listens: the Hub is out of reach
+    env = dict(os.environ, DOCPROC_MODEL="docproc-tests/no-such-model", HF_ENDPOINT=dead_hub,
+               HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_OFFLINE", None)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "docproc", "process", str(tmp_path / "scan.png"), str(tmp_path / "invoice.pdf"),
+         "--engine", "auto", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    took = time.monotonic() - started
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "model_unavailable" in proc.stderr and "DOCPROC_MODEL" in proc.stderr
+    scan = json.loads((out / "scan.json").read_text())
+    assert scan["status"] == "failed" and scan["error"]["code"] == "model_unavailable"
+    assert [p["error"]["code"] for p in scan["pages"]] == ["model_unavailable"]
+    assert "cannot be reached" in scan["pages"][0]["error"]["message"]
+    invoice = json.loads((out / "invoice.json").read_text())
+    assert invoice["status"] == "succeeded" and invoice["engine"] == "text"
+    assert took < 20, f"took {took:.1f} s"

@@ -381,6 +381,22 @@ def test_a_slow_receiver_times_out_and_is_retried(wh_settings, redis_client):
     assert "no answer within" in status.attempts[0].error and status.attempts[0].status_code is None
 
 
+def test_a_receiver_trickling_its_headers_is_cut_at_the_attempt_deadline(wh_settings, redis_client):
+    """httpx's timeouts are per read: headers sent one byte every 0.2 s never trip a 1 s
+    read timeout. The attempt has one total deadline, headers included."""
+    settings = wh_settings.model_copy(update={"webhook_timeout_s": 1.0, "webhook_retry_schedule_s": [0]})
+    context, sent = make_ctx(settings, redis_client)
+    with WebhookReceiver(trickle_s=0.2) as rx:  # ~110 header bytes: 22 s if nothing cut it
+        emit(context, rx.url)
+        started = time.monotonic()
+        assert [r.outcome for r in drive(context, sent)] == ["timeout"]
+        took = time.monotonic() - started
+        rx.wait_for(1)
+    assert took < 2.5, f"the attempt took {took:.1f} s with a 1 s timeout"
+    attempt = webhooks.event_status(redis_client, TENANT, "evt_test_1").attempts[0]
+    assert attempt.status_code is None and attempt.latency_ms < 1500 and "no answer within" in attempt.error
+
+
 def test_https_goes_to_the_checked_address_with_the_host_name_as_sni_and_certificate_name(
     wh_settings, redis_client, tmp_path
 ):

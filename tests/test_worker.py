@@ -35,7 +35,8 @@ TENANT = "acme"
 
 
 @pytest.fixture
-def worker_settings(service_settings, tiny_settings) -> Settings:
+def worker_settings(service_settings, tiny_settings, model_worker_online) -> Settings:
+    """The service with the tiny model; model work is accepted before the tests' model workers load."""
     return service_settings.model_copy(update={
         "model": tiny_settings.model, "device": "cpu", "max_new_tokens_ocr": 24,
     })  # fmt: skip

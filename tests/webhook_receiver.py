@@ -12,6 +12,7 @@ according to its behaviour, set at construction or changed while it runs::
     WebhookReceiver(fail_times=1, retry_after=3)     # 503 + Retry-After: 3 once, then 200
     WebhookReceiver(status=410)                      # always 410 Gone
     WebhookReceiver(delay_s=2.0)                     # sleeps before answering (timeouts)
+    WebhookReceiver(trickle_s=0.2)                   # sends status line and headers one byte every 0.2 s
     WebhookReceiver(tls=context, url_host="localhost")  # https, URL https://localhost:<port>/hook;
                                                      # rx.sni lists the server names clients sent
 
@@ -55,6 +56,7 @@ class WebhookReceiver:
     fail_status: int = 503
     retry_after: int | str | None = None  # sent with the failing answers
     delay_s: float = 0.0
+    trickle_s: float = 0.0  # > 0: the status line and headers go out one byte at a time, this far apart
     body: bytes = b"ok"
     host: str = "127.0.0.1"
     tls: ssl.SSLContext | None = None  # serve https with this server context
@@ -93,6 +95,9 @@ class WebhookReceiver:
                     receiver._cond.notify_all()
                 if receiver.delay_s:
                     time.sleep(receiver.delay_s)
+                if receiver.trickle_s:
+                    self._trickle(status)
+                    return
                 try:
                     self.send_response(status)
                     for name, value in extra.items():
@@ -103,6 +108,18 @@ class WebhookReceiver:
                     self.wfile.write(receiver.body)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     pass
+
+            def _trickle(self, status: int) -> None:
+                head = (f"HTTP/1.1 {status} OK\r\nContent-Type: text/plain\r\nX-Slow: {'x' * 40}\r\n"
+                        f"Content-Length: {len(receiver.body)}\r\n\r\n").encode()
+                try:
+                    for i in range(len(head)):
+                        self.wfile.write(head[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(receiver.trickle_s)
+                    self.wfile.write(receiver.body)
+                except OSError:  # the client gave up (its deadline)
+                    self.close_connection = True
 
             do_POST = do_GET = do_PUT = _handle
 

@@ -25,15 +25,18 @@ written by the plain functions in :mod:`workers.jobflow`.
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 from kombu import Exchange, Queue
 
+from docproc import model_workers
 from docproc.settings import Settings, get_settings
 from workers import observability  # noqa: F401 - connects the publish hook (timestamps, request ids)
 
 INTAKE_QUEUE = "intake"
 RENDER_QUEUE = "render"
-GPU_QUEUE = "gpu"
+GPU_QUEUE = model_workers.QUEUE  # "gpu"
 WEBHOOKS_QUEUE = "webhooks"
 BULK_QUEUE = "bulk"
 PERIODIC_QUEUE = "periodic"
@@ -151,3 +154,8 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+if "flower" in sys.modules:  # loaded by Flower (celery -A workers.celery_app flower): list every queue
+    from workers.flower_queues import keep_every_queue
+
+    keep_every_queue()

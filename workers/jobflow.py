@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from docproc import metrics, tracing
+from docproc import metrics, model_workers, tracing
 from docproc.errors import DocprocError, NotFound, ServiceUnavailable, StorageError
 from docproc.jobs import PAGE_DUPLICATE, TERMINAL, Job, JobStore, PageStatus
 from docproc.leases import Lease, PageLeases
@@ -41,7 +41,7 @@ from docproc.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
 from docproc.schemas import ExtractionSchema
 from docproc.settings import Settings
 from docproc.storage import Storage, document_result_key, page_result_key
-from workers.celery_app import page_queue
+from workers.celery_app import GPU_QUEUE, page_queue
 from workers.engines.text import TEXT_TASKS
 from workers.intake import OpenedDocument, open_document
 from workers.repair import page_damage
@@ -69,6 +69,7 @@ T = TypeVar("T")
 # Page codes this module gives (listed in errors.PAGE_ERROR_CODES).
 TIMEOUT = "timeout"
 TOO_MANY_ATTEMPTS = "too_many_attempts"
+ENGINE_UNAVAILABLE = "engine_unavailable"  # a model page with no model worker online to run it
 
 
 INFERENCE_THREAD = "docproc-inference"
@@ -181,6 +182,7 @@ def run_intake(
         logger.info("intake %s: failed: %s", job_id, exc)
         end_job(job_id, "failed", store=store, on_ended=on_ended, error=_error(exc))
         return []
+    model_offline = any(q == GPU_QUEUE for q in queues.values()) and not model_workers.online(store.redis)
     if job.state == "queued":
         if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type, warnings=warnings):
             logger.info("intake %s: job was canceled before it started", job_id)
@@ -188,9 +190,18 @@ def run_intake(
     else:  # running: a redelivered intake; the pages already recorded need no task
         done = {p.page for p in store.pages(job_id) if p.state in ("succeeded", "failed")}
         numbers = [n for n in numbers if n not in done]
-    ids = [i for i in (enqueue(job_id, n, queues[n]) for n in numbers) if i]
+    # model pages with no model worker online would wait for hours: they fail now instead
+    stranded = {n for n in numbers if queues[n] == GPU_QUEUE} if model_offline else set()
+    ids = [i for i in (enqueue(job_id, n, queues[n]) for n in numbers if n not in stranded) if i]
     if ids:  # kept with the intake's id, for revoking on cancel
         store.add_task_ids(job_id, ids)
+    if stranded:
+        message = model_workers.NONE_ONLINE.format(ttl=model_workers.LIFETIMES * settings.model_worker_heartbeat_s)
+        logger.warning("intake %s: %d model page(s) failed: %s", job_id, len(stranded), message,
+                       extra={"job_id": job_id})
+        for n in stranded:  # the last one recorded ends the job, as any page does
+            record_page(job_id, failed_page(n, ENGINE_UNAVAILABLE, message, engine="internvl"), attempts=0,
+                        settings=settings, store=store, storage=storage, on_ended=on_ended)
     return numbers
 
 

@@ -53,7 +53,7 @@ from celery import signals
 from kombu import Consumer, Message
 from kombu.exceptions import OperationalError
 
-from docproc import metrics
+from docproc import metrics, model_workers, shared_metrics
 from docproc.errors import DocprocError
 from workers.celery_app import GPU_QUEUE, PAGE_TASK
 from workers.jobflow import inference_still_running
@@ -261,6 +261,7 @@ class ModelWorker:
                              engines=self.r.engines, leases=self.r.leases, on_ended=self.r.job_ended,
                              on_outcome=lambda o: self._settle(by_work, o))
         finally:
+            shared_metrics.publish(self.r.redis)  # the batch's pages and tokens, service-wide
             self.events.active = 0
             self.running = ()
             if inference_still_running():  # a timed-out generate still holds the model
@@ -330,6 +331,9 @@ class ModelWorker:
             self.stop_engine()
             return 3
         metrics.MODEL_WORKERS.labels(model=model_id).set(1)
+        beacon = model_workers.Beacon(self.r.redis, self.hostname, model_id,
+                                      self.settings.model_worker_heartbeat_s).start()  # online for the API and intake
+        shared_metrics.start(self.r.redis)
         self.events = Events(self.app, self.hostname)
         self.events.start()
         control = ControlNode(self.app, self).start()
@@ -339,6 +343,7 @@ class ModelWorker:
             while not self._stopping.is_set():
                 self._consume(queue)
         finally:
+            beacon.stop()
             metrics.MODEL_WORKERS.labels(model=model_id).set(0)
             control.close()
             self.events.close()

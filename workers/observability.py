@@ -11,7 +11,9 @@ API, workers, the scheduler) connects the publish hook:
   line the task writes (:func:`docproc.logs.bind`), and to the tasks it sends;
 * ``after_setup_logger`` / ``after_setup_task_logger``: Celery's log handlers get
   docproc's JSON (or redacting text) formatter, ``settings.log_format``;
-* metrics: with ``settings.worker_metrics_port`` set, :func:`prepare_worker_metrics`
+* metrics: after each task, what it counted is added to the service-wide counters in Redis
+  that the API's ``/metrics`` serves (:mod:`docproc.shared_metrics`); with
+  ``settings.worker_metrics_port`` set, :func:`prepare_worker_metrics`
   (called by ``python -m workers`` before prometheus_client is imported) puts the
   worker in prometheus_client's multiprocess mode in a fresh directory, the main
   process serves the sum over its pool children at ``/metrics`` once the worker is
@@ -86,6 +88,18 @@ def _bind_task_context(task_id: str | None = None, task: Any = None, args: Any =
 @signals.task_postrun.connect
 def _unbind_task_context(task_id: str | None = None, **_: Any) -> None:
     logs.reset_context(_tokens.pop(task_id, None) if task_id is not None else None)
+
+
+@signals.task_postrun.connect
+def _publish_metrics(**_: Any) -> None:
+    """What the task counted goes to the service-wide counters the API's /metrics reads
+    (docproc.shared_metrics); a thread publishes the rest every few seconds."""
+    from docproc import shared_metrics
+    from workers.tasks import resources
+
+    client = resources().redis
+    shared_metrics.start(client)
+    shared_metrics.publish(client)
 
 
 # ------------------------------------------------------------------ workers: logging

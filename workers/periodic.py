@@ -7,7 +7,8 @@ Each task is a thin wrapper around a plain function that tests call directly:
                                     whose finisher died (webhook event, batch count)
     docproc.periodic.webhooks_due   webhook deliveries whose retry time has come
     docproc.periodic.watchdog       jobs with no progress past their deadline fail with ``timeout``;
-                                    upload batches whose upload was lost end their listing
+                                    upload batches whose upload was lost end their listing; model
+                                    pages stranded on gpu fail with ``engine_unavailable``
     docproc.periodic.purge_expired  the Redis records of work ended more than ``retention_s``
                                     ago are deleted (docproc.retention)
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 
 from docproc import batches, lifecycle, retention, watchdog, webhooks
-from workers import batch_tasks
+from workers import batch_tasks, stranded_pages
 from workers.celery_app import PURGE_EXPIRED_TASK, SWEEP_ENDED_TASK, WATCHDOG_TASK, WEBHOOKS_DUE_TASK, app
 from workers.tasks import resources
 
@@ -35,9 +36,11 @@ def sweep_ended_task() -> int:
 @app.task(name=WATCHDOG_TASK, ignore_result=True)
 def watchdog_task() -> int:
     """Fail the jobs that stopped moving (code ``timeout``) and revoke their tasks; end the
-    listing of upload batches whose upload was lost with its API process."""
+    listing of upload batches whose upload was lost with its API process; fail the model pages
+    stranded on the gpu queue with no model worker online (workers.stranded_pages)."""
     stalled = watchdog.fail_stalled(resources().lifecycle, revoke=app.control.revoke)
-    return len(stalled) + len(batches.end_stalled_uploads(batch_tasks.services()))
+    stranded = stranded_pages.fail_stranded(resources())
+    return len(stalled) + len(batches.end_stalled_uploads(batch_tasks.services())) + stranded
 
 
 @app.task(name=WEBHOOKS_DUE_TASK, ignore_result=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from docproc.clean_text import clean_page
-from docproc.errors import DocprocError, InvalidRequest
+from docproc.errors import DocprocError, InvalidRequest, ModelUnavailable
 from docproc.results import DocumentInfo, DocumentResult, EngineName, ErrorInfo, PageResult, ResultWarning, Task
 from docproc.schemas import ExtractionSchema, get_registry
 from docproc.settings import Settings, get_settings
@@ -38,15 +38,25 @@ class Engines:
 
     settings: Settings
     text: TextEngine = field(default_factory=TextEngine)
+    remember_load_failure: bool = False
+    """The CLI: a model that cannot be loaded is tried once per process, not once per batch."""
     _internvl: "InternVLEngine | None" = None
+    load_error: ModelUnavailable | None = None
 
     @property
     def internvl(self) -> "InternVLEngine":
         if self._internvl is None:
             from workers.engines.internvl import InternVLEngine
 
+            if self.load_error is not None:
+                raise self.load_error
             engine = InternVLEngine(self.settings)
-            engine.load()
+            try:
+                engine.load()
+            except ModelUnavailable as exc:
+                if self.remember_load_failure:
+                    self.load_error = exc
+                raise
             self._internvl = engine
         return self._internvl
 
@@ -170,7 +180,14 @@ def _run_batch(
     if text_pages:
         done += engines.text.process(doc, text_pages, task)
     if model_pages:
-        done += engines.model(route(model_pages[0], task, engine)).process(model_pages, task, schema)
+        name = route(model_pages[0], task, engine)
+        try:
+            model = engines.model(name)
+        except ModelUnavailable as exc:  # the model pages fail; the text pages and other documents go on
+            error = ErrorInfo(code=exc.code, message=exc.message)
+            done += [PageResult(page=p.number, status="failed", engine=name, error=error) for p in model_pages]
+        else:
+            done += model.process(model_pages, task, schema)
     by_page = {p.number: p for p in rendered}
     return [finish_page(by_page[r.page], r) if r.page in by_page else r for r in done]
 

@@ -44,7 +44,7 @@ from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
-from docproc import lifecycle
+from docproc import lifecycle, model_workers
 from docproc.errors import DocprocError, ServiceUnavailable, StorageError
 from docproc.jobs import JobStore, connect_redis
 from docproc.leases import LeaseHeld, PageLeases
@@ -158,14 +158,17 @@ def resources() -> Resources:
 # ------------------------------------------------------------------ worker signals
 
 _consumed_queues: frozenset[str] = frozenset()
+_node_name = ""
+_beacon: model_workers.Beacon | None = None
 
 
 @signals.worker_init.connect
 def _remember_queues(sender: Any = None, **_: Any) -> None:
     """Note the queues this worker consumes (``-Q``; all declared queues without it)."""
-    global _consumed_queues
+    global _consumed_queues, _node_name
     queues = sender.app.amqp.queues
     _consumed_queues = frozenset(queues.consume_from or queues)
+    _node_name = getattr(sender, "hostname", "") or ""
 
 
 @signals.worker_process_init.connect
@@ -173,13 +176,26 @@ def _load_model_for_gpu_queue(**_: Any) -> None:
     """Load the model once in the process that will run ``gpu`` pages, before any task."""
     if GPU_QUEUE not in _consumed_queues:
         return
+    global _beacon
+    r = resources()
     try:
-        resources().engines.internvl  # noqa: B018 - the property loads the model
+        engine = r.engines.internvl
     except DocprocError as exc:
         logger.critical("docproc worker: %s; this worker consumes %r and stops", exc, GPU_QUEUE)
         if current_process().name != "MainProcess":  # a prefork child: stop the whole worker
             os.kill(os.getppid(), signal.SIGTERM)
         raise SystemExit(3) from exc
+    node = f"{_node_name or 'worker'}/{os.getpid()}"  # online for the API and intake (docproc.model_workers)
+    _beacon = model_workers.Beacon(r.redis, node, engine.model_id, r.settings.model_worker_heartbeat_s).start()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _withdraw_model_worker(**_: Any) -> None:
+    global _beacon
+    if _beacon is not None:
+        _beacon.stop()
+        _beacon = None
 
 
 def _retire_after_timeout() -> None:

@@ -1,6 +1,6 @@
 """Start a docproc worker with the process model its queues need.
 
-``python -m workers --queues intake,render,bulk,webhooks,periodic`` (or ``docproc worker``)
+``python -m workers --queues intake,render,bulk,periodic`` (or ``docproc worker``)
 runs in this process:
 
 * ``--queues gpu`` alone: the model worker (:mod:`workers.model_worker`), one process
@@ -8,9 +8,17 @@ runs in this process:
   child) and batches pages of many jobs per generate call; run one per GPU, with
   ``CUDA_VISIBLE_DEVICES`` choosing it;
 * ``gpu`` mixed with other queues: a Celery solo worker (one page at a time);
+* ``--queues webhooks`` alone: the webhook deliverer, a Celery worker with the threads
+  pool (``settings.webhook_concurrency`` threads): deliveries wait on receivers, not on
+  the CPU, and each attempt has its own total deadline (``webhook_timeout_s``), so slow
+  receivers take threads of this pool, never the page workers' processes;
 * CPU-only queues: ``celery -A workers.celery_app worker`` with the prefork pool
   (``--concurrency`` children, default the CPU count), where Celery's soft/hard time
   limits apply.
+
+The default queues (:data:`CPU_QUEUES`) are the page work and the housekeeping ticks;
+webhook delivery runs in a worker of its own (``docproc up``, docker/compose.yaml and
+infra/ start one).
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from workers.celery_app import GPU_QUEUE, QUEUES
+from workers.celery_app import GPU_QUEUE, QUEUES, WEBHOOKS_QUEUE
 
-CPU_QUEUES = ("intake", "render", "bulk", "webhooks", "periodic")
+CPU_QUEUES = ("intake", "render", "bulk", "periodic")
+"""What ``docproc worker`` consumes by default: page work and the housekeeping ticks."""
 
 
 def parse_queues(spec: str) -> list[str]:
@@ -33,8 +42,10 @@ def parse_queues(spec: str) -> list[str]:
 
 
 def pool_for(queues: Sequence[str]) -> str:
-    """``solo`` when the worker consumes the gpu queue, else ``prefork``."""
-    return "solo" if GPU_QUEUE in queues else "prefork"
+    """``solo`` when the worker consumes the gpu queue, ``threads`` for webhooks alone, else ``prefork``."""
+    if GPU_QUEUE in queues:
+        return "solo"
+    return "threads" if list(queues) == [WEBHOOKS_QUEUE] else "prefork"
 
 
 def worker_argv(
@@ -45,9 +56,13 @@ def worker_argv(
     argv = ["worker", "-Q", ",".join(queues), "-P", pool, "--loglevel", loglevel]
     if pool == "solo":
         argv += ["-c", "1"]
+    elif pool == "threads":
+        from docproc.settings import get_settings
+
+        argv += ["-c", str(concurrency or get_settings().webhook_concurrency)]
     elif concurrency:
         argv += ["-c", str(concurrency)]
-    argv += ["-n", hostname or ("gpu@%h" if pool == "solo" else "cpu@%h")]
+    argv += ["-n", hostname or {"solo": "gpu@%h", "threads": "webhooks@%h"}.get(pool, "cpu@%h")]
     return argv
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import RedisDep, StorageDep
-from api.models import Health
+from api.models import Health, ModelWorker, Readiness
+from docproc import model_workers
 from api.problems import problem_response, problem_responses
 
 router = APIRouter(tags=["health"])
@@ -22,15 +24,17 @@ def healthz() -> Health:
 
 @router.get(
     "/readyz",
-    response_model=Health,
-    summary="Readiness: Redis answers PING and storage is reachable",
+    response_model=Readiness,
+    summary="Readiness: Redis answers PING and storage is reachable; the model workers online",
     responses=problem_responses(503),
 )
-def readyz(redis: RedisDep, storage: StorageDep) -> Health | JSONResponse:
+def readyz(redis: RedisDep, storage: StorageDep) -> Readiness | JSONResponse:
     checks: dict[str, str] = {}
+    workers: list[dict[str, Any]] | None = None
     try:
         redis.ping()
         checks["redis"] = "ok"
+        workers = model_workers.online(redis)
     except Exception as exc:  # any failure means "not ready"; the reason goes to the log
         log.warning("readyz: redis: %s: %s", type(exc).__name__, exc)
         checks["redis"] = f"unreachable ({type(exc).__name__})"
@@ -41,9 +45,11 @@ def readyz(redis: RedisDep, storage: StorageDep) -> Health | JSONResponse:
         log.warning("readyz: storage: %s: %s", type(exc).__name__, exc)
         checks["storage"] = f"unreachable ({type(exc).__name__})"
     if all(v == "ok" for v in checks.values()):
-        return Health(status="ok", checks=checks)
+        # informational: the API is ready without them, but refuses model work (engine_unavailable)
+        return Readiness(status="ok", checks=checks, model_workers=[ModelWorker(**w) for w in workers or []])
     failing = ", ".join(name for name, v in checks.items() if v != "ok")
     return problem_response(
         503, "service_unavailable", f"not ready: {failing} unreachable", extra={"checks": checks},
         headers={"Retry-After": "5"},
     )
+

@@ -27,7 +27,7 @@ from api.uploads import (
     request_from_form,
     unsupported_content_type,
 )
-from docproc import lifecycle, metrics
+from docproc import lifecycle, metrics, model_workers
 from docproc.errors import NotFound, ResultNotReady
 from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
 from docproc.results import DocumentResult, PageResult
@@ -214,9 +214,13 @@ def list_jobs(
     summary="A job's state and progress",
     responses=problem_responses(*COMMON_ERRORS, 404),
 )
-def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobView:
+def get_job(job_id: JobId, tenant: TenantDep, store: StoreDep, settings: SettingsDep) -> JobView:
     job, pages = store.get_with_pages(tenant, job_id)  # one Redis round trip
-    return job_view(job, pages, datetime.now(timezone.utc))
+    waiting = None
+    if job.state not in TERMINAL and job.request.engine in ("auto", "internvl"):
+        not_done = sum(p.state in ("queued", "running") for p in pages)
+        waiting = model_workers.waiting_reason(store.redis, settings.model_worker_heartbeat_s, pages_not_done=not_done)
+    return job_view(job, pages, datetime.now(timezone.utc), waiting)
 
 
 @router.delete(

@@ -20,6 +20,7 @@ import redis as redis_lib
 from conftest import wait_until
 from webhook_receiver import WebhookReceiver
 
+from docproc import model_workers
 from docproc.jobs import ENDED_OUTBOX, JobStore
 
 from .conftest import TENANT
@@ -46,6 +47,8 @@ def test_sigkill_mid_page_finishes_once_with_one_succeeded_webhook(stack_setting
     store = JobStore(client, settings)
     try:
         first = start_worker(settings, "intake,gpu,webhooks", **webhook_env, **slow)
+        # model work is accepted once a model worker is online (its model loaded)
+        wait_until(lambda: model_workers.online(client), 120, "the worker's model to load", [first])
         response = api.post("/v1/jobs", files={"file": ("scan.tiff", builders.tiff_multipage(2), "image/tiff")},
                             data={"task": "ocr", "engine": "internvl", "webhook_url": receiver.url})
         assert response.status_code == 202, response.text

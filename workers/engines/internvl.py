@@ -52,6 +52,7 @@ from docproc import metrics
 from docproc.errors import InvalidRequest, ModelUnavailable
 from docproc.results import ErrorInfo, PageResult, Table, Task
 from docproc.settings import Settings, get_settings
+from workers.engines import model_source
 from workers.pages import RenderedPage
 from workers.prompts import INTERNVL_HF_CHAT_TEMPLATE, TASKS, build_prompt, image_tokens, render_prompt
 from workers.tiling import normalize_tiles, tile_image
@@ -303,29 +304,7 @@ def _pick_attention(setting: str, device: str) -> str:
     return "sdpa"
 
 
-def _model_source(model: str) -> tuple[str, str]:
-    """(what to pass to from_pretrained, a description of what is tried)."""
-    from huggingface_hub.constants import HF_HUB_OFFLINE
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path), f"the local directory {path.resolve()}"
-    offline = " (HF_HUB_OFFLINE is set: local cache only)" if HF_HUB_OFFLINE else ""
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        raise ModelUnavailable(
-            f"cannot load the InternVL model DOCPROC_MODEL={model!r}: tried the local directory "
-            f"{str(path)!r}, which does not exist (and the name is not a Hugging Face Hub id). Set "
-            "DOCPROC_MODEL to a local directory holding an InternVL checkpoint in the native "
-            "transformers format, or to a Hub id such as OpenGVLab/InternVL3-1B-hf.",
-            model=model,
-        ) from None
-    return model, f"no local directory {str(path)!r}, then the Hugging Face Hub id {model!r}{offline}"
-
-
-def _ensure_chat_template(tokenizer: Any, source: str, revision: str | None) -> None:
+def _ensure_chat_template(tokenizer: Any, source: str, revision: str | None, local_only: bool = False) -> None:
     """Give ``tokenizer`` the checkpoint's chat template when only the processor files hold it
     (``chat_template.json``); with none at all, InternVL's ``-hf`` template, logged."""
     if getattr(tokenizer, "chat_template", None):
@@ -336,7 +315,8 @@ def _ensure_chat_template(tokenizer: Any, source: str, revision: str | None) -> 
 
     for name in ("chat_template.jinja", "chat_template.json"):
         try:
-            path = cached_file(source, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+            path = cached_file(source, name, revision=revision, local_files_only=local_only,
+                               _raise_exceptions_for_missing_entries=False)
         except Exception:  # noqa: BLE001 - an absent optional file
             path = None
         if path:
@@ -405,9 +385,11 @@ class InternVLEngine:
 
         hf_logging.disable_progress_bar()  # a worker's log is no terminal; the CLI has its own bar
         s = self.settings
-        source, tried = _model_source(s.model)
+        found = model_source.resolve(s.model, s.model_revision)  # fails at once, not after Hub retries
+        source, tried = found.source, found.tried
         device, dtype, attn = choose_runtime(s)
-        common: dict[str, Any] = {"revision": s.model_revision, "trust_remote_code": s.trust_remote_code}
+        common: dict[str, Any] = {"revision": s.model_revision, "trust_remote_code": s.trust_remote_code,
+                                  "local_files_only": found.local_only}
         started = time.perf_counter()
         try:
             config = AutoConfig.from_pretrained(source, **common)
@@ -417,7 +399,7 @@ class InternVLEngine:
                     "not InternVL in the native transformers format ('internvl')"
                 )
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
-            _ensure_chat_template(tokenizer, source, s.model_revision)
+            _ensure_chat_template(tokenizer, source, s.model_revision, found.local_only)
             load_kwargs: dict[str, Any] = dict(common, dtype=dtype, attn_implementation=attn)
             direct = device != "cpu" and importlib.util.find_spec("accelerate") is not None
             if direct:
@@ -683,7 +665,8 @@ class InternVLEngine:
         allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
         usable = free + max(0, reserved - allocated)  # the caching allocator's free blocks are usable too
         for kind, value in (("free", free), ("total", total), ("allocated", allocated), ("reserved", reserved)):
-            metrics.GPU_MEMORY_BYTES.labels(device=str(self.device), kind=kind).set(value)
+            metrics.GPU_MEMORY_BYTES.labels(device=str(self.device), kind=kind,
+                                            worker=metrics.worker_label()).set(value)
         cost = s.gpu_tile_cost_bytes or self.tile_cost_bytes()
         budget = max(1, min(most, int(usable * s.gpu_memory_fraction) // max(1, cost)))
         logger.debug("internvl: tile budget %d (usable %.1f GiB, %.1f MiB per tile)", budget, usable / 2**30,
