@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 from test_inference_benchmark import engine_report, run_benchmark
 from test_worker import s3_keys, submit, worker_settings  # noqa: F401 - fixtures
 
+from docproc import model_workers
 from docproc.jobs import TERMINAL, JobStore
 from docproc.localservices import LoggedProcess, free_port
 from docproc.results import DocumentResult
@@ -200,6 +201,7 @@ def test_jobs_run_through_the_service_on_the_vllm_server(vllm_server, worker_set
                        max_new_tokens_ocr=64, max_new_tokens_tables=64, repetition_guard_span=0)
     workers([PY, "-m", "workers", "--queues", "intake,render", "-c", "1", "-n", "cpu@%h"], env)
     feeder = workers([PY, "-m", "workers", "--queues", "gpu", "-n", "model@%h"], env)
+    _wait_online(redis_client, feeder)
     scan = builders.tiff_multipage(3, sizes=[(600, 800), (800, 600), (500, 500)])
     jobs = [submit(settings, store, scan, "scan.tiff", task="ocr"),
             submit(settings, store, scan, "scan.tiff", task="tables"),
@@ -233,6 +235,7 @@ def test_a_canceled_job_s_pages_are_aborted_at_the_server(vllm_server, worker_se
                        max_new_tokens_per_tile=6000, repetition_guard_span=0)
     workers([PY, "-m", "workers", "--queues", "intake,render", "-c", "1", "-n", "cpu@%h"], env)
     feeder = workers([PY, "-m", "workers", "--queues", "gpu", "-n", "model@%h"], env)
+    _wait_online(redis_client, feeder)
     before, received = _aborted(server), _received(server)
     job = submit(settings, store, builders.tiff_multipage(3, sizes=[(600, 800)] * 3), "scan.tiff", task="ocr")
     wait_until(lambda: _received(server) >= received + 3, 120, "the job's three pages in flight", [feeder])
@@ -258,7 +261,8 @@ def test_docproc_up_runs_a_job_on_the_vllm_server(vllm_server, tiny_settings, tm
                        env, log, name="up")
     try:
         base = f"http://127.0.0.1:{api_port}"
-        wait_until(lambda: _answers(f"{base}/readyz"), 120, "docproc up", [up], interval=0.5)
+        wait_until(lambda: _ready_with_a_model_worker(f"{base}/readyz"), 180, "docproc up and its model worker",
+                   [up], interval=0.5)
         key = wait_until(lambda: re.search(r"DOCPROC_KEY=(dp_\S+)", up.log()), 10, "the dev key", [up]).group(1)
         headers = {"Authorization": f"Bearer {key}"}
         files = {"file": ("scan.tiff", builders.tiff_multipage(2, sizes=[(600, 800), (800, 600)]), "image/tiff")}
@@ -272,6 +276,19 @@ def test_docproc_up_runs_a_job_on_the_vllm_server(vllm_server, tiny_settings, tm
                                                         for size in [(600, 800), (800, 600)]]
     finally:
         up.stop(timeout=60)
+
+
+def _ready_with_a_model_worker(url: str) -> bool:
+    try:
+        response = httpx.get(url, timeout=5)
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200 and bool(response.json().get("model_workers"))
+
+
+def _wait_online(redis_client, feeder) -> None:
+    """Until the feeder announced itself: model work is refused (503) or failed at intake before."""
+    wait_until(lambda: model_workers.online(redis_client), 120, "the model worker's announcement", [feeder])
 
 
 def _ended(base: str, headers: dict, job_id: str) -> str | None:
@@ -296,6 +313,7 @@ def test_the_worker_supervises_its_own_vllm_and_a_crash_loses_no_page(tiny_setti
     workers([PY, "-m", "workers", "--queues", "intake,render", "-c", "1", "-n", "cpu@%h"], env)
     feeder = workers([PY, "-m", "workers", "--queues", "gpu", "-n", "model@%h"], env)
     wait_until(lambda: "served by vllm" in feeder.log(), START_TIMEOUT_S, "the worker's vLLM", [feeder], 1.0)
+    _wait_online(redis_client, feeder)
     pids = _vllm_pids(feeder.proc.pid)
     assert pids, "no vLLM process under the worker"
     job = submit(settings, store, builders.tiff_multipage(6, sizes=[(600, 800)] * 6), "scan.tiff", task="ocr")
