@@ -796,3 +796,18 @@ def test_flower_as_deployed_lists_the_gpu_queue_with_no_model_worker_online(redi
     finally:
         flower.stop()
         worker.stop()
+
+
+def test_non_root_pods_can_be_verified_by_the_kubelet():
+    """``runAsNonRoot`` needs a numeric user to check: the kubelet refuses to start a container
+    whose image names its USER ("image has non-numeric user") unless the pod sets runAsUser.
+    Every docproc image runs as uid 10001, and every pod that asks for non-root says so."""
+    for name in ("Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.vllm", "Dockerfile.lmdeploy"):
+        (user,) = dockerfile_instructions(DOCKER / name, "USER")
+        assert user == "10001", (name, user)
+    pods = [o for o in k8s_objects() if o["kind"] in ("Deployment", "StatefulSet")]
+    for obj in pods:
+        context = obj["spec"]["template"]["spec"].get("securityContext", {})
+        if context.get("runAsNonRoot"):
+            assert context.get("runAsUser") == 10001, obj["metadata"]["name"]
+    assert sum(1 for o in pods if o["spec"]["template"]["spec"].get("securityContext", {}).get("runAsNonRoot")) >= 6
