@@ -142,11 +142,6 @@ class FeederWorker(ModelWorker):
             return
         self._start_due()
 
-    def on_connection_lost(self) -> None:
-        # pages in flight finish and record (write-once); their acks are lost with the channel,
-        # and their redelivered messages find the stored results
-        super().on_connection_lost()
-
     def _start_due(self) -> None:
         room = self.settings.model_server_in_flight - len(self.in_flight)
         if room <= 0 or not self.server_ready:
@@ -174,15 +169,18 @@ class FeederWorker(ModelWorker):
             entry = self.in_flight.get(d.task_id)
             if entry is not None and entry[0] is d:
                 del self.in_flight[d.task_id]
-            if outcome.state == "retry" and d.tries + 1 > self.settings.model_server_retries \
-                    and outcome.error and outcome.error.startswith(ENGINE_UNAVAILABLE):
+            server_away = outcome.state == "retry" and (outcome.error or "").startswith(ENGINE_UNAVAILABLE)
+            if server_away and d.tries + 1 > self.settings.model_server_retries:
                 outcome = self._give_up(d, outcome)
+                server_away = False
             try:
+                # a page in flight when the broker connection was lost: its ack goes with the channel,
+                # and the redelivered message finds the stored result
                 self._settle({d.work: [d]}, outcome)
             except Exception:  # noqa: BLE001 - an ack on a lost channel: the message comes back
                 logger.warning("page %s/%d: ack failed; the message will be redelivered", d.work.job_id,
                                d.work.page, exc_info=True)
-            if outcome.state == "retry" and outcome.error and outcome.error.startswith(ENGINE_UNAVAILABLE):
+            if server_away:
                 d.work = PageWork(d.work.job_id, d.work.page, d.work.retries + 1)  # a retry, not a delivery
         self._publish_in_flight()
 

@@ -29,17 +29,13 @@ import httpx
 
 from docproc.errors import EngineUnavailable
 from docproc.settings import Settings
-from workers.engines.served import tiling_kwargs
+from workers.engines.served import served_model, tiling_kwargs
 
 logger = logging.getLogger(__name__)
 server_log = logging.getLogger("docproc.vllm")
 
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
 HEALTHY_RESET_S = 300.0  # a server that ran this long restarts from the first backoff again
-
-
-def served_model(settings: Settings) -> str:
-    return settings.openai_model or settings.model
 
 
 def vllm_command(settings: Settings, *, host: str = "127.0.0.1") -> list[str]:

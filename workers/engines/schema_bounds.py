@@ -258,13 +258,7 @@ def _type_max_bytes(node: dict[str, Any], kind: str) -> int:
     raise UnboundedSchema(f"unknown type {kind!r}")
 
 
-def _apply_bounds(node: Any, chars: int, items: int) -> None:
-    if isinstance(node, list):
-        for value in node:
-            _apply_bounds(value, chars, items)
-        return
-    if not isinstance(node, dict):
-        return
+def _apply_bounds(node: dict[str, Any], chars: int, items: int) -> None:
     types = _types(node)
     if "string" in types and "format" not in node and "pattern" not in node and "enum" not in node:
         node["maxLength"] = max(int(node.get("minLength", 0)), min(chars, int(node.get("maxLength", chars))))
@@ -275,12 +269,8 @@ def _apply_bounds(node: Any, chars: int, items: int) -> None:
         node["maxItems"] = max(int(node.get("minItems", 0)), min(items, int(node.get("maxItems", items))))
     if "object" in types:
         node["additionalProperties"] = False  # no keys beyond the listed ones: their length is unknown
-    for key in ("properties", "items"):
-        child = node.get(key)
-        if isinstance(child, dict) and key == "properties":
-            _apply_bounds(list(child.values()), chars, items)
-        elif child is not None:
-            _apply_bounds(child, chars, items)
+    for child in _children(node):
+        _apply_bounds(child, chars, items)
 
 
 def bounded_schema(schema: dict[str, Any], budget_tokens: int) -> tuple[dict[str, Any], int]:

@@ -73,8 +73,14 @@ logger = logging.getLogger(__name__)
 
 LOOP_CHECK_EVERY = 16  # tokens between two looks at the tail
 LOOP_MAX_PERIOD = 128
+LOOP_MIN_REPEATS = 4  # loop_period's default: the longest tail it reads is max(span, 4 x period) + period
 PNG_COMPRESS_LEVEL = 1  # the grid image is large and mostly white: fast beats small on loopback
 JPEG_QUALITY = 95
+
+
+def served_model(settings: Settings) -> str:
+    """The model name every request carries (the server's ``--served-model-name``)."""
+    return settings.openai_model or settings.model
 
 
 # --- tile parity ------------------------------------------------------------------------
@@ -235,10 +241,9 @@ class ServedEngine:
     def __init__(self, settings: Settings, base_url: str, *, kind: str = "vllm", model: str | None = None,
                  max_in_flight: int | None = None) -> None:
         self.settings = settings
-        self.kind = kind
-        self.name = kind  # the engine a page result names: vllm or lmdeploy
+        self.kind = kind  # vllm or lmdeploy: also the engine a page result names
         self.base_url = base_url.rstrip("/") + "/"
-        self.model_id = model or settings.openai_model or settings.model
+        self.model_id = model or served_model(settings)
         connections = max_in_flight or settings.model_server_in_flight
         headers = {"Accept": "text/event-stream"}
         if settings.openai_api_key is not None:
@@ -286,7 +291,7 @@ class ServedEngine:
                     out.completion_tokens = usage.get("completion_tokens", out.completion_tokens)
                     if span and len(out.tokens) - checked >= LOOP_CHECK_EVERY:
                         checked = len(out.tokens)
-                        tail = out.tokens[-(span + 4 * LOOP_MAX_PERIOD + LOOP_MAX_PERIOD):]
+                        tail = out.tokens[-(max(span, LOOP_MIN_REPEATS * LOOP_MAX_PERIOD) + LOOP_MAX_PERIOD):]
                         if loop_period(tail, min_span=span, max_period=LOOP_MAX_PERIOD):
                             out.looped = True
                             return out  # leaving the block closes the stream: the server aborts it
@@ -310,7 +315,7 @@ class ServedEngine:
         InferenceServerUnavailable (transient) when the server cannot answer."""
         s = self.settings
         width, height = page.image.size
-        common: dict[str, Any] = {"page": page.number, "engine": self.name, "width": width, "height": height,
+        common: dict[str, Any] = {"page": page.number, "engine": self.kind, "width": width, "height": height,
                                   "has_text_layer": page.has_text_layer}
         started = time.perf_counter()
         try:
