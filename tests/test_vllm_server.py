@@ -316,6 +316,7 @@ def test_the_worker_supervises_its_own_vllm_and_a_crash_loses_no_page(tiny_setti
     _wait_online(redis_client, feeder)
     pids = _vllm_pids(feeder.proc.pid)
     assert pids, "no vLLM process under the worker"
+    first_group = _group(pids[0])  # the server's API process, its engine core and workers
     job = submit(settings, store, builders.tiff_multipage(6, sizes=[(600, 800)] * 6), "scan.tiff", task="ocr")
     wait_until(lambda: any(p.state == "running" for p in store.pages(job.id))
                or store.load(job.id).pages_done, 120, "pages in flight", [feeder])
@@ -331,6 +332,21 @@ def test_the_worker_supervises_its_own_vllm_and_a_crash_loses_no_page(tiny_setti
     assert "vLLM exited" in log and "restarting" in log
     assert re.search(r"page \S+: .*went away.*; put back", log), "no page was in flight at the crash"
     assert log.count("Application startup complete") >= 2  # the server's own output, in the worker's log
+    assert len(first_group) >= 2 and not set(first_group) & set(_live_pids())  # none of it outlived the crash
+
+
+def _group(pgid: int) -> list[int]:
+    """The pids of process group ``pgid`` (a vLLM server started in a session of its own)."""
+    out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, group in (line.split() for line in out.splitlines() if line.strip())
+            if int(group) == pgid]
+
+
+def _live_pids() -> list[int]:
+    """Every process that is not a zombie."""
+    out = subprocess.run(["ps", "-eo", "pid=,stat="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, stat in (line.split() for line in out.splitlines() if line.strip())
+            if not stat.startswith("Z")]
 
 
 def _vllm_pids(parent: int) -> list[int]:

@@ -8,7 +8,10 @@
   on its GPU with ``DOCPROC_VLLM_PYTHON`` (an environment of its own: vLLM pins its own
   torch), as olmOCR's pipeline does. :class:`VLLMProcess` waits for its health check,
   copies every line it prints into the worker's log (logger ``docproc.vllm``), and
-  restarts it with exponential backoff when it exits, for as long as the worker runs.
+  restarts it with exponential backoff when it exits, for as long as the worker runs. The
+  server runs in a process group of its own, and the whole group is killed when its API
+  process exits or the worker stops: vLLM's engine core and workers (``VLLM::EngineCore``)
+  would otherwise outlive it and keep the model's memory.
 
 The served model name is ``DOCPROC_MODEL`` (``DOCPROC_OPENAI_MODEL`` when set), the
 name every request carries.
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
+import signal
 import subprocess
 import threading
 import time
@@ -130,6 +135,8 @@ class VLLMProcess:
             proc = self._proc
             started = time.monotonic()
             code = proc.wait() if proc is not None else -1
+            if proc is not None:
+                _kill_group(proc, signal.SIGKILL)  # its engine processes outlive it, holding the model's memory
             if self.closed:
                 return
             if time.monotonic() - started > HEALTHY_RESET_S:
@@ -152,14 +159,24 @@ class VLLMProcess:
         self.closed = True
         with self._lock:
             proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()
+        _kill_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            pass
+        _kill_group(proc, signal.SIGKILL)  # whatever of the server is left (its engine core, workers)
+        proc.wait()
+
+
+def _kill_group(proc: subprocess.Popen[str], sig: int) -> None:
+    """Signal the server's whole process group (it runs in a session of its own): vLLM's API
+    process forks an engine core and workers that a signal to it alone leaves behind."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _redacted(command: list[str]) -> list[str]:
