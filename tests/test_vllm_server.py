@@ -167,19 +167,20 @@ def test_extract_gives_schema_valid_json_for_every_shipped_schema(vllm_server, t
 def test_a_looping_page_is_aborted_retried_with_a_penalty_then_degenerate(vllm_server, tiny_settings):
     """The tiny model loops on a blank page: the stream is cut as soon as the tail repeats
     (long before max_tokens), sent once more with repetition_penalty, then the page fails
-    degenerate_output with its text kept. The server's own log shows the first request aborted
-    and the second sent with the penalty (the tiny model writes a page in about a second, so
-    the second may have ended on the server before its stream was read)."""
+    degenerate_output with its text kept. The client closed the stream before the server's last
+    chunk, and the server's log shows the second request sent with the penalty. (Whether vLLM
+    logs the abort depends on whether the tiny model had already written its budget when it
+    next wrote to the closed stream, so it is not asserted: it failed once under load.)"""
     url, server = vllm_server
-    before = _aborted(server)
     budget = 6000  # the server needs many seconds for it: the abort comes long before
     settings = tiny_settings.model_copy(update={"max_new_tokens_ocr": budget, "max_new_tokens_per_tile": budget})
     result, done = read(ServedEngine(settings, url, max_in_flight=1), page(1275, 1650), "ocr")
     assert result.status == "failed" and result.error.code == "degenerate_output", result.error
     assert result.raw_output and done.looped
     assert len(done.tokens) < budget // 2  # stopped by the guard, not by the budget
-    wait_until(lambda: _aborted(server) > before, 10, "vLLM to log the looping request as aborted", [server])
+    assert done.finish_reason is None  # the stream was closed before the server's last chunk
     assert re.search(r"Received request .*repetition_penalty=1\.15", server.log())
+
 
 
 def _aborted(server: LoggedProcess) -> int:
