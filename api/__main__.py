@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> None:
 
         import uvicorn
 
-        from docproc import logs
-        from docproc.settings import get_settings
+        from docproc.base import logs
+        from docproc.base.settings import get_settings
 
         # /metrics sums every worker process: prometheus_client's multiprocess mode (the
         # spawned workers import it after this is set)

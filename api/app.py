@@ -4,7 +4,7 @@ Start it with ``python -m api --host 127.0.0.1 --port 8000`` (or ``docproc api``
 ``uvicorn --factory api.app:create_app``. Settings come from ``DOCPROC_*`` variables.
 
 The app never imports torch: the workers' intake checks it runs on uploads
-(``workers.intake``, ``workers.render``) use PyMuPDF and Pillow only, and tasks go
+(``docproc.jobs.inputs``, ``workers.render``) use PyMuPDF and Pillow only, and tasks go
 to Celery by name.
 """
 
@@ -23,12 +23,13 @@ from api.problems import install_problem_handlers
 from api.routes import batches, health, jobs, schemas
 from api.routes import metrics as metrics_route
 from api.routes import webhooks as webhooks_route
-from docproc import lifecycle, logs, shared_metrics, tracing
-from docproc.auth import KeyRing
-from docproc.jobs import JobStore, connect_redis
-from docproc.schemas import get_registry
-from docproc.settings import Settings, get_settings
-from docproc.storage import open_storage
+from docproc.base import broker, logs, shared_metrics, tracing
+from docproc.base.auth import KeyRing
+from docproc.base.settings import Settings, get_settings
+from docproc.base.storage import open_storage
+from docproc.housekeeping import after_end
+from docproc.jobs.schemas import get_registry
+from docproc.jobs.store import JobStore, connect_redis
 
 DESCRIPTION = """\
 Submit PDFs and scans; get OCR text, tables or schema-valid JSON back.
@@ -40,12 +41,10 @@ Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every err
 
 def open_services(settings: Settings) -> Services:
     """Everything the routes use, made once: Redis, storage, job store, keys, Celery."""
-    from workers.celery_app import create_app as create_celery_app
-
     get_registry(settings)  # a bad schema file stops the start-up, not the first request
     client = connect_redis(settings)
     store = JobStore(client, settings)
-    celery = create_celery_app(settings)
+    celery = broker.client(settings)
 
     def send(name: str, args: list, queue: str) -> None:
         celery.send_task(name, args=args, queue=queue)
@@ -58,7 +57,7 @@ def open_services(settings: Settings) -> Services:
         store=store,
         keyring=KeyRing(settings, client),
         celery=celery,
-        lifecycle=lifecycle.Context(settings=settings, redis=client, store=store, send=send, storage=storage),
+        lifecycle=after_end.context(settings=settings, redis=client, store=store, send=send, storage=storage),
     )
 
 

@@ -16,12 +16,12 @@ from celery import Celery
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from docproc import lifecycle
-from docproc.auth import KeyRing, check_rate, hash_key
-from docproc.errors import Unauthorized
-from docproc.jobs import JobStore
-from docproc.settings import Settings
-from docproc.storage import Storage
+from docproc.base.auth import KeyRing, check_rate, hash_key
+from docproc.base.errors import Unauthorized
+from docproc.base.settings import Settings
+from docproc.base.storage import Storage
+from docproc.jobs import lifecycle
+from docproc.jobs.store import JobStore
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The API's request middleware: request id, HTTP metrics and the access log line.
 
 Every request gets one request id: the client's ``X-Request-Id`` when it is sane
-(:func:`docproc.logs.sane_request_id`), else a new one. It is bound to the log
+(:func:`docproc.base.logs.sane_request_id`), else a new one. It is bound to the log
 context for the request (every log line carries it, a job created by it stores
 it, the Celery tasks sent for it carry it in their headers) and returned in the
 response's ``X-Request-Id`` header.
@@ -22,7 +22,7 @@ import time
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from docproc import logs, metrics
+from docproc.base import logs, metrics
 
 logger = logging.getLogger("docproc.api.access")
 

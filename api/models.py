@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from docproc.jobs import TERMINAL, Job, JobRequest, JobState, PageStatus
-from docproc.results import ErrorInfo, ResultWarning
-from docproc.schemas import ExtractionSchema
-from docproc.timestamps import UtcTime
+from docproc.base.timestamps import UtcTime
+from docproc.jobs.results import ErrorInfo, ResultWarning
+from docproc.jobs.schemas import ExtractionSchema
+from docproc.jobs.store import TERMINAL, Job, JobRequest, JobState, PageStatus
 
 
 class JobSubmission(JobRequest):

@@ -6,7 +6,7 @@ Every error the API answers with has the same shape::
      "status": 413, "detail": "the file is ... bytes; the limit is ...",
      "code": "file_too_large", "instance": "urn:uuid:...", ...extension members}
 
-- a :class:`~docproc.errors.DocprocError` maps by its ``http_status`` and ``code``;
+- a :class:`~docproc.base.errors.DocprocError` maps by its ``http_status`` and ``code``;
   its details become extension members (``limit``, ``page_count`` ...);
 - request validation errors are 422 ``invalid_request`` with ``errors``: one
   ``{"loc", "message", "type"}`` per field;
@@ -34,8 +34,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from docproc import metrics
-from docproc.errors import DocprocError
+from docproc.base import metrics
+from docproc.base.errors import DocprocError
 
 log = logging.getLogger("docproc.api")
 

@@ -5,7 +5,7 @@ word: nesting deep enough to exhaust the recursion limit (in the parser, or late
 value is validated, stored or serialised), integers past Python's 4,300-digit conversion
 limit, lone UTF-16 surrogates (``"\\ud800"``: valid JSON text, but no UTF-8 can encode
 them), and ``NaN`` / ``Infinity`` / ``1e999`` (not JSON at all; stored as ``null``).
-:func:`loads` refuses each with :class:`~docproc.errors.InvalidRequest` (422
+:func:`loads` refuses each with :class:`~docproc.base.errors.InvalidRequest` (422
 ``invalid_request``) whose ``reason`` names the check.
 """
 
@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any
 
-from docproc.errors import InvalidRequest
+from docproc.base.errors import InvalidRequest
 
 MAX_DEPTH = 32
 """Arrays and objects nested deeper than this are refused (metadata included)."""

@@ -2,7 +2,7 @@
 
 A multipart upload is parsed as it streams in: the file part goes to a
 ``SpooledTemporaryFile`` (memory up to ``SPOOL_BYTES``, disk beyond), the form
-fields stay small strings. The read stops with :class:`~docproc.errors.FileTooLarge`
+fields stay small strings. The read stops with :class:`~docproc.base.errors.FileTooLarge`
 (413 ``file_too_large``) the moment the file passes ``max_file_bytes``; a
 ``Content-Length`` that already says so is refused before a byte is read.
 
@@ -28,8 +28,13 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from api import strict_json
-from docproc.errors import FileTooLarge, InvalidRequest, RequestTimeout, UnsupportedMediaType
-from docproc.jobs import JobRequest
+from docproc.base.errors import (
+    FileTooLarge,
+    InvalidRequest,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+from docproc.jobs.store import JobRequest
 
 SPOOL_BYTES = 1024 * 1024  # a file part stays in memory up to this, then goes to disk
 FIELD_BYTES = 32 * 1024  # one form field (metadata is at most 16 KiB of JSON)

@@ -4,7 +4,7 @@
 
 Starts on loopback, on free ports (stopped at the end, also on Ctrl-C or an error):
 
-    redis-server  broker + job state (docproc.localservices.RedisServer)
+    redis-server  broker + job state (docproc.cli.localservices.RedisServer)
     moto S3       S3 over real HTTP (a thread of this process): a source bucket with DOCUMENTS
                   distinct one-page born-digital PDFs under ``in/``, and the result bucket
     API           ``python -m api`` (one uvicorn process), rate limit off
@@ -47,10 +47,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "benchmarks"))
 
-from service import BenchmarkFailed, Child, _ready, can_run, machine_line, start_backing, tear_down, wait_for  # noqa: E402
+from service import (  # noqa: E402
+    BenchmarkFailed,
+    Child,
+    _ready,
+    can_run,
+    machine_line,
+    start_backing,
+    tear_down,
+    wait_for,
+)
 
-from docproc.auth import generate_key, hash_key  # noqa: E402
-from docproc.localservices import DUMMY_AWS_ENV, free_port, make_bucket  # noqa: E402
+from docproc.base.auth import generate_key, hash_key  # noqa: E402
+from docproc.cli.localservices import DUMMY_AWS_ENV, free_port, make_bucket  # noqa: E402
 
 TENANT = "bench"
 PREFIX = "in/"
@@ -137,8 +146,8 @@ def batch_run(client: httpx.Client, bucket: str, count: int, api: Child, worker:
 
 def _pinged(env: dict[str, str]) -> bool:
     """True once a worker answers ``celery.control.ping`` on the benchmark's broker."""
+    from docproc.base.settings import Settings
     from workers.celery_app import create_app
-    from docproc.settings import Settings
 
     celery = create_app(Settings(_env_file=None, redis_url=env["DOCPROC_REDIS_URL"]))
     try:

@@ -39,12 +39,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # docproc / workers from this checkout
 
 from benchmarks.inference import build_engine, make_pages, sync  # noqa: E402
-from docproc.schemas import get_registry  # noqa: E402
-from docproc.settings import Settings  # noqa: E402
+from docproc.base.settings import Settings  # noqa: E402
+from docproc.jobs.schemas import get_registry  # noqa: E402
 from workers.engines.internvl import InternVLEngine  # noqa: E402
-from workers.engines.json_constraint import Closer, GrammarLogitsProcessor, SchemaGrammar  # noqa: E402
+from workers.engines.json_constraint import (  # noqa: E402
+    Closer,
+    GrammarLogitsProcessor,
+    SchemaGrammar,
+)
 from workers.engines.schema_bounds import closing_reserve, grammar_schema  # noqa: E402
-
 
 # --- part 1: end to end ---------------------------------------------------------------------
 

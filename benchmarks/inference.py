@@ -103,7 +103,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # docproc / workers from this checkout
 
 from benchmarks.reference_internvl import load_image_pixels  # noqa: E402
-from docproc.settings import REPO_ROOT, Settings  # noqa: E402
+from docproc.base.settings import REPO_ROOT, Settings  # noqa: E402
 from workers.engines.internvl import InternVLEngine, choose_runtime  # noqa: E402
 from workers.engines.tiny_internvl import (  # noqa: E402
     build_tiny_internvl,
@@ -359,7 +359,7 @@ class StartedServer:
     """A vLLM server this script starts (and stops), its log in a file."""
 
     def __init__(self, args: argparse.Namespace, settings: Settings, cpu: bool, workdir: Path) -> None:
-        from docproc.localservices import free_port
+        from docproc.cli.localservices import free_port
         from workers.model_server import VLLMProcess, vllm_command
 
         dtype = "float32" if cpu else (args.dtype if args.dtype != "auto" else args.runtime_dtype)

@@ -7,9 +7,9 @@
    metrics, access log line at DEBUG) and with the same app built without it; rounds
    alternate, the best round of each counts. Printed: requests/s of both and their ratio.
 2. Scrape: the Redis-read part of ``/metrics`` (queue depth and age of six queues, jobs
-   by state) against a real redis-server (docproc.localservices) holding 0, 1000 and
+   by state) against a real redis-server (docproc.cli.localservices) holding 0, 1000 and
    10000 active jobs. Printed: ms per scrape and the ratio to the empty baseline. Then the
-   whole ``GET /metrics`` handler (the service-wide counters of docproc.shared_metrics read
+   whole ``GET /metrics`` handler (the service-wide counters of docproc.base.shared_metrics read
    back and rendered, this process's publish first) with 10000 active jobs.
 """
 
@@ -25,11 +25,11 @@ import redis
 
 from api.app import create_app
 from api.middleware import RequestObservability
-from docproc import metrics
-from docproc.jobs import ACTIVE_JOBS, JobStore
-from docproc.localservices import RedisServer
-from docproc.settings import Settings
-from workers.celery_app import QUEUES
+from docproc.base import metrics
+from docproc.base.broker import QUEUES
+from docproc.base.settings import Settings
+from docproc.cli.localservices import RedisServer
+from docproc.jobs.store import ACTIVE_JOBS, JobStore
 
 
 async def _requests_per_s(app, n: int) -> float:

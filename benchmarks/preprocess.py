@@ -39,9 +39,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # docproc / workers from this checkout
 
-from docproc.settings import Settings  # noqa: E402
 from reference_internvl import dynamic_preprocess, load_image_pixels, reference_grid  # noqa: E402
-from workers.intake import open_document  # noqa: E402
+
+from docproc.base.settings import Settings  # noqa: E402
+from docproc.jobs.inputs import open_document  # noqa: E402
 from workers.render import render_pages  # noqa: E402
 from workers.tiling import choose_grid, normalize_tiles, tile_image  # noqa: E402
 

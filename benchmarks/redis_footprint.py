@@ -3,10 +3,10 @@
     python benchmarks/redis_footprint.py [--jobs 2000] [--pages 1]
 
 Starts its own redis-server on a free loopback port (stopped at the end) and, through
-the real ``JobStore`` and ``docproc.lifecycle`` code, makes JOBS ``extract`` jobs that
+the real ``JobStore`` and ``docproc.jobs.lifecycle`` code, makes JOBS ``extract`` jobs that
 run to ``succeeded`` like a worker records them (start, page records with timings, task
 ids, an Idempotency-Key, the finish and its after-end steps), half of them with a webhook
-event. Then it runs the retention purge (``docproc.retention``) with the clock moved past
+event. Then it runs the retention purge (``docproc.housekeeping.retention``) with the clock moved past
 ``retention_s``, as the scheduler would.
 
 Printed: Redis ``used_memory`` per retained job (KiB; the number to size Redis with:
@@ -28,10 +28,11 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.service import can_run  # noqa: E402
-from docproc import lifecycle, retention  # noqa: E402
-from docproc.jobs import JobRequest, JobStore, PageStatus  # noqa: E402
-from docproc.localservices import RedisServer  # noqa: E402
-from docproc.settings import Settings  # noqa: E402
+from docproc.base.settings import Settings  # noqa: E402
+from docproc.cli.localservices import RedisServer  # noqa: E402
+from docproc.housekeeping import after_end, retention
+from docproc.jobs import lifecycle  # noqa: E402
+from docproc.jobs.store import JobRequest, JobStore, PageStatus  # noqa: E402
 
 TENANT = "acme"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             r = redis.Redis.from_url(server.url, decode_responses=True)
             settings = Settings(_env_file=None, redis_url=server.url, webhook_secrets={TENANT: [SECRET]})
-            ctx = lifecycle.Context(settings=settings, redis=r, store=JobStore(r, settings), send=lambda *_: None)
+            ctx = after_end.context(settings=settings, redis=r, store=JobStore(r, settings), send=lambda *_: None)
             empty = used_memory(r)
             t0 = time.perf_counter()
             make_jobs(ctx, args.jobs, args.pages)

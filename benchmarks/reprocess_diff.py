@@ -9,16 +9,16 @@ DOCUMENTS original ``extract`` jobs and a re-process of them (a batch of kind
 a third of the re-processed documents change a field.
 
 As each re-processed job "ends", its after-end diff step runs
-(:func:`docproc.reprocess_diff.diff_step`, what a worker runs then): its cost per job is
+(:func:`docproc.submission.reprocess_diff.diff_step`, what a worker runs then): its cost per job is
 printed. Then the report is built two ways and checked equal:
 
 - baseline: computed when asked, one document after the other, two job loads and two S3
   reads each (the report before it was kept as jobs end);
-- docproc: :func:`docproc.reprocess_diff.diff_report` from the kept counts, reading only
+- docproc: :func:`docproc.submission.reprocess_diff.diff_report` from the kept counts, reading only
   the listed changes' results (100 per field).
 
 Printed: seconds for each and the ratio, and the time of a full rebuild from storage
-(:func:`~docproc.reprocess_diff.rebuild_diff`: chunks, ``batch_expand_threads`` reader
+(:func:`~docproc.submission.reprocess_diff.rebuild_diff`: chunks, ``batch_expand_threads`` reader
 threads). moto answers from memory on loopback, so a real S3 (tens of ms per GET) makes
 the baseline and the rebuild slower, the kept report barely. Needs the dev extra (moto).
 """
@@ -28,9 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import urllib.request
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -40,13 +40,20 @@ sys.path.insert(1, str(REPO / "benchmarks"))
 
 from service import can_run, wait_for  # noqa: E402
 
-from docproc import lifecycle, reprocess_diff  # noqa: E402
-from docproc.batches import BatchServices, new_batch  # noqa: E402
-from docproc.jobs import JobRequest, JobStore, connect_redis  # noqa: E402
-from docproc.localservices import DUMMY_AWS_ENV, LoggedProcess, RedisServer, free_port, make_bucket  # noqa: E402
-from docproc.results import DocumentInfo, DocumentResult, PageResult  # noqa: E402
-from docproc.settings import Settings  # noqa: E402
-from docproc.storage import document_result_key, open_storage  # noqa: E402
+from docproc.base.settings import Settings  # noqa: E402
+from docproc.base.storage import document_result_key, open_storage  # noqa: E402
+from docproc.cli.localservices import (  # noqa: E402
+    DUMMY_AWS_ENV,
+    LoggedProcess,
+    RedisServer,
+    free_port,
+    make_bucket,
+)
+from docproc.housekeeping import after_end  # noqa: E402
+from docproc.jobs.results import DocumentInfo, DocumentResult, PageResult  # noqa: E402
+from docproc.jobs.store import JobRequest, JobStore, connect_redis  # noqa: E402
+from docproc.submission import reprocess_diff
+from docproc.submission.batches import BatchServices, new_batch  # noqa: E402
 
 TENANT = "acme"
 
@@ -75,7 +82,7 @@ def make_reprocess(svc: BatchServices, n: int) -> tuple[object, float]:
     batch = new_batch(TENANT, source="jobs", request=JobRequest(task="extract", schema="invoice@2"),
                       webhook_url=None, kind="reprocess")
     svc.batches.create(batch)
-    ctx = lifecycle.Context(settings=svc.settings, redis=svc.redis, store=svc.store, send=lambda *_: None,
+    ctx = after_end.context(settings=svc.settings, redis=svc.redis, store=svc.store, send=lambda *_: None,
                             storage=svc.storage)
     new_ids, step_s = [], 0.0
     for i in range(n):

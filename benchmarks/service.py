@@ -71,9 +71,9 @@ sys.path.insert(1, str(REPO / "tests"))  # builders: the tests' real documents
 
 import builders  # noqa: E402
 
-from docproc.auth import generate_key, hash_key  # noqa: E402
-from docproc.jobs import TERMINAL  # noqa: E402
-from docproc.localservices import (  # noqa: E402
+from docproc.base.auth import generate_key, hash_key  # noqa: E402
+from docproc.base.settings import Settings, get_settings  # noqa: E402
+from docproc.cli.localservices import (  # noqa: E402
     DUMMY_AWS_ENV,
     LoggedProcess,
     MotoS3,
@@ -81,7 +81,7 @@ from docproc.localservices import (  # noqa: E402
     free_port,
     make_bucket,
 )
-from docproc.settings import Settings, get_settings  # noqa: E402
+from docproc.jobs.store import TERMINAL  # noqa: E402
 
 TENANT = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

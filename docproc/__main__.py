@@ -1,5 +1,5 @@
 import sys
 
-from docproc.cli import main
+from docproc.cli.commands import main
 
 sys.exit(main())

@@ -25,11 +25,11 @@ from conftest import ServiceProcess, make_bucket, serving, settings_env, wait_un
 from webhook_receiver import WebhookReceiver
 
 from api.app import create_app
-from docproc.auth import hash_key
-from docproc.batches import BatchServices
-from docproc.jobs import JobStore, connect_redis
-from docproc.settings import Settings
-from docproc.storage import open_storage
+from docproc.base.auth import hash_key
+from docproc.base.settings import Settings
+from docproc.base.storage import open_storage
+from docproc.jobs.store import JobStore, connect_redis
+from docproc.submission.batches import BatchServices
 
 TENANT_A, TENANT_B = "batch-a", "batch-b"
 KEY_A = "dp_batch-a-key-00000000000000000000000000000000"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from docproc.settings import Settings
+from docproc.base.settings import Settings
 
 # ---------------------------------------------------------------------------
-# intake + render (workers/intake.py, workers/render.py)
+# intake + render (docproc/jobs/inputs.py, workers/render.py)
 # ---------------------------------------------------------------------------
 
 
@@ -62,17 +62,24 @@ def tiny_engine(tiny_settings):
 
 
 # ---------------------------------------------------------------------------
-# service: real Redis + real S3 (docproc/jobs.py, docproc/auth.py, docproc/storage.py)
+# service: real Redis + real S3 (docproc/jobs/store.py, docproc/base/auth.py, docproc/base/storage.py)
 # A redis-server started from PATH on a free loopback port (never the system one on
 # 6379) and moto's S3 server over real HTTP; dummy AWS credentials, never real AWS.
 # ---------------------------------------------------------------------------
 
 import os  # noqa: E402
 
-# The servers themselves live in docproc/localservices.py (the benchmarks start them too);
+# The servers themselves live in docproc/cli/localservices.py (the benchmarks start them too);
 # these names stay importable from conftest for the tests that use them directly.
-from docproc.localservices import DUMMY_AWS_ENV as _DUMMY_AWS_ENV  # noqa: E402
-from docproc.localservices import LoggedProcess, MotoS3, RedisServer, free_port, make_bucket, stop_group  # noqa: E402, F401
+from docproc.cli.localservices import DUMMY_AWS_ENV as _DUMMY_AWS_ENV  # noqa: E402
+from docproc.cli.localservices import (  # noqa: E402, F401
+    LoggedProcess,
+    MotoS3,
+    RedisServer,
+    free_port,
+    make_bucket,
+    stop_group,
+)
 
 
 @pytest.fixture(scope="session")
@@ -128,10 +135,9 @@ def service_settings(s3_settings, redis_client, redis_server) -> Settings:
 
 @pytest.fixture
 def model_worker_online(redis_client):
-    """A model worker counted online (docproc.model_workers) for a test that queues model pages
+    """A model worker counted online (docproc.base.model_workers) for a test that queues model pages
     without running one: with none online, model work is refused (engine_unavailable)."""
-    from docproc import model_workers
-
+    from docproc.base import model_workers
     model_workers.announce(redis_client, "placeholder@tests", "tests", heartbeat_s=3600)
     yield
     model_workers.withdraw(redis_client, "placeholder@tests")
@@ -152,7 +158,6 @@ import time  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from typing import Any  # noqa: E402
-
 
 
 @contextmanager

@@ -17,12 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from conftest import ServiceProcess, free_port, serving, settings_env, wait_for_http, wait_until
+from conftest import (
+    ServiceProcess,
+    free_port,
+    serving,
+    settings_env,
+    wait_for_http,
+    wait_until,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from docproc.jobs import TERMINAL
-from docproc.settings import Settings
+from docproc.base.settings import Settings
+from docproc.jobs.store import TERMINAL
 
 WORKER_QUEUES = ("intake", "render")
 
@@ -71,9 +78,9 @@ def fresh_text_stack(redis_server, moto_server, log_dir: Path, *, tenant: str, a
     """:func:`text_stack` on the session's redis-server (emptied) and a new moto bucket,
     with ``api_key`` the key of ``tenant``."""
     import redis
-
     from conftest import make_bucket
-    from docproc.auth import hash_key
+
+    from docproc.base.auth import hash_key
 
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()

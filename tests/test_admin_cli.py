@@ -1,9 +1,9 @@
-"""The operator CLI (docproc/admin.py): ``docproc jobs ls|show|retry|cancel`` and ``docproc queues``.
+"""The operator CLI (docproc/cli/admin.py): ``docproc jobs ls|show|retry|cancel`` and ``docproc queues``.
 
 Against a real redis-server (the JobStore and the Celery broker) and local storage:
-jobs are submitted the way the API submits them (:func:`docproc.submit.submit_job`, a
+jobs are submitted the way the API submits them (:func:`docproc.submission.submit.submit_job`, a
 real ``docproc.intake`` message on the ``intake`` list), the commands run through
-``docproc.cli.main`` with the settings in the environment, and what they print (tables
+``docproc.cli.commands.main`` with the settings in the environment, and what they print (tables
 and ``--json``), their exit status and what they changed in Redis are checked. One test
 runs the installed ``docproc`` entry point; one starts a real Celery worker to see a
 retried job run to the end while its canceled original stays canceled.
@@ -24,13 +24,14 @@ import builders
 import pytest
 from conftest import ServiceProcess, settings_env, wait_until
 
-from docproc import cli
-from docproc.jobs import ENDED_OUTBOX, Job, JobRequest, JobStore, PageStatus
-from docproc.results import ErrorInfo
-from docproc.settings import Settings, get_settings
-from docproc.storage import open_storage
-from docproc.submit import submit_job
-from workers.celery_app import QUEUES, create_app
+from docproc.base.broker import QUEUES
+from docproc.base.settings import Settings, get_settings
+from docproc.base.storage import open_storage
+from docproc.cli import commands as cli
+from docproc.jobs.results import ErrorInfo
+from docproc.jobs.store import ENDED_OUTBOX, Job, JobRequest, JobStore, PageStatus
+from docproc.submission.submit import submit_job
+from workers.celery_app import create_app
 
 
 @dataclass
@@ -56,7 +57,7 @@ def store(admin_settings, redis_client) -> JobStore:
 
 @pytest.fixture
 def docproc(admin_settings, monkeypatch, capsys) -> Iterator[Callable[..., Ran]]:
-    """``docproc(*argv)`` runs ``docproc.cli.main`` in this process with ``admin_settings``
+    """``docproc(*argv)`` runs ``docproc.cli.commands.main`` in this process with ``admin_settings``
     in the environment, as an operator's shell would have them."""
     for name in ("redis_url", "storage_url"):
         monkeypatch.setenv(f"DOCPROC_{name.upper()}", getattr(admin_settings, name))
@@ -326,8 +327,8 @@ def test_a_retried_job_runs_to_the_end_and_its_canceled_original_stays_canceled(
 
 
 def test_the_cli_module_imports_nothing_heavy():
-    """docproc.cli imports docproc.admin for every command; ``docproc worker`` must still be
+    """docproc.cli.commands imports docproc.cli.admin for every command; ``docproc worker`` must still be
     able to set up multiprocess metrics before prometheus_client is imported."""
-    code = "import sys, docproc.cli; print(sorted(m for m in ('prometheus_client', 'celery', 'torch') if m in sys.modules))"
+    code = "import sys, docproc.cli.commands; print(sorted(m for m in ('prometheus_client', 'celery', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"

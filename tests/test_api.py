@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import boto3
+import builders
 import httpx
 import pytest
 import redis
-
-import builders
 from conftest import serving
 
 from api.app import create_app
-from docproc.auth import hash_key
-from docproc.settings import Settings
-from docproc.storage import input_key, open_storage
+from docproc.base.auth import hash_key
+from docproc.base.settings import Settings
+from docproc.base.storage import input_key, open_storage
 
 KEYS = {
     "tenant-a": "dp_test-key-of-tenant-a-0000000000000000000000",
@@ -483,7 +482,7 @@ def test_list_filters_and_cursor_pagination(api: Api) -> None:
 
 def run_job_inline(api: Api, job_id: str) -> None:
     """What the Celery tasks do, in-process: intake, then every page (the last finalises)."""
-    from docproc.jobs import JobStore, connect_redis
+    from docproc.jobs.store import JobStore, connect_redis
     from workers.jobflow import run_intake, run_page
     from workers.pipeline import Engines
 
@@ -551,8 +550,8 @@ ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 def test_every_timestamp_has_one_format(api: Api) -> None:
     """RFC 3339 UTC with microseconds and Z, whether or not the time has a fraction (pydantic
     wrote ...24Z for a whole second, ...24.010000Z otherwise) and in webhooks (+00:00)."""
-    from docproc.jobs import JobStore, connect_redis
-    from docproc.webhooks import job_payload
+    from docproc.delivery.webhooks import job_payload
+    from docproc.jobs.store import JobStore, connect_redis
 
     client = api.client("tenant-a")
     job_id = submit(client, builders.invoice_pdf(), task="tables", engine="text").json()["id"]
@@ -600,7 +599,7 @@ def test_a_reprocess_answer_shows_its_selector_and_changes_and_only_a_model_it_n
 
 
 def test_schemas_endpoints(api: Api) -> None:
-    from docproc.schemas import get_registry
+    from docproc.jobs.schemas import get_registry
 
     registry = get_registry(api.settings)
     client = api.client("tenant-a")

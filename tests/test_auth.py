@@ -1,4 +1,4 @@
-"""docproc/auth.py: hashed keys from the settings and from a real Redis, revocation, rate limits."""
+"""docproc/base/auth.py: hashed keys from the settings and from a real Redis, revocation, rate limits."""
 
 from __future__ import annotations
 
@@ -7,10 +7,23 @@ import hmac
 
 import pytest
 
-from docproc import auth
-from docproc.auth import KeyRing, check_rate, create_key, generate_key, hash_key, revoke_key
-from docproc.errors import InvalidRequest, NotFound, RateLimited, ServiceUnavailable, Unauthorized
-from docproc.settings import Settings
+from docproc.base import auth
+from docproc.base.auth import (
+    KeyRing,
+    check_rate,
+    create_key,
+    generate_key,
+    hash_key,
+    revoke_key,
+)
+from docproc.base.errors import (
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from docproc.base.settings import Settings
 
 
 def settings_with(**keys: str) -> Settings:

@@ -3,6 +3,7 @@ counts and pagination, JSON Lines results, one signed batch.completed, tenant is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -20,10 +21,12 @@ from batch_stack import (  # noqa: F401 - stack is the module's fixture
 )
 from conftest import wait_until
 
-from docproc import batches, lifecycle
-from docproc.errors import InvalidRequest
-from docproc.jobs import JobRequest
-from docproc.webhooks import events_for_subject, verify
+from docproc.base.errors import InvalidRequest
+from docproc.delivery.webhooks import events_for_subject, verify
+from docproc.housekeeping import after_end
+from docproc.jobs import lifecycle
+from docproc.jobs.store import JobRequest
+from docproc.submission import batches, expansion
 
 pytestmark = pytest.mark.worker
 
@@ -63,8 +66,9 @@ def test_completion_is_emitted_once_even_when_the_step_runs_again(stack, uploade
     """The sweep re-running members' after-end steps (finishers that died) counts nothing
     twice and makes no second event: the webhook store holds one event with one attempt."""
     svc = batch_services(stack.settings)
+    ctx = dataclasses.replace(svc.lifecycle_context(), after_end=after_end.STEPS)
     for row in uploaded["jobs"][-3:]:
-        lifecycle.job_ended(row["job_id"], svc.lifecycle_context())  # every after-end step, with a real send
+        lifecycle.job_ended(row["job_id"], ctx)  # every after-end step, with a real send
     assert svc.batches.counts(uploaded["id"]).ended == UPLOADED  # counted once
     events = wait_until(lambda: [e for e in events_for_subject(svc.redis, TENANT_A, uploaded["id"]) if e.attempts],
                         30, "the batch event's delivery to be recorded")
@@ -197,10 +201,10 @@ def test_a_redelivered_expansion_creates_no_duplicate_jobs(stack):
     batch = batches.new_batch(TENANT_A, source="uris", request=JobRequest(task="ocr", engine="text"),
                               webhook_url=None)
     svc.batches.create(batch, uris)
-    assert batches.expand_batch(svc, batch.id, slice_s=0) is False  # one chunk, then "continue later"
+    assert expansion.expand_batch(svc, batch.id, slice_s=0) is False  # one chunk, then "continue later"
     assert svc.batches.counts(batch.id).total == CHUNK  # chunk by chunk: never the whole listing at once
     svc.batches.save_cursor(batch.id, None, 0)  # the checkpoint was lost
-    assert batches.expand_batch(svc, batch.id, slice_s=600) is True
+    assert expansion.expand_batch(svc, batch.id, slice_s=600) is True
     job_ids = [job_id for _, job_id in svc.batches.job_ids(batch.id)]
     assert len(job_ids) == len(set(job_ids)) == count
     view = stack.wait_batch(batch.id)

@@ -12,13 +12,14 @@ import builders
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from docproc.errors import EncryptedDocument, StorageError
-from docproc.jobs import JobRequest
-from docproc.settings import REPO_ROOT
-from docproc.storage import document_result_key, open_storage
-from docproc.submit import request_fingerprint
+from docproc.base.broker import intake_queue, page_queue
+from docproc.base.errors import EncryptedDocument, StorageError
+from docproc.base.settings import REPO_ROOT
+from docproc.base.storage import document_result_key, open_storage
+from docproc.jobs.store import JobRequest
+from docproc.submission.submit import request_fingerprint
 from workers import jobflow, tasks
-from workers.celery_app import create_app, intake_queue, page_queue
+from workers.celery_app import create_app
 from workers.worker_cli import parse_queues, worker_argv
 
 

@@ -22,12 +22,17 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
-from docproc.schemas import get_registry
-from docproc.settings import Settings
+from docproc.base.settings import Settings
+from docproc.jobs.inputs import open_document
+from docproc.jobs.schemas import get_registry
 from workers.engines.internvl import InternVLEngine
 from workers.engines.json_constraint import JsonSchemaConstraint
-from workers.engines.schema_bounds import DATE_PATTERN, UnboundedSchema, closing_reserve, grammar_schema
-from workers.intake import open_document
+from workers.engines.schema_bounds import (
+    DATE_PATTERN,
+    UnboundedSchema,
+    closing_reserve,
+    grammar_schema,
+)
 from workers.pages import RenderedPage
 from workers.pipeline import Engines, process_document
 from workers.render import render_pages

@@ -26,13 +26,20 @@ import builders
 import httpx
 import pytest
 import redis
-from conftest import ServiceProcess, free_port, make_bucket, serving, settings_env, wait_until
+from conftest import (
+    ServiceProcess,
+    free_port,
+    make_bucket,
+    serving,
+    settings_env,
+    wait_until,
+)
 
 from api.app import create_app
-from docproc.auth import hash_key
-from docproc.jobs import TERMINAL
-from docproc.settings import Settings
-from docproc.storage import document_result_key, input_key, page_result_key
+from docproc.base.auth import hash_key
+from docproc.base.settings import Settings
+from docproc.base.storage import document_result_key, input_key, page_result_key
+from docproc.jobs.store import TERMINAL
 
 pytestmark = pytest.mark.worker
 

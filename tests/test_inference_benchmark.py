@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from docproc.settings import REPO_ROOT
+from docproc.base.settings import REPO_ROOT
 
 BENCHMARK = REPO_ROOT / "benchmarks" / "inference.py"
 

@@ -2,7 +2,7 @@
 
 No Kubernetes or Docker here, so the files are parsed and cross-checked: every YAML and
 JSON parses; every metric the Grafana dashboard and the alert rules query is one that
-docproc/metrics.py defines (or the API's scrape-time collector yields, read from a real
+docproc/base/metrics.py defines (or the API's scrape-time collector yields, read from a real
 Redis), with label names the metric has; KEDA triggers name real Celery queues, exactly
 the ones their Deployment consumes; every container command starts something that exists
 (``python -m workers|api``, ``celery -A workers.celery_app``, ``vllm serve``, ``lmdeploy
@@ -32,11 +32,11 @@ from conftest import ServiceProcess, settings_env, wait_for_http, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.routes.metrics import prometheus_metrics
-from docproc import metrics
-from docproc.jobs import JobStore
-from docproc.localservices import free_port
-from docproc.settings import REPO_ROOT, Settings
-from workers.celery_app import QUEUES
+from docproc.base import metrics
+from docproc.base.broker import QUEUES
+from docproc.base.settings import REPO_ROOT, Settings
+from docproc.cli.localservices import free_port
+from docproc.jobs.store import JobStore
 
 INFRA = REPO_ROOT / "infra"
 DOCKER = REPO_ROOT / "docker"
@@ -168,7 +168,7 @@ def test_promql_selector_parsing():
 @pytest.fixture
 def exported(redis_client) -> dict[str, set[str]]:
     """Sample name -> label names, for every series docproc exports: the metric objects of
-    docproc/metrics.py (counters as ``_total``, histograms as ``_bucket/_sum/_count``) and
+    docproc/base/metrics.py (counters as ``_total``, histograms as ``_bucket/_sum/_count``) and
     what the API's ``GET /metrics`` serves, read from a real Redis."""
     names: dict[str, set[str]] = {}
     for value in vars(metrics).values():
@@ -394,7 +394,7 @@ def test_healthchecks_are_wired():
 def test_webhook_delivery_has_workers_of_its_own_everywhere(tmp_path):
     """Slow receivers must not starve page work: no page worker consumes ``webhooks``, and
     one worker of its own (threads pool) does, in compose, in Kubernetes and in ``docproc up``."""
-    from docproc.stack import Stack
+    from docproc.cli.stack import Stack
     from workers.worker_cli import pool_for
 
     services = compose()["services"]
@@ -619,7 +619,7 @@ def test_one_scheduler_and_a_durable_redis():
 
 def test_the_settings_in_the_manifests_name_real_settings_and_parse(monkeypatch):
     """Every DOCPROC_* variable the ConfigMap, the Secrets, the pods and compose set is a
-    field of docproc.settings.Settings (a typo would be silently ignored), and the values
+    field of docproc.base.settings.Settings (a typo would be silently ignored), and the values
     parse (JSON lists and maps included)."""
     env: dict[str, str] = {}
     for obj in k8s_objects("ConfigMap") + k8s_objects("Secret"):

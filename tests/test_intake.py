@@ -12,12 +12,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import builders
 import pymupdf
 import pytest
 from PIL import Image
 
-import builders
-from docproc.errors import (
+from docproc.base.errors import (
     CorruptDocument,
     DocprocError,
     EmptyDocument,
@@ -28,8 +28,9 @@ from docproc.errors import (
     TooManyPages,
     UnsupportedType,
 )
-from workers.intake import MediaType, open_document, sniff_media_type
-from workers.render import parse_page_range, render_pages
+from docproc.jobs.inputs import MediaType, open_document, sniff_media_type
+from docproc.jobs.requests import parse_page_range
+from workers.render import render_pages
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -262,9 +263,9 @@ _MEMORY_PROBE = textwrap.dedent(
     """
     import io, json, resource, sys, time
     from PIL import Image
-    from docproc.errors import ImageTooLarge
-    from docproc.settings import Settings
-    from workers.intake import open_document
+    from docproc.base.errors import ImageTooLarge
+    from docproc.base.settings import Settings
+    from docproc.jobs.inputs import open_document
 
     data = open(sys.argv[1], "rb").read()
     settings = Settings(_env_file=None, max_image_pixels=4_000_000)

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from docproc.errors import ModelUnavailable
-from docproc.schemas import get_registry
-from docproc.settings import Settings
-from workers.engines.internvl import GenerationRequest, InternVLEngine, parse_tables, plan_batches
+from docproc.base.errors import ModelUnavailable
+from docproc.base.settings import Settings
+from docproc.jobs.schemas import get_registry
+from workers.engines.internvl import (
+    GenerationRequest,
+    InternVLEngine,
+    parse_tables,
+    plan_batches,
+)
 from workers.engines.repetition import RunawayGuard, loop_period
 from workers.engines.tiny_internvl import build_tiny_internvl
 from workers.pages import RenderedPage
@@ -310,7 +315,7 @@ def test_a_request_that_breaks_its_batch_fails_alone(tiny_engine, pages):
 
 
 def test_extract_without_schema_is_an_invalid_request(tiny_engine, pages):
-    from docproc.errors import InvalidRequest
+    from docproc.base.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest):
         tiny_engine.process(pages[:1], "extract", None)

@@ -15,15 +15,20 @@ import builders
 import pymupdf
 import pytest
 
-from docproc.errors import NotFound, StorageError
-from docproc.jobs import Job, JobRequest, JobStore, PageStatus
-from docproc.results import DocumentResult, PageResult
-from docproc.settings import Settings
-from docproc.storage import S3Storage, document_result_key, open_storage, page_result_key
-from docproc.submit import request_fingerprint
+from docproc.base.broker import page_queue
+from docproc.base.errors import NotFound, StorageError
+from docproc.base.settings import Settings
+from docproc.base.storage import (
+    S3Storage,
+    document_result_key,
+    open_storage,
+    page_result_key,
+)
+from docproc.jobs.inputs import open_document
+from docproc.jobs.results import DocumentResult, PageResult
+from docproc.jobs.store import Job, JobRequest, JobStore, PageStatus
+from docproc.submission.submit import request_fingerprint
 from workers import jobflow
-from workers.celery_app import page_queue
-from workers.intake import open_document
 from workers.pipeline import Engines, process_document, route
 from workers.render import render_page
 
@@ -425,7 +430,7 @@ def test_call_with_timeout_returns_and_raises_like_the_call():
 
 
 def test_read_input_downloads_a_document_once_for_its_pages_in_a_row(tmp_path):
-    from docproc.storage import LocalStorage
+    from docproc.base.storage import LocalStorage
 
     storage = LocalStorage(tmp_path / "store")
     first, second = storage.put_input(b"%PDF-1.7 first"), storage.put_input(b"%PDF-1.7 second")

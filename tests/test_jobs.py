@@ -1,18 +1,26 @@
-"""docproc/jobs.py against a real redis-server."""
+"""docproc/jobs/store.py against a real redis-server."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
-from docproc.errors import IdempotencyConflict, InvalidRequest, NotFound, ServiceUnavailable, WebhookUrlRefused
-from docproc.jobs import (
+from docproc.base.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    WebhookUrlRefused,
+)
+from docproc.base.settings import Settings
+from docproc.delivery.webhooks import check_webhook
+from docproc.jobs.results import ErrorInfo
+from docproc.jobs.store import (
     ACTIVE_JOBS,
     ENDED_OUTBOX,
     PAGE_DUPLICATE,
@@ -23,9 +31,6 @@ from docproc.jobs import (
     connect_redis,
     new_job_id,
 )
-from docproc.results import ErrorInfo
-from docproc.settings import Settings
-from docproc.webhooks import check_webhook
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ import builders
 import pytest
 from obs_stack import fresh_text_stack
 
-from docproc import logs
-from docproc.auth import hash_key
-from docproc.jobs import JobStore, connect_redis
+from docproc.base import logs
+from docproc.base.auth import hash_key
+from docproc.jobs.store import JobStore, connect_redis
 
 TENANT = "logs-tenant"
 API_KEY = "dp_logs-test-key-0000000000000000000000000000"
@@ -156,7 +156,13 @@ def test_a_missing_or_insane_request_id_gets_a_fresh_one(stack) -> None:
 def test_the_api_process_logs_json_access_lines_with_the_request_id(service_settings, tmp_path) -> None:
     """``python -m api`` as operators start it: its own logging (uvicorn's included) is JSON."""
     import httpx
-    from conftest import ServiceProcess, free_port, settings_env, wait_for_http, wait_until
+    from conftest import (
+        ServiceProcess,
+        free_port,
+        settings_env,
+        wait_for_http,
+        wait_until,
+    )
 
     port = free_port()
     env = settings_env(service_settings, api_keys=json.dumps({TENANT: hash_key(API_KEY)}))

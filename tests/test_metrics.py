@@ -19,9 +19,10 @@ import redis
 from conftest import wait_until
 from obs_stack import delta, fresh_text_stack, scrape, value
 
-from docproc.queues import PUBLISHED_AT_HEADER, priority_keys, queue_stats
-from docproc.settings import Settings
-from workers.celery_app import BULK_QUEUE, PERIODIC_QUEUE, QUEUES, create_app
+from docproc.base.broker import BULK_QUEUE, PERIODIC_QUEUE, QUEUES
+from docproc.base.queue_depth import PUBLISHED_AT_HEADER, priority_keys, queue_stats
+from docproc.base.settings import Settings
+from workers.celery_app import create_app
 
 pytestmark = pytest.mark.worker
 
@@ -193,9 +194,9 @@ def test_a_killed_processes_live_gauges_are_dropped_and_its_counters_kept(tmp_pa
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from docproc.metrics import mark_dead_processes
+    from docproc.base.metrics import mark_dead_processes
 
-    child = ("from docproc import metrics; import os; "
+    child = ("from docproc.base import metrics; import os; "
              "metrics.GPU_MEMORY_BYTES.labels(device='cuda:0', kind='allocated', worker='h:1').set(123); "
              "metrics.PAGES_PROCESSED.labels(engine='text', status='succeeded').inc(2); os._exit(0)")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from prometheus_client import REGISTRY
-
-from docproc.schemas import get_registry
 from test_jobflow import flow, flow_settings, model_flow  # noqa: F401 - fixtures
+
+from docproc.jobs.schemas import get_registry
 from workers.engines.internvl import CPU_TILE_BUDGET, InternVLEngine
 from workers.pages import RenderedPage
 
@@ -173,7 +173,7 @@ def test_run_pages_reads_pages_of_several_jobs_and_records_each_to_its_job(model
     owner is kept (not run, not counted), a page delivered before runs in a call of its own."""
     import builders
 
-    from docproc.leases import PageLeases
+    from docproc.jobs.leases import PageLeases
     from workers.model_batching import PageWork, run_pages
 
     flow = model_flow

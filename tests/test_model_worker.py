@@ -21,10 +21,10 @@ import pytest
 from conftest import free_port, settings_env, wait_until
 from test_worker import s3_keys, submit, worker_settings  # noqa: F401 - fixtures
 
-from docproc.jobs import TERMINAL, JobStore
-from docproc.results import DocumentResult
-from docproc.settings import REPO_ROOT
-from docproc.storage import document_result_key, open_storage, page_result_key
+from docproc.base.settings import REPO_ROOT
+from docproc.base.storage import document_result_key, open_storage, page_result_key
+from docproc.jobs.results import DocumentResult
+from docproc.jobs.store import TERMINAL, JobStore
 from workers.celery_app import create_app
 
 pytestmark = pytest.mark.worker
@@ -109,7 +109,7 @@ def test_page_messages_as_celery_sends_them_are_parsed(service_settings, redis_c
     their eta; anything else on the queue is refused (and acked by the worker, not run)."""
     from kombu import Consumer
 
-    from workers.celery_app import GPU_QUEUE, PAGE_TASK
+    from docproc.base.broker import GPU_QUEUE, PAGE_TASK
     from workers.model_worker import parse_page_message
 
     app = create_app(service_settings)

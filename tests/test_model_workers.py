@@ -1,7 +1,7 @@
 """A stack without a model worker (``docproc up --no-model-worker``, or a model that cannot
 load): model work is refused at once or fails fast with ``engine_unavailable``, ``/readyz``
 reports the model workers it sees, and a job whose model pages wait says why
-(docproc/model_workers.py).
+(docproc/base/model_workers.py).
 
 Real redis-server, moto S3, the API under uvicorn, a real CPU worker subprocess and, for the
 second half, the real model worker (``python -m workers --queues gpu``) on the tiny InternVL.
@@ -20,10 +20,10 @@ from conftest import serving, settings_env, wait_until
 from test_jobflow import text_and_scan_pdf
 
 from api.app import create_app
-from docproc import model_workers
-from docproc.auth import hash_key
-from docproc.jobs import TERMINAL
-from docproc.settings import Settings
+from docproc.base import model_workers
+from docproc.base.auth import hash_key
+from docproc.base.settings import Settings
+from docproc.jobs.store import TERMINAL
 
 pytestmark = pytest.mark.worker
 
@@ -130,11 +130,12 @@ def test_model_pages_stranded_on_the_gpu_queue_fail_once_no_model_worker_was_onl
     tick fails them with engine_unavailable after model_worker_grace_s, not hours later."""
     from types import SimpleNamespace
 
-    from docproc.jobs import JobRequest, JobStore
-    from docproc.storage import open_storage
-    from docproc.submit import submit_job
+    from docproc.base.broker import PAGE_TASK
+    from docproc.base.storage import open_storage
+    from docproc.jobs.store import JobRequest, JobStore
+    from docproc.submission.submit import submit_job
     from workers import jobflow, stranded_pages
-    from workers.celery_app import PAGE_TASK, create_app
+    from workers.celery_app import create_app
 
     settings = mw_settings.model_copy(update={"model_worker_grace_s": 2.0})
     store, storage, celery = JobStore(redis_client, settings), open_storage(settings), create_app(settings)

@@ -15,17 +15,22 @@ import threading
 from email.utils import formatdate
 from pathlib import Path
 
+import builders
 import httpx
 import pytest
+from openai_server import FakeChatServer
 from PIL import Image
 
-from docproc.errors import EngineUnavailable, InferenceServerUnavailable
-from docproc.localservices import free_port
-from docproc.schemas import get_registry
-from docproc.settings import Settings
-import builders
-from openai_server import FakeChatServer
-from workers.engines.openai import OpenAIEngine, backoff_s, encode_page_image, retry_after_s
+from docproc.base.errors import EngineUnavailable, InferenceServerUnavailable
+from docproc.base.settings import Settings
+from docproc.cli.localservices import free_port
+from docproc.jobs.schemas import get_registry
+from workers.engines.openai import (
+    OpenAIEngine,
+    backoff_s,
+    encode_page_image,
+    retry_after_s,
+)
 from workers.pages import RenderedPage
 from workers.pipeline import Engines, process_document
 
@@ -207,8 +212,8 @@ def test_whole_document_through_process_document(server):
 
 
 def test_cli_process_with_engine_openai(server, tmp_path: Path, monkeypatch):
-    from docproc import cli
-    from docproc.settings import get_settings
+    from docproc.base.settings import get_settings
+    from docproc.cli import commands as cli
 
     monkeypatch.setenv("DOCPROC_OPENAI_BASE_URL", server.url)
     monkeypatch.setenv("DOCPROC_OPENAI_API_KEY", KEY)
@@ -237,9 +242,9 @@ def test_a_cpu_only_worker_runs_an_openai_job(service_settings, redis_client, se
     from conftest import ServiceProcess, settings_env, wait_until
     from test_worker import submit
 
-    from docproc.jobs import TERMINAL, JobStore
-    from docproc.results import DocumentResult
-    from docproc.storage import document_result_key, open_storage
+    from docproc.base.storage import document_result_key, open_storage
+    from docproc.jobs.results import DocumentResult
+    from docproc.jobs.store import TERMINAL, JobStore
 
     store = JobStore(redis_client, service_settings)
     env = settings_env(service_settings, openai_base_url=server.url, openai_api_key=KEY, openai_model=MODEL)

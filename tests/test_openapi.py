@@ -17,14 +17,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import builders
 import httpx
 import pytest
 from conftest import serving
 
-import builders
 from api.app import create_app
-from docproc.auth import hash_key
-from docproc.settings import Settings
+from docproc.base.auth import hash_key
+from docproc.base.settings import Settings
 
 TENANT = "acme"
 KEY = "dp_openapi-test-key-000000000000000000000000"

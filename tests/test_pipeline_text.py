@@ -6,14 +6,14 @@ import json
 import subprocess
 import sys
 
+import builders
 import pytest
 from hypothesis import given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
-import builders
-from docproc.cli import main
-from docproc.errors import InvalidRequest, UnknownSchema, UnsupportedType
+from docproc.base.errors import InvalidRequest, UnknownSchema, UnsupportedType
+from docproc.cli.commands import main
 from workers.pipeline import process_document
 
 
@@ -182,9 +182,9 @@ SURROGATE_TEXT = st.text(st.one_of(st.characters(), st.characters(min_codepoint=
 def test_no_string_an_engine_returns_can_break_serialisation(text, cells, fields):
     """Whatever strings an engine puts in a page result (text, tables, fields and their keys,
     raw output, error messages), the result that leaves the engine serialises as UTF-8."""
-    from docproc.results import ErrorInfo, PageResult, Table
     from PIL import Image
 
+    from docproc.jobs.results import ErrorInfo, PageResult, Table
     from workers.pages import RenderedPage
     from workers.pipeline import finish_page
 

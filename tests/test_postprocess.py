@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docproc.results import PageResult
-from docproc.schemas import ExtractionSchema, SchemaRegistry
-from docproc.settings import REPO_ROOT
+from docproc.base.settings import REPO_ROOT
+from docproc.jobs.results import PageResult
+from docproc.jobs.schemas import ExtractionSchema, SchemaRegistry
 from workers.postprocess import (
     clean_text_output,
     extract_json,

@@ -8,7 +8,7 @@ import re
 import pytest
 from transformers import AutoTokenizer
 
-from docproc.schemas import get_registry
+from docproc.jobs.schemas import get_registry
 from workers.prompts import (
     INTERNVL_SYSTEM_MESSAGE,
     TRUNCATION_MARK,

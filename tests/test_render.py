@@ -9,21 +9,21 @@ import itertools
 import sys
 from pathlib import Path
 
+import builders
 import numpy as np
 import pymupdf
 import pytest
 from PIL import Image, ImageOps
 
-import builders
-from docproc.errors import CorruptDocument, InvalidPageRange
-from docproc.settings import Settings
+from docproc.base.errors import CorruptDocument, InvalidPageRange
+from docproc.base.settings import Settings
+from docproc.jobs.inputs import open_document
+from docproc.jobs.requests import parse_page_range
 from workers import render
-from workers.intake import open_document
 from workers.render import (
     extract_text_layer,
     fit_pixels,
     layer_text,
-    parse_page_range,
     render_page,
     render_pages,
     render_scale,

@@ -20,9 +20,9 @@ import boto3
 import pytest
 from batch_stack import SECRET, TENANT_A, Stack, batch_services, running_stack, text_pdf
 
-from docproc import reprocess_diff
-from docproc.settings import REPO_ROOT
-from docproc.webhooks import verify
+from docproc.base.settings import REPO_ROOT
+from docproc.delivery.webhooks import verify
+from docproc.submission import reprocess_diff
 
 pytestmark = pytest.mark.worker
 
@@ -51,8 +51,8 @@ def rstack(redis_server, moto_server, tiny_settings, tmp_path_factory) -> Iterat
 
 
 def test_new_request_applies_the_changes_to_each_original():
-    from docproc.jobs import JobRequest
-    from docproc.reprocess import new_request
+    from docproc.jobs.store import JobRequest
+    from docproc.submission.reprocess import new_request
 
     ocr = JobRequest(task="ocr", engine="text", pages="1", metadata={"erp": 7}, webhook_url="https://x.example/h")
     extract = new_request(ocr, {"task": "extract", "schema": "invoice@2", "engine": None})
@@ -69,8 +69,8 @@ def test_new_request_applies_the_changes_to_each_original():
 def test_a_versioned_selector_matches_the_version_a_job_ran():
     from datetime import UTC, datetime
 
-    from docproc.jobs import Job, JobRequest
-    from docproc.reprocess import Selector
+    from docproc.jobs.store import Job, JobRequest
+    from docproc.submission.reprocess import Selector
 
     def job(asked: str, ran: str | None) -> Job:
         return Job(id="0" * 32, tenant="acme", state="succeeded", request=JobRequest(task="extract", schema=asked),

@@ -1,4 +1,4 @@
-"""Retention (docproc/retention.py) on the session's real redis-server: what a purge
+"""Retention (docproc/housekeeping/retention.py) on the session's real redis-server: what a purge
 deletes, what it keeps, and that the API then answers 404; webhook events are made and
 delivered for real to a loopback receiver, batches finish through their after-end step.
 
@@ -19,11 +19,15 @@ from test_webhooks import Sent
 from webhook_receiver import WebhookReceiver
 
 from api.app import create_app
-from docproc import batches, lifecycle, metrics, reprocess_diff, retention, webhooks
-from docproc.auth import hash_key
-from docproc.errors import NotFound
-from docproc.jobs import ENDED_OUTBOX, TENANTS, JobRequest, JobStore
-from docproc.settings import Settings
+from docproc.base import metrics
+from docproc.base.auth import hash_key
+from docproc.base.errors import NotFound
+from docproc.base.settings import Settings
+from docproc.delivery import webhooks
+from docproc.housekeeping import after_end, retention
+from docproc.jobs import lifecycle
+from docproc.jobs.store import ENDED_OUTBOX, TENANTS, JobRequest, JobStore
+from docproc.submission import batches, reprocess_diff
 
 TENANT, OTHER = "acme", "globex"
 KEY = "dp_retention-test-key-acme-00000000000000000"
@@ -49,7 +53,7 @@ def settings(redis_server, tmp_path) -> Settings:
 
 @pytest.fixture
 def ctx(settings, redis_client) -> lifecycle.Context:
-    return lifecycle.Context(settings=settings, redis=redis_client, store=JobStore(redis_client, settings),
+    return after_end.context(settings=settings, redis=redis_client, store=JobStore(redis_client, settings),
                              send=Sent())
 
 
@@ -211,7 +215,7 @@ def test_a_purge_takes_a_reprocess_with_its_kept_diff(ctx):
 
 def test_retention_zero_keeps_everything(ctx, settings):
     job = _job(ctx)
-    forever = lifecycle.Context(settings=settings.model_copy(update={"retention_s": 0}), redis=ctx.redis,
+    forever = after_end.context(settings=settings.model_copy(update={"retention_s": 0}), redis=ctx.redis,
                                 store=ctx.store, send=ctx.send)
     assert retention.purge_expired(forever, now=time.time() + 10 * 365 * 86400) == retention.Purged()
     assert ctx.store.load(job.id).state == "succeeded"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import xgrammar as xg
 
-from docproc.errors import ConfigurationError, InvalidSchemaFile, UnknownSchema
-from docproc.schemas import ExtractionSchema, SchemaRegistry, get_registry
-from docproc.settings import REPO_ROOT, Settings
+from docproc.base.errors import ConfigurationError, InvalidSchemaFile, UnknownSchema
+from docproc.base.settings import REPO_ROOT, Settings
+from docproc.jobs.schemas import ExtractionSchema, SchemaRegistry, get_registry
 from workers.engines.schema_bounds import closing_reserve, grammar_schema
 from workers.postprocess import normalize_fields, validate_fields
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings as hsettings
+from hypothesis import given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
 
-from docproc.schemas import get_registry
-from docproc.settings import Settings
+from docproc.base.settings import Settings
+from docproc.jobs.schemas import get_registry
 from workers.engines.schema_bounds import (
     MAX_CHAR_BYTES,
     NUMBER_LIMIT,

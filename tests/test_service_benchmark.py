@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from docproc.settings import REPO_ROOT
+from docproc.base.settings import REPO_ROOT
 
 pytestmark = pytest.mark.worker
 

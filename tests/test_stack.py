@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import builders
 import httpx
 import pytest
-
-import builders
 from conftest import free_port
 
 pytestmark = pytest.mark.worker
@@ -176,8 +175,8 @@ def test_the_admin_cli_in_a_second_terminal_uses_the_redis_and_storage_of_up(tmp
 
 
 def test_the_connection_file_yields_to_the_environment_and_is_ignored_once_up_is_gone(tmp_path, monkeypatch):
-    from docproc import stackfile
-    from docproc.settings import get_settings
+    from docproc.base.settings import get_settings
+    from docproc.cli import stackfile
 
     monkeypatch.setenv(stackfile.PATH_ENV, str(stackfile.stack_file(tmp_path)))
     for name in stackfile.CONNECTION_SETTINGS:  # apply() sets them: restored at the end
@@ -207,8 +206,9 @@ def test_slow_webhook_receivers_do_not_delay_page_work(tmp_path):
     """Two jobs whose receivers take 12 s to answer (inside the attempt deadline) hold their
     deliveries; an unrelated one-page job submitted meanwhile still finishes at once: webhook
     delivery runs in a pool of its own."""
-    from docproc.webhooks import generate_secret
     from webhook_receiver import WebhookReceiver
+
+    from docproc.delivery.webhooks import generate_secret
 
     env = {"DOCPROC_WEBHOOK_SECRETS": json.dumps({"local": [generate_secret()]}),
            "DOCPROC_WEBHOOK_ALLOW_HOSTS": json.dumps(["127.0.0.1/32"]), "DOCPROC_WEBHOOK_TIMEOUT_S": "30"}
@@ -232,7 +232,7 @@ def test_watch_restarts_a_dead_redis_and_stops_only_when_the_api_exits(tmp_path)
 
     import redis as redis_lib
 
-    from docproc.stack import Child, Stack, wait_for_port
+    from docproc.cli.stack import Child, Stack, wait_for_port
 
     port = free_port()
     (tmp_path / "redis").mkdir()

@@ -1,4 +1,4 @@
-"""docproc/storage.py on both backends: a local directory and S3 over HTTP (moto)."""
+"""docproc/base/storage.py on both backends: a local directory and S3 over HTTP (moto)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import httpx
 import pytest
 from conftest import make_bucket
 
-from docproc.errors import ConfigurationError, NotFound, StorageError
-from docproc.settings import Settings
-from docproc.storage import (
+from docproc.base.errors import ConfigurationError, NotFound, StorageError
+from docproc.base.settings import Settings
+from docproc.base.storage import (
     LocalStorage,
     S3Storage,
     document_result_key,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import builders
 import pymupdf
 import pytest
 
-import builders
-from docproc.errors import InvalidRequest
-from workers.engines.text import TextEngine, page_markdown, page_tables, rows_to_markdown
-from workers.intake import open_document
+from docproc.base.errors import InvalidRequest
+from docproc.jobs.inputs import open_document
+from workers.engines.text import (
+    TextEngine,
+    page_markdown,
+    page_tables,
+    rows_to_markdown,
+)
 from workers.render import render_pages
 
 

@@ -12,7 +12,7 @@ import sys
 import pymupdf
 import pytest
 
-from docproc.settings import REPO_ROOT
+from docproc.base.settings import REPO_ROOT
 
 DATA = REPO_ROOT / "tests" / "data" / "born_digital"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import builders
 import pymupdf
 import pytest
 
-import builders
+from docproc.jobs.inputs import open_document
 from workers.engines.text import TextEngine
-from workers.intake import open_document
 from workers.jobflow import planned_engine
 from workers.pipeline import route
 from workers.render import render_page

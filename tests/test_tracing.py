@@ -15,11 +15,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from docproc import logs, tracing
-from docproc.jobs import JobRequest, JobStore, connect_redis
-from docproc.settings import Settings
-from docproc.storage import open_storage
-from docproc.submit import submit_job
+from docproc.base import logs, tracing
+from docproc.base.settings import Settings
+from docproc.base.storage import open_storage
+from docproc.jobs.store import JobRequest, JobStore, connect_redis
+from docproc.submission.submit import submit_job
 from workers import jobflow
 from workers.celery_app import create_app
 from workers.pipeline import Engines

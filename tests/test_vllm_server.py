@@ -30,13 +30,13 @@ from PIL import Image, ImageDraw
 from test_inference_benchmark import engine_report, run_benchmark
 from test_worker import s3_keys, submit, worker_settings  # noqa: F401 - fixtures
 
-from docproc import model_workers
-from docproc.jobs import TERMINAL, JobStore
-from docproc.localservices import LoggedProcess, free_port
-from docproc.results import DocumentResult
-from docproc.schemas import get_registry
-from docproc.settings import REPO_ROOT, Settings
-from docproc.storage import document_result_key, open_storage
+from docproc.base import model_workers
+from docproc.base.settings import REPO_ROOT, Settings
+from docproc.base.storage import document_result_key, open_storage
+from docproc.cli.localservices import LoggedProcess, free_port
+from docproc.jobs.results import DocumentResult
+from docproc.jobs.schemas import get_registry
+from docproc.jobs.store import TERMINAL, JobStore
 from workers.engines.internvl import InternVLEngine
 from workers.engines.served import ServedEngine, at_grid, build_request
 from workers.model_server import vllm_command

@@ -1,7 +1,7 @@
 """Signed webhooks against real parts: a real HTTP receiver on loopback (allow-listed),
 the session's redis-server, the API over HTTP, and a real Celery worker subprocess.
 
-Most tests drive :func:`docproc.webhooks.deliver` directly (the Celery task is a thin
+Most tests drive :func:`docproc.delivery.webhooks.deliver` directly (the Celery task is a thin
 wrapper around it): the ``send`` of the lifecycle context records the tasks that would
 be enqueued, and :func:`drive` runs them, so retry schedules are checked exactly (the
 delays are computed values, not measured ones) without waiting on a broker. The last
@@ -27,17 +27,20 @@ from tls_certs import TestCA
 from webhook_receiver import WebhookReceiver
 
 from api.app import create_app
-from docproc import lifecycle, metrics, webhooks
-from docproc.auth import hash_key
-from docproc.errors import (
+from docproc.base import metrics
+from docproc.base.auth import hash_key
+from docproc.base.errors import (
     WebhookEndpointDisabled,
     WebhookNotConfigured,
     WebhookSignatureInvalid,
     WebhookUrlRefused,
 )
-from docproc.jobs import JobRequest, JobStore
-from docproc.settings import Settings
-from docproc.ssrf import resolve_target
+from docproc.base.settings import Settings
+from docproc.delivery import webhooks
+from docproc.delivery.ssrf import resolve_target
+from docproc.housekeeping import after_end
+from docproc.jobs import lifecycle
+from docproc.jobs.store import JobRequest, JobStore
 
 TENANT, OTHER = "acme", "globex"
 KEYS = {TENANT: "dp_webhook-test-key-acme-000000000000000000", OTHER: "dp_webhook-test-key-globex-0000000000000000"}
@@ -79,7 +82,7 @@ def wh_settings(redis_server, redis_client, tmp_path) -> Settings:
 
 def make_ctx(settings: Settings, redis_client) -> tuple[lifecycle.Context, Sent]:
     sent = Sent()
-    return lifecycle.Context(settings=settings, redis=redis_client, store=JobStore(redis_client, settings),
+    return after_end.context(settings=settings, redis=redis_client, store=JobStore(redis_client, settings),
                              send=sent), sent
 
 
@@ -512,8 +515,8 @@ def test_dead_letters_deliveries_and_redelivery_over_the_api(wh_settings, redis_
 
 @pytest.mark.worker
 def test_a_job_through_a_real_worker_ends_in_exactly_one_signed_job_succeeded(wh_settings, redis_client, tmp_path):
-    from docproc.storage import open_storage
-    from docproc.submit import submit_job
+    from docproc.base.storage import open_storage
+    from docproc.submission.submit import submit_job
     from workers.celery_app import create_app as create_celery_app
 
     settings = wh_settings.model_copy(update={"webhook_retry_schedule_s": [0, 0.5, 5]})

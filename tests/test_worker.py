@@ -1,6 +1,6 @@
 """Real Celery workers (subprocesses) on a real redis-server, with moto S3 and the tiny InternVL.
 
-Jobs are submitted the way the API submits them (:func:`docproc.submit.submit_job`:
+Jobs are submitted the way the API submits them (:func:`docproc.submission.submit.submit_job`:
 input to S3, job in the JobStore, ``docproc.intake`` sent by name) and followed in
 the JobStore until they end. The crash test kills workers with SIGKILL mid-page
 and checks that the job still ends exactly once.
@@ -22,11 +22,11 @@ import builders
 import pytest
 from conftest import settings_env, wait_until
 
-from docproc.jobs import TERMINAL, Job, JobRequest, JobStore
-from docproc.results import DocumentResult
-from docproc.settings import Settings
-from docproc.storage import document_result_key, open_storage, page_result_key
-from docproc.submit import submit_job
+from docproc.base.settings import Settings
+from docproc.base.storage import document_result_key, open_storage, page_result_key
+from docproc.jobs.results import DocumentResult
+from docproc.jobs.store import TERMINAL, Job, JobRequest, JobStore
+from docproc.submission.submit import submit_job
 from workers.celery_app import create_app
 
 pytestmark = pytest.mark.worker

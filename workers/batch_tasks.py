@@ -1,4 +1,4 @@
-"""Batch tasks (queue ``bulk``): thin wrappers around :mod:`docproc.batches`.
+"""Batch tasks (queue ``bulk``): thin wrappers around :mod:`docproc.submission.batches`.
 
 ``docproc.batch.expand(batch_id)`` creates and enqueues the jobs of a batch given as a
 list of URIs, an S3 prefix or a re-process selection, one chunk at a time from the
@@ -14,9 +14,10 @@ import logging
 
 from celery import Task
 
-from docproc import batches
-from docproc.errors import DocprocError
-from workers.celery_app import BULK_QUEUE, app
+from docproc.base.broker import BULK_QUEUE
+from docproc.base.errors import DocprocError
+from docproc.submission import batches, expansion
+from workers.celery_app import app
 from workers.tasks import RETRY_OPTIONS, failure_error, resources
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class ExpandTask(Task):
 @app.task(name=batches.EXPAND_TASK, bind=True, base=ExpandTask, **RETRY_OPTIONS)
 def expand_task(self: Task, batch_id: str) -> bool:
     """Create and enqueue the batch's jobs from its cursor on; True when the listing is done."""
-    done = batches.expand_batch(services(), batch_id)
+    done = expansion.expand_batch(services(), batch_id)
     if not done:
         app.send_task(batches.EXPAND_TASK, args=[batch_id], queue=BULK_QUEUE)
     return done

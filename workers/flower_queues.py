@@ -18,7 +18,7 @@ def keep_every_queue() -> None:
     """Patch Flower's handler base once: its queue names always include docproc's queues."""
     from flower.views import BaseHandler
 
-    from workers.celery_app import QUEUES
+    from docproc.base.broker import QUEUES
 
     active = BaseHandler.get_active_queue_names
     if getattr(active, "docproc_every_queue", False):

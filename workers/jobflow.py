@@ -11,7 +11,7 @@ killed worker's message comes back), so every step is idempotent:
   the job still running (the finaliser died) finalises again, which finds
   ``document.json`` stored, if it was, and only completes the job's state;
 * a delivery runs its page only while it holds the page's lease
-  (:mod:`docproc.leases`, renewed while the page runs, released once it is
+  (:mod:`docproc.jobs.leases`, renewed while the page runs, released once it is
   recorded): a second delivery of a running page (past the visibility timeout)
   raises ``LeaseHeld`` and is kept for later instead of running it again;
 * every start of a page counts an attempt; a page delivered more than
@@ -33,18 +33,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from docproc import metrics, model_workers, tracing
-from docproc.errors import DocprocError, NotFound, ServiceUnavailable, StorageError
-from docproc.jobs import PAGE_DUPLICATE, TERMINAL, Job, JobStore, PageStatus
-from docproc.leases import Lease, PageLeases
-from docproc.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
-from docproc.schemas import ExtractionSchema
-from docproc.settings import Settings
-from docproc.storage import Storage, document_result_key, page_result_key
-from workers.celery_app import GPU_QUEUE, page_queue
+from docproc.base import metrics, model_workers, tracing
+from docproc.base.broker import GPU_QUEUE, page_queue
+from docproc.base.errors import DocprocError, NotFound, ServiceUnavailable, StorageError
+from docproc.base.settings import Settings
+from docproc.base.storage import Storage, document_result_key, page_result_key
+from docproc.jobs.inputs import OpenedDocument, open_document
+from docproc.jobs.leases import Lease, PageLeases
+from docproc.jobs.requests import parse_page_range, resolve_request
+from docproc.jobs.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
+from docproc.jobs.schemas import ExtractionSchema
+from docproc.jobs.store import PAGE_DUPLICATE, TERMINAL, Job, JobStore, PageStatus
 from workers.engines.text import TEXT_TASKS
-from workers.intake import OpenedDocument, open_document
-from workers.repair import page_damage
 from workers.pages import RenderedPage
 from workers.pipeline import (
     Engines,
@@ -53,10 +53,9 @@ from workers.pipeline import (
     finish_page,
     page_stage_totals,
     render_or_fail,
-    resolve_request,
     route,
 )
-from workers.render import parse_page_range
+from workers.repair import page_damage
 from workers.text_routing import text_layer_issue
 
 logger = logging.getLogger(__name__)
@@ -93,7 +92,7 @@ def _error(exc: DocprocError) -> ErrorInfo:
 
 OnEnded = Callable[[str], object]
 """``on_ended(job_id)``: the job just became terminal; run its after-end steps
-(:func:`docproc.lifecycle.job_ended`). None: leave them to the periodic sweep."""
+(:func:`docproc.jobs.lifecycle.job_ended`). None: leave them to the periodic sweep."""
 
 
 def end_job(job_id: str, state: str, *, store: JobStore, on_ended: OnEnded | None, **fields: Any) -> bool:
@@ -425,7 +424,7 @@ def begin_page(
     None: the job was canceled or has ended (a stale delivery). A PageResult: the page
     needed no run (its result was stored already and is recorded again, or the page
     was delivered more than ``max_attempts`` times and is recorded failed). Raises
-    :class:`~docproc.leases.LeaseHeld` when a live owner is running the page (a
+    :class:`~docproc.jobs.leases.LeaseHeld` when a live owner is running the page (a
     delivery past the visibility timeout): the caller keeps the message for later.
 
     ``retries`` is how many times the task was retried after a transient fault
@@ -482,7 +481,7 @@ def run_page(
     """Process one page of a job: the body of the ``docproc.page`` task.
 
     :func:`begin_page` decides whether this delivery runs the page (and takes its
-    lease; :class:`~docproc.leases.LeaseHeld` propagates); the lease is released
+    lease; :class:`~docproc.jobs.leases.LeaseHeld` propagates); the lease is released
     once the result is recorded. ``leases``: the process's (default: one for this
     call, on the store's Redis).
 

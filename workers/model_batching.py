@@ -31,11 +31,11 @@ from typing import Literal
 
 import redis
 
-from docproc.jobs import JobStore
-from docproc.leases import LeaseHeld, PageLeases
-from docproc.results import PageResult
-from docproc.settings import Settings
-from docproc.storage import Storage
+from docproc.base.settings import Settings
+from docproc.base.storage import Storage
+from docproc.jobs.leases import LeaseHeld, PageLeases
+from docproc.jobs.results import PageResult
+from docproc.jobs.store import JobStore
 from workers import jobflow
 from workers.jobflow import ModelPage, OnEnded, PageStart
 from workers.pipeline import Engines, finish_page

@@ -43,11 +43,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from docproc.errors import DocprocError, InferenceServerUnavailable
-from docproc.leases import LeaseHeld
-from docproc.results import PageResult
+from docproc.base.broker import GPU_QUEUE
+from docproc.base.errors import DocprocError, InferenceServerUnavailable
+from docproc.jobs.leases import LeaseHeld
+from docproc.jobs.results import PageResult
 from workers import jobflow
-from workers.celery_app import GPU_QUEUE
 from workers.engines.served import ServedEngine
 from workers.jobflow import ModelPage, PageStart
 from workers.model_batching import PageOutcome, PageWork, retry_outcome

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from docproc.errors import EngineUnavailable
-from docproc.settings import Settings
+from docproc.base.errors import EngineUnavailable
+from docproc.base.settings import Settings
 from workers.engines.served import served_model, tiling_kwargs
 
 logger = logging.getLogger(__name__)

@@ -53,9 +53,9 @@ from celery import signals
 from kombu import Consumer, Message
 from kombu.exceptions import OperationalError
 
-from docproc import metrics, model_workers, shared_metrics
-from docproc.errors import DocprocError
-from workers.celery_app import GPU_QUEUE, PAGE_TASK
+from docproc.base import metrics, model_workers, shared_metrics
+from docproc.base.broker import GPU_QUEUE, PAGE_TASK
+from docproc.base.errors import DocprocError
 from workers.jobflow import inference_still_running
 from workers.model_batching import PageOutcome, PageWork, run_pages
 from workers.remote_control import ControlNode

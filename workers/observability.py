@@ -1,18 +1,15 @@
-"""Celery's side of observability: publish timestamps, request ids, logs, worker metrics.
+"""Celery's side of observability in the workers: logs, request ids, worker metrics.
 
-Imported by :mod:`workers.celery_app`, so every process that publishes tasks (the
-API, workers, the scheduler) connects the publish hook:
+Imported by :mod:`workers.celery_app` (the publish hook that stamps every message's
+publish time and request id is :mod:`docproc.base.broker`'s, connected in every sender):
 
-* ``before_task_publish``: stamps the publish time (:func:`docproc.queues.stamp_published`,
-  read back by ``docproc_queue_oldest_age_seconds``) and the current request id
-  (header :data:`REQUEST_ID_HEADER`) into the message headers;
 * ``task_prerun`` / ``task_postrun`` (workers): bind the message's request id, the
   task's name and id and, for docproc's job tasks, the job id and page to every log
-  line the task writes (:func:`docproc.logs.bind`), and to the tasks it sends;
+  line the task writes (:func:`docproc.base.logs.bind`), and to the tasks it sends;
 * ``after_setup_logger`` / ``after_setup_task_logger``: Celery's log handlers get
   docproc's JSON (or redacting text) formatter, ``settings.log_format``;
 * metrics: after each task, what it counted is added to the service-wide counters in Redis
-  that the API's ``/metrics`` serves (:mod:`docproc.shared_metrics`); with
+  that the API's ``/metrics`` serves (:mod:`docproc.base.shared_metrics`); with
   ``settings.worker_metrics_port`` set, :func:`prepare_worker_metrics`
   (called by ``python -m workers`` before prometheus_client is imported) puts the
   worker in prometheus_client's multiprocess mode in a fresh directory, the main
@@ -33,32 +30,15 @@ from typing import Any
 
 from celery import signals
 
-from docproc import logs
-from docproc.queues import stamp_published
-from docproc.settings import get_settings
+from docproc.base import logs
+from docproc.base.broker import REQUEST_ID_HEADER
+from docproc.base.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-REQUEST_ID_HEADER = "docproc_request_id"
-"""Task message header: the request id of the API request the work descends from."""
 
 JOB_TASKS = ("docproc.intake", "docproc.page")  # first argument: the job id (then the page)
 
 _tokens: dict[str, Any] = {}  # task id -> the log-context token set by prerun
-
-
-# ------------------------------------------------------------------ every publisher
-
-
-@signals.before_task_publish.connect
-def _stamp_message(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Publish time and request id into the message headers (protocol 2: ``headers``)."""
-    if headers is None:
-        return
-    stamp_published(headers)
-    request_id = logs.request_id()
-    if request_id is not None:
-        headers.setdefault(REQUEST_ID_HEADER, request_id)
 
 
 # ------------------------------------------------------------------ workers: tasks
@@ -93,8 +73,8 @@ def _unbind_task_context(task_id: str | None = None, **_: Any) -> None:
 @signals.task_postrun.connect
 def _publish_metrics(**_: Any) -> None:
     """What the task counted goes to the service-wide counters the API's /metrics reads
-    (docproc.shared_metrics); a thread publishes the rest every few seconds."""
-    from docproc import shared_metrics
+    (docproc.base.shared_metrics); a thread publishes the rest every few seconds."""
+    from docproc.base import shared_metrics
     from workers.tasks import resources
 
     client = resources().redis
@@ -150,8 +130,7 @@ def _serve_worker_metrics(**_: Any) -> None:
         return
     from prometheus_client import start_http_server
 
-    from docproc import metrics
-
+    from docproc.base import metrics
     if metrics.multiprocess_dir() is None:
         logger.warning("worker metrics: not in multiprocess mode (start the worker with `python -m workers`); "
                        "only the main process's metrics are served")
@@ -192,6 +171,5 @@ def _child_exits(pid: int | None = None, **_: Any) -> None:
 def _start_tracing(**_: Any) -> None:
     """Spans per stage when ``settings.otel_enabled`` (pool children inherit the provider;
     the SDK restarts its export thread after a fork)."""
-    from docproc import tracing
-
+    from docproc.base import tracing
     tracing.configure(get_settings())

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from docproc.results import ResultWarning
+from docproc.jobs.results import ResultWarning
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,14 +3,14 @@
 
 Each task is a thin wrapper around a plain function that tests call directly:
 
-    docproc.periodic.sweep_ended    docproc.lifecycle.sweep_ended: after-end steps of jobs
+    docproc.periodic.sweep_ended    docproc.jobs.lifecycle.sweep_ended: after-end steps of jobs
                                     whose finisher died (webhook event, batch count)
     docproc.periodic.webhooks_due   webhook deliveries whose retry time has come
     docproc.periodic.watchdog       jobs with no progress past their deadline fail with ``timeout``;
                                     upload batches whose upload was lost end their listing; model
                                     pages stranded on gpu fail with ``engine_unavailable``
     docproc.periodic.purge_expired  the Redis records of work ended more than ``retention_s``
-                                    ago are deleted (docproc.retention)
+                                    ago are deleted (docproc.housekeeping.retention)
 
 A tick that raises is logged and dropped: the next tick does the work.
 """
@@ -19,9 +19,18 @@ from __future__ import annotations
 
 import logging
 
-from docproc import batches, lifecycle, retention, watchdog, webhooks
+from docproc.base.broker import (
+    PURGE_EXPIRED_TASK,
+    SWEEP_ENDED_TASK,
+    WATCHDOG_TASK,
+    WEBHOOKS_DUE_TASK,
+)
+from docproc.delivery import webhooks
+from docproc.housekeeping import retention, watchdog
+from docproc.jobs import lifecycle
+from docproc.submission import batches
 from workers import batch_tasks, stranded_pages
-from workers.celery_app import PURGE_EXPIRED_TASK, SWEEP_ENDED_TASK, WATCHDOG_TASK, WEBHOOKS_DUE_TASK, app
+from workers.celery_app import app
 from workers.tasks import resources
 
 logger = logging.getLogger(__name__)

@@ -12,23 +12,38 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from docproc.clean_text import clean_page
-from docproc.errors import DocprocError, InvalidRequest, ModelUnavailable
-from docproc.results import DocumentInfo, DocumentResult, EngineName, ErrorInfo, PageResult, ResultWarning, Task
-from docproc.schemas import ExtractionSchema, get_registry
-from docproc.settings import Settings, get_settings
+from docproc.base.errors import DocprocError, ModelUnavailable
+from docproc.base.settings import Settings, get_settings
+from docproc.jobs.clean_text import clean_page
+from docproc.jobs.inputs import OpenedDocument, open_document
+from docproc.jobs.requests import parse_page_range, resolve_request
+from docproc.jobs.results import (
+    DocumentInfo,
+    DocumentResult,
+    EngineName,
+    ErrorInfo,
+    PageResult,
+    ResultWarning,
+    Task,
+)
+from docproc.jobs.schemas import ExtractionSchema
 from workers.engines.text import TEXT_TASKS, TextEngine
-from workers.intake import OpenedDocument, open_document
 from workers.pages import RenderedPage
-from workers.render import parse_page_range, render_pages
-from workers.repair import CUT, CUT_MESSAGE, MISSING, MISSING_MESSAGE, document_warning, page_damage, page_warning
+from workers.render import render_pages
+from workers.repair import (
+    CUT,
+    CUT_MESSAGE,
+    MISSING,
+    MISSING_MESSAGE,
+    document_warning,
+    page_damage,
+    page_warning,
+)
 
 if TYPE_CHECKING:
     from workers.engines.internvl import InternVLEngine
     from workers.engines.openai import OpenAIEngine
 
-TASKS: tuple[Task, ...] = ("ocr", "tables", "extract")
-ENGINES: tuple[EngineName, ...] = ("auto", "text", "internvl", "openai")
 MODEL_ENGINES = ("internvl", "openai")
 
 
@@ -81,23 +96,6 @@ class Engines:
         return used.model_id if used is not None else None
 
 
-def resolve_request(task: str, schema: str | None, engine: str, settings: Settings) -> ExtractionSchema | None:
-    """Check a request before any document is read; returns the extraction schema, if any."""
-    if task not in TASKS:
-        raise InvalidRequest(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    if engine not in ENGINES:
-        raise InvalidRequest(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    if task == "extract":
-        if not schema:
-            raise InvalidRequest("task 'extract' needs a schema (e.g. schema 'invoice')")
-        if engine == "text":
-            raise InvalidRequest("the text engine cannot extract fields; use engine 'internvl', 'openai' or 'auto'")
-        return get_registry(settings).get(schema)
-    if schema:
-        raise InvalidRequest(f"a schema is only used by task 'extract', not {task!r}")
-    return None
-
-
 def route(page: RenderedPage, task: Task, engine: EngineName) -> str:
     """Which engine a page goes to: ``auto`` reads born-digital pages for ocr/tables when their
     text layer can be trusted (``page.text_layer_issue`` says why not, workers/text_routing.py)."""
@@ -146,7 +144,7 @@ def _lost(number: int, message: str) -> PageResult:
 def finish_page(page: RenderedPage, result: PageResult) -> PageResult:
     """An engine's result for ``page`` as it leaves the engine: the render's timings and
     warnings added, why the page's text layer was not trusted (if it was not), and its
-    strings made safe to serialise (:mod:`docproc.clean_text`)."""
+    strings made safe to serialise (:mod:`docproc.jobs.clean_text`)."""
     result.timings_ms = {**page.timings_ms, **result.timings_ms}
     result.warnings = [*page.warnings, *result.warnings]
     if result.text_layer is None:

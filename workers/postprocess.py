@@ -10,7 +10,7 @@ The steps of ``extract`` postprocessing, each a plain function:
 3. :func:`validate_fields` checks the result against the schema (formats included).
 
 :func:`postprocess_extract` runs the three and never raises on model output; a
-failure is an ``invalid_output`` :class:`~docproc.results.ErrorInfo`.
+failure is an ``invalid_output`` :class:`~docproc.jobs.results.ErrorInfo`.
 :func:`merge_pages` merges the pages of one document with per-field provenance.
 :func:`clean_text_output` tidies ``ocr``/``tables`` output.
 
@@ -41,8 +41,8 @@ import unicodedata
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from docproc.results import ErrorInfo, PageResult
-from docproc.schemas import MERGE_KEY, ExtractionSchema, schema_types
+from docproc.jobs.results import ErrorInfo, PageResult
+from docproc.jobs.schemas import MERGE_KEY, ExtractionSchema, schema_types
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

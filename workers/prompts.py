@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from docproc.results import Task
-    from docproc.schemas import ExtractionSchema
+    from docproc.jobs.results import Task
+    from docproc.jobs.schemas import ExtractionSchema
 
 TASKS = ("ocr", "tables", "extract")
 

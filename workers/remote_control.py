@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from workers.celery_app import GPU_QUEUE, PAGE_TASK
+from docproc.base.broker import GPU_QUEUE, PAGE_TASK
 
 logger = logging.getLogger(__name__)
 

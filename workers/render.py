@@ -16,7 +16,6 @@ decoded once at full size, which intake bounds by ``max_image_pixels``.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,9 +24,14 @@ import numpy as np
 import pymupdf
 from PIL import Image, JpegImagePlugin
 
-from docproc.errors import CorruptDocument, DocprocError, ImageTooLarge, InvalidPageRange
-from docproc.settings import Settings, get_settings
-from workers.intake import MediaType, OpenedDocument, read_image_header
+from docproc.base.errors import (
+    CorruptDocument,
+    DocprocError,
+    ImageTooLarge,
+    InvalidPageRange,
+)
+from docproc.base.settings import Settings, get_settings
+from docproc.jobs.inputs import MediaType, OpenedDocument, read_image_header
 from workers.pages import RenderedPage, Word
 from workers.text_routing import text_layer_issue
 from workers.tiling import choose_grid
@@ -39,46 +43,6 @@ one zoom this much finer than covering the grid needs, so tiling downsamples."""
 WORD_LINE_TOLERANCE = 3.0
 """Words whose top or bottom edges are this close (points) are on one line when
 the text layer's words are put in reading order (PyMuPDF's ``sort=True`` rule)."""
-
-# ---------------------------------------------------------------- page ranges
-
-_PART = re.compile(r"^\s*(\d*)\s*(-?)\s*(\d*)\s*$")
-
-
-def parse_page_range(spec: str | None, page_count: int) -> list[int]:
-    """1-based page numbers selected by ``spec``, sorted, without duplicates.
-
-    ``None``, ``""`` and ``"all"`` select every page. Otherwise a comma-separated
-    list of ``N`` (one page), ``A-B`` (A to B), ``A-`` (A to the last page) and
-    ``-B`` (the first page to B). Any page beyond ``page_count``, a zero, a
-    descending range or anything else -> InvalidPageRange.
-    """
-    if spec is None or spec.strip().lower() in ("", "all"):
-        return list(range(1, page_count + 1))
-    pages: set[int] = set()
-    for part in spec.split(","):
-        m = _PART.match(part)
-        if not m or not (m.group(1) or m.group(3)) or (m.group(1) and m.group(3) and not m.group(2)):
-            raise InvalidPageRange(
-                f"invalid page range {spec!r}: {part.strip()!r} is not N, A-B, A- or -B", spec=spec
-            )
-        first_s, dash, last_s = m.groups()
-        first = int(first_s) if first_s else 1
-        last = int(last_s) if last_s else (page_count if dash else first)
-        if first < 1 or last < 1:
-            raise InvalidPageRange(f"invalid page range {spec!r}: pages are numbered from 1", spec=spec)
-        if max(first, last) > page_count:
-            raise InvalidPageRange(
-                f"invalid page range {spec!r}: page {max(first, last)} is beyond the "
-                f"document's {page_count} page{'s' if page_count != 1 else ''}",
-                spec=spec,
-                page_count=page_count,
-            )
-        if first > last:
-            raise InvalidPageRange(f"invalid page range {spec!r}: {first}-{last} is descending", spec=spec)
-        pages.update(range(first, last + 1))
-    return sorted(pages)
-
 
 # ------------------------------------------------------------- render scale
 

@@ -27,8 +27,8 @@ from typing import Literal
 
 import pymupdf
 
-from docproc.results import ResultWarning
-from workers.intake import CONTENT_REF_RE, FLATE_FILTERS
+from docproc.jobs.inputs import CONTENT_REF_RE, FLATE_FILTERS
+from docproc.jobs.results import ResultWarning
 
 MISSING = "missing"
 CUT = "cut"

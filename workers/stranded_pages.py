@@ -18,10 +18,10 @@ import json
 import logging
 from typing import Any
 
-from docproc import model_workers
-from docproc.errors import InvalidRequest, NotFound
-from docproc.queues import priority_keys
-from workers.celery_app import GPU_QUEUE, PAGE_TASK
+from docproc.base import model_workers
+from docproc.base.broker import GPU_QUEUE, PAGE_TASK
+from docproc.base.errors import InvalidRequest, NotFound
+from docproc.base.queue_depth import priority_keys
 from workers.jobflow import ENGINE_UNAVAILABLE, fail_page
 
 logger = logging.getLogger(__name__)

@@ -44,15 +44,18 @@ from celery import Task, signals
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
-from docproc import lifecycle, model_workers
-from docproc.errors import DocprocError, ServiceUnavailable, StorageError
-from docproc.jobs import JobStore, connect_redis
-from docproc.leases import LeaseHeld, PageLeases
-from docproc.results import ErrorInfo
-from docproc.settings import Settings, get_settings
-from docproc.storage import Storage, open_storage
+from docproc.base import model_workers
+from docproc.base.broker import GPU_QUEUE, INTAKE_TASK, PAGE_TASK
+from docproc.base.errors import DocprocError, ServiceUnavailable, StorageError
+from docproc.base.settings import Settings, get_settings
+from docproc.base.storage import Storage, open_storage
+from docproc.housekeeping import after_end
+from docproc.jobs import lifecycle
+from docproc.jobs.leases import LeaseHeld, PageLeases
+from docproc.jobs.results import ErrorInfo
+from docproc.jobs.store import JobStore, connect_redis
 from workers import jobflow
-from workers.celery_app import GPU_QUEUE, INTAKE_TASK, PAGE_TASK, app
+from workers.celery_app import app
 from workers.pipeline import Engines
 
 logger = logging.getLogger(__name__)
@@ -130,7 +133,7 @@ class Resources:
 
     @cached_property
     def lifecycle(self) -> lifecycle.Context:
-        return lifecycle.Context(settings=self.settings, redis=self.redis, store=self.store, send=send_task,
+        return after_end.context(settings=self.settings, redis=self.redis, store=self.store, send=send_task,
                                  storage=self.storage)
 
     def job_ended(self, job_id: str) -> None:
@@ -139,7 +142,7 @@ class Resources:
 
 
 def send_task(name: str, args: list[Any], queue: str) -> None:
-    """Enqueue a task by name (docproc.lifecycle's ``send``)."""
+    """Enqueue a task by name (docproc.jobs.lifecycle's ``send``)."""
     app.send_task(name, args=args, queue=queue)
 
 
@@ -185,7 +188,7 @@ def _load_model_for_gpu_queue(**_: Any) -> None:
         if current_process().name != "MainProcess":  # a prefork child: stop the whole worker
             os.kill(os.getppid(), signal.SIGTERM)
         raise SystemExit(3) from exc
-    node = f"{_node_name or 'worker'}/{os.getpid()}"  # online for the API and intake (docproc.model_workers)
+    node = f"{_node_name or 'worker'}/{os.getpid()}"  # online for the API and intake (docproc.base.model_workers)
     _beacon = model_workers.Beacon(r.redis, node, engine.model_id, r.settings.model_worker_heartbeat_s).start()
 
 

@@ -1,4 +1,4 @@
-"""Webhook delivery task (queue ``webhooks``): a thin wrapper around :func:`docproc.webhooks.deliver`.
+"""Webhook delivery task (queue ``webhooks``): a thin wrapper around :func:`docproc.delivery.webhooks.deliver`.
 
 ``docproc.webhook.deliver(event_id, attempt)`` makes one attempt; a retry due soon
 (within ``webhook_countdown_max_s``) is sent from here as a short Celery countdown,
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from docproc import webhooks
+from docproc.delivery import webhooks
 from workers.celery_app import app
 from workers.tasks import resources
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from workers.celery_app import GPU_QUEUE, QUEUES, WEBHOOKS_QUEUE
+from docproc.base.broker import GPU_QUEUE, QUEUES, WEBHOOKS_QUEUE
 
 CPU_QUEUES = ("intake", "render", "bulk", "periodic")
 """What ``docproc worker`` consumes by default: page work and the housekeeping ticks."""
@@ -57,7 +57,7 @@ def worker_argv(
     if pool == "solo":
         argv += ["-c", "1"]
     elif pool == "threads":
-        from docproc.settings import get_settings
+        from docproc.base.settings import get_settings
 
         argv += ["-c", str(concurrency or get_settings().webhook_concurrency)]
     elif concurrency:
@@ -78,9 +78,9 @@ def run_worker(queues: Sequence[str], **options) -> None:
     if list(queues) == [GPU_QUEUE]:
         import logging
 
-        from workers import model_worker
-
         from celery import signals
+
+        from workers import model_worker
 
         level = str(options.get("loglevel") or "INFO").upper()
         logging.basicConfig(level=level, format="[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s")

@@ -1,6 +1,6 @@
 """``/v1/batches`` and ``/v1/reprocess``: many documents as one unit, and re-running stored ones.
 
-Thin routes over :mod:`docproc.batches` and :mod:`docproc.reprocess`. Every route is
+Thin routes over :mod:`docproc.submission.batches` and :mod:`docproc.submission.reprocess`. Every route is
 scoped to the caller's tenant: another tenant's batch id answers 404 like a missing one.
 
 ``POST /v1/batches`` as multipart streams: each ``file`` part is spooled (memory up to
@@ -43,16 +43,22 @@ from api.uploads import (
     request_from_form,
     unsupported_content_type,
 )
-from docproc import batches, reprocess
-from docproc.batches import Batch, BatchCounts, BatchServices
-from docproc.errors import DocprocError, FileTooLarge, InvalidRequest, NotFound, ServiceUnavailable
-from docproc.jobs import JobRequest
-from docproc.reprocess import ReprocessRequest
-from docproc.reprocess_diff import DiffReport, diff_report
-from docproc.results import ErrorInfo
-from docproc.submit import parse_source_uri
-from docproc.timestamps import UtcTime
-from docproc.webhooks import check_webhook
+from docproc.base.errors import (
+    DocprocError,
+    FileTooLarge,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+)
+from docproc.base.timestamps import UtcTime
+from docproc.delivery.webhooks import check_webhook
+from docproc.jobs.results import ErrorInfo
+from docproc.jobs.store import JobRequest
+from docproc.submission import batches, expansion, reprocess
+from docproc.submission.batches import Batch, BatchCounts, BatchServices
+from docproc.submission.reprocess import ReprocessRequest
+from docproc.submission.reprocess_diff import DiffReport, diff_report
+from docproc.submission.submit import parse_source_uri
 
 router = APIRouter(tags=["batches"])
 
@@ -295,7 +301,7 @@ def _create_upload_batch(svc: BatchServices, tenant: str, fields: dict[str, str]
 def _create_batch(svc: BatchServices, tenant: str, job_request: JobRequest, webhook_url: str | None, *,
                   source: batches.BatchSource, selector: dict[str, Any] | None = None,
                   sources: list[str] | None = None) -> Batch:
-    from workers.pipeline import resolve_request
+    from docproc.jobs.requests import resolve_request
 
     resolve_request(job_request.task, job_request.schema_, job_request.engine, svc.settings)
     check_webhook(webhook_url, tenant, svc.settings)
@@ -327,7 +333,7 @@ async def _json_batch(request: Request, svc: BatchServices, tenant: str) -> Batc
 
     def create() -> Batch:
         if submission.source_prefix is not None:  # unreadable (no such bucket, denied): 422 now, not in the task
-            batches.list_prefix(submission.source_prefix, svc.settings, start_after=None, max_keys=1)
+            expansion.list_prefix(submission.source_prefix, svc.settings, start_after=None, max_keys=1)
         batch = _create_batch(svc, tenant, job_request, submission.webhook_url,
                               source="uris" if submission.source_uris else "prefix", selector=selector,
                               sources=submission.source_uris)
@@ -396,7 +402,7 @@ def _result_lines(svc: BatchServices, batch: Batch) -> Iterator[bytes]:
     for index, job_id in svc.batches.job_ids(batch.id):
         try:
             job = svc.store.load(job_id)
-        except NotFound:  # purged with the batch (docproc.retention) while this export ran
+        except NotFound:  # purged with the batch (docproc.housekeeping.retention) while this export ran
             gone = {"code": "not_found", "message": "the job's record is gone (past its retention)"}
             yield json.dumps({"index": index, "job_id": job_id, "state": None, "error": gone,
                               "result": None}, separators=(",", ":")).encode() + b"\n"

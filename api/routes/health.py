@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 
 from api.deps import RedisDep, StorageDep
 from api.models import Health, ModelWorker, Readiness
-from docproc import model_workers
 from api.problems import problem_response, problem_responses
+from docproc.base import model_workers
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("docproc.api")

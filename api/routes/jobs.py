@@ -15,8 +15,23 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
-from api.deps import CeleryDep, ServicesDep, SettingsDep, StorageDep, StoreDep, TenantDep
-from api.models import JobList, JobSubmission, JobView, VersionList, job_summary, job_view, version_list
+from api.deps import (
+    CeleryDep,
+    ServicesDep,
+    SettingsDep,
+    StorageDep,
+    StoreDep,
+    TenantDep,
+)
+from api.models import (
+    JobList,
+    JobSubmission,
+    JobView,
+    VersionList,
+    job_summary,
+    job_view,
+    version_list,
+)
 from api.openapi import json_body
 from api.problems import problem_responses
 from api.uploads import (
@@ -27,14 +42,15 @@ from api.uploads import (
     request_from_form,
     unsupported_content_type,
 )
-from docproc import lifecycle, metrics, model_workers
-from docproc.errors import NotFound, ResultNotReady
-from docproc.jobs import TERMINAL, Job, JobRequest, JobState, JobStore
-from docproc.results import DocumentResult, PageResult
-from docproc.reprocess import newest_version
-from docproc.settings import Settings
-from docproc.storage import page_result_key
-from docproc.submit import Submitted, read_source, submit_job
+from docproc.base import metrics, model_workers
+from docproc.base.errors import NotFound, ResultNotReady
+from docproc.base.settings import Settings
+from docproc.base.storage import page_result_key
+from docproc.jobs import lifecycle
+from docproc.jobs.results import DocumentResult, PageResult
+from docproc.jobs.store import TERMINAL, Job, JobRequest, JobState, JobStore
+from docproc.submission.reprocess import newest_version
+from docproc.submission.submit import Submitted, read_source, submit_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

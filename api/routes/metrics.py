@@ -2,7 +2,7 @@
 
 What it holds: the whole service's ``docproc_*`` metrics (pages, finished jobs, webhook
 attempts ... counted by the workers, which add them to shared counters in Redis:
-:mod:`docproc.shared_metrics`), this process's ``process_*``/``python_*`` metrics, and gauges
+:mod:`docproc.base.shared_metrics`), this process's ``process_*``/``python_*`` metrics, and gauges
 read from Redis at scrape time:
 ``docproc_queue_depth{queue}``, ``docproc_queue_oldest_age_seconds{queue}``,
 ``docproc_jobs_in_state{state}`` and ``docproc_redis_up``. Labels hold route
@@ -14,8 +14,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from api.deps import RedisDep, StoreDep
-from docproc import metrics, shared_metrics
-from workers.celery_app import QUEUES
+from docproc.base import metrics, shared_metrics
+from docproc.base.broker import QUEUES
 
 router = APIRouter(tags=["operations"])
 

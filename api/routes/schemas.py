@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path
 from api.deps import SettingsDep, TenantDep
 from api.models import SchemaList, SchemaView, schema_summary, schema_view
 from api.problems import problem_responses
-from docproc.errors import NotFound, UnknownSchema
-from docproc.schemas import get_registry
+from docproc.base.errors import NotFound, UnknownSchema
+from docproc.jobs.schemas import get_registry
 
 router = APIRouter(prefix="/v1/schemas", tags=["schemas"])
 

@@ -1,6 +1,6 @@
 """Webhook deliveries: the attempt log of a job's events, dead letters, redelivery, endpoints.
 
-Thin routes over :mod:`docproc.webhooks`. Every route is scoped to the caller's tenant:
+Thin routes over :mod:`docproc.delivery.webhooks`. Every route is scoped to the caller's tenant:
 another tenant's job or event id answers 404 exactly like a missing one.
 """
 
@@ -16,8 +16,8 @@ from api.deps import RedisDep, ServicesDep, StoreDep, TenantDep
 from api.openapi import json_body
 from api.problems import problem_responses
 from api.uploads import invalid_body, read_json
-from docproc import webhooks
-from docproc.webhooks import EventStatus
+from docproc.delivery import webhooks
+from docproc.delivery.webhooks import EventStatus
 
 router = APIRouter(tags=["webhooks"])
 

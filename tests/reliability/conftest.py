@@ -25,9 +25,15 @@ import pytest
 from conftest import ServiceProcess, serving, settings_env
 
 from api.app import create_app
-from docproc.auth import hash_key
-from docproc.localservices import DUMMY_AWS_ENV, MotoS3, RedisServer, free_port, make_bucket
-from docproc.settings import Settings
+from docproc.base.auth import hash_key
+from docproc.base.settings import Settings
+from docproc.cli.localservices import (
+    DUMMY_AWS_ENV,
+    MotoS3,
+    RedisServer,
+    free_port,
+    make_bucket,
+)
 
 TENANT = "rel-tenant"
 API_KEY = "dp_reliability-key-00000000000000000000000000"

@@ -20,8 +20,8 @@ import redis as redis_lib
 from conftest import wait_until
 from webhook_receiver import WebhookReceiver
 
-from docproc import model_workers
-from docproc.jobs import ENDED_OUTBOX, JobStore
+from docproc.base import model_workers
+from docproc.jobs.store import ENDED_OUTBOX, JobStore
 
 from .conftest import TENANT
 

@@ -15,14 +15,15 @@ import random
 import builders
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from docproc import model_workers
-from docproc.errors import DocprocError
-from docproc.jobs import JobRequest
-from docproc.settings import Settings
-from docproc.submit import check_input
-from workers.intake import open_document
+from docproc.base import model_workers
+from docproc.base.errors import DocprocError
+from docproc.base.settings import Settings
+from docproc.jobs.inputs import open_document
+from docproc.jobs.store import JobRequest
+from docproc.submission.submit import check_input
 from workers.pipeline import render_or_fail
 from workers.render import RenderedPage
 from workers.tiling import tile_image

@@ -2,7 +2,7 @@
 crashes, nothing hangs, nothing is executed.
 
 At the intake level each document goes the whole way a worker takes it: the API's
-check (:func:`docproc.submit.check_input`), then open, render and tile every page (the
+check (:func:`docproc.submission.submit.check_input`), then open, render and tile every page (the
 first three). At the API level (uvicorn on loopback, real Redis and S3): an upload over
 the size limit cut off mid-stream, path-traversal file names, malformed JSON bodies.
 
@@ -38,11 +38,11 @@ import builders
 import httpx
 import pytest
 
-from docproc.errors import DocprocError
-from docproc.jobs import JobRequest
-from docproc.settings import Settings
-from docproc.submit import check_input
-from workers.intake import open_document
+from docproc.base.errors import DocprocError
+from docproc.base.settings import Settings
+from docproc.jobs.inputs import open_document
+from docproc.jobs.store import JobRequest
+from docproc.submission.submit import check_input
 from workers.pipeline import render_or_fail
 from workers.render import RenderedPage
 from workers.tiling import tile_image

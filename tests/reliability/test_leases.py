@@ -1,4 +1,4 @@
-"""Page leases (docproc.leases) on a real redis-server, and a task that runs past the Redis
+"""Page leases (docproc.jobs.leases) on a real redis-server, and a task that runs past the Redis
 visibility timeout: its page is executed once.
 
 The service test gives the broker a 1 s visibility timeout and runs two model workers:
@@ -21,9 +21,9 @@ from test_jobflow import flow, flow_settings  # noqa: F401 - fixtures
 from test_model_worker import BATCH, queue_pages
 from test_worker import s3_keys, worker_settings  # noqa: F401 - fixtures
 
-from docproc.jobs import TERMINAL, JobStore
-from docproc.leases import LEASE_PREFIX, LeaseHeld, PageLeases, lease_key
-from docproc.storage import document_result_key, page_result_key
+from docproc.base.storage import document_result_key, page_result_key
+from docproc.jobs.leases import LEASE_PREFIX, LeaseHeld, PageLeases, lease_key
+from docproc.jobs.store import TERMINAL, JobStore
 from workers.celery_app import create_app
 
 pytestmark = pytest.mark.reliability

@@ -21,7 +21,7 @@ import pytest
 from conftest import ServiceProcess, free_port, settings_env, wait_for_http, wait_until
 from webhook_receiver import WebhookReceiver
 
-from docproc.auth import hash_key
+from docproc.base.auth import hash_key
 
 from .conftest import API_KEY, TENANT
 

@@ -19,14 +19,15 @@ import time
 
 import pytest
 from conftest import settings_env, wait_until
-from .test_leases import hand_out_again
 from test_model_worker import BATCH, queue_pages
 from test_worker import s3_keys, worker_settings  # noqa: F401 - fixtures
 
-from docproc.jobs import TERMINAL, JobStore
-from docproc.leases import LEASE_PREFIX
-from docproc.storage import document_result_key, page_result_key
+from docproc.base.storage import document_result_key, page_result_key
+from docproc.jobs.leases import LEASE_PREFIX
+from docproc.jobs.store import TERMINAL, JobStore
 from workers.celery_app import create_app
+
+from .test_leases import hand_out_again
 
 pytestmark = [pytest.mark.reliability, pytest.mark.worker]
 

@@ -19,11 +19,11 @@ import redis as redis_lib
 import yaml
 from conftest import ServiceProcess, free_port, settings_env, wait_for_http
 
-from docproc.auth import KeyRing, create_key, hash_key
-from docproc.errors import DocprocError
-from docproc.jobs import JobStore
-from docproc.settings import REPO_ROOT, Settings
-from docproc.storage import open_storage
+from docproc.base.auth import KeyRing, create_key, hash_key
+from docproc.base.errors import DocprocError
+from docproc.base.settings import REPO_ROOT, Settings
+from docproc.base.storage import open_storage
+from docproc.jobs.store import JobStore
 from workers import jobflow
 from workers.pipeline import Engines
 
@@ -156,7 +156,7 @@ def test_every_documented_flower_deployment_requires_basic_auth():
 
 
 def test_docproc_up_starts_flower_with_basic_auth(tmp_path):
-    from docproc.stack import Stack
+    from docproc.cli.stack import Stack
 
     stack = Stack(var=tmp_path, env={})
     flower = next(child for child in stack.plan() if child.name == "flower")

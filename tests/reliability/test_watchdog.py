@@ -1,4 +1,4 @@
-"""The stuck-job watchdog (docproc/watchdog.py) on a real Redis, then on the real stack.
+"""The stuck-job watchdog (docproc/housekeeping/watchdog.py) on a real Redis, then on the real stack.
 
 First the active-jobs index the JobStore's scripts keep (create, start, page progress,
 finish), and :func:`fail_stalled` against it with a clock moved forward; then a real
@@ -8,17 +8,25 @@ never started, one whose page worker is missing) with ``timeout`` and revokes th
 
 from __future__ import annotations
 
-import builders
 import boto3
+import builders
 import pytest
 import redis as redis_lib
 from conftest import wait_until
 
-from docproc import lifecycle, watchdog
-from docproc.jobs import ACTIVE_JOBS, ENDED_OUTBOX, TERMINAL, JobRequest, JobStore, PageStatus
-from docproc.settings import Settings
-from docproc.storage import open_storage
-from docproc.submit import submit_job
+from docproc.base.settings import Settings
+from docproc.base.storage import open_storage
+from docproc.housekeeping import after_end, watchdog
+from docproc.jobs import lifecycle
+from docproc.jobs.store import (
+    ACTIVE_JOBS,
+    ENDED_OUTBOX,
+    TERMINAL,
+    JobRequest,
+    JobStore,
+    PageStatus,
+)
+from docproc.submission.submit import submit_job
 from workers.celery_app import create_app
 
 from .conftest import TENANT
@@ -33,7 +41,7 @@ def _create(store: JobStore, n: int = 0):
 
 
 def _ctx(settings: Settings, client, store: JobStore) -> lifecycle.Context:
-    return lifecycle.Context(settings=settings, redis=client, store=store, send=lambda *a: None)
+    return after_end.context(settings=settings, redis=client, store=store, send=lambda *a: None)
 
 
 def test_the_active_index_follows_progress_and_the_watchdog_fails_only_stalled_jobs(redis_client):

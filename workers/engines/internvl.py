@@ -4,7 +4,7 @@ Loading: ``AutoModelForImageTextToText`` (``InternVLForConditionalGeneration``) 
 its tokenizer from ``settings.model``, a local directory or a Hub id (the Hub
 client honours ``HF_HUB_OFFLINE``); no remote code unless an operator sets
 ``trust_remote_code``. A model that cannot be loaded raises
-:class:`~docproc.errors.ModelUnavailable` naming ``DOCPROC_MODEL`` and what was
+:class:`~docproc.base.errors.ModelUnavailable` naming ``DOCPROC_MODEL`` and what was
 tried; there is no fallback. Device, dtype and attention are chosen at load and
 logged: bf16 (fp16 where bf16 is missing) + SDPA on a GPU, FlashAttention-2 when
 ``flash_attn`` is importable, float32 + SDPA on the CPU; settings override "auto".
@@ -48,20 +48,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from docproc import metrics
-from docproc.errors import InvalidRequest, ModelUnavailable
-from docproc.results import ErrorInfo, PageResult, Table, Task
-from docproc.settings import Settings, get_settings
+from docproc.base import metrics
+from docproc.base.errors import InvalidRequest, ModelUnavailable
+from docproc.base.settings import Settings, get_settings
+from docproc.jobs.results import ErrorInfo, PageResult, Table, Task
 from workers.engines import model_source
 from workers.pages import RenderedPage
-from workers.prompts import INTERNVL_HF_CHAT_TEMPLATE, TASKS, build_prompt, image_tokens, render_prompt
+from workers.prompts import (
+    INTERNVL_HF_CHAT_TEMPLATE,
+    TASKS,
+    build_prompt,
+    image_tokens,
+    render_prompt,
+)
 from workers.tiling import normalize_tiles, tile_image
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from docproc.schemas import ExtractionSchema
+    from docproc.jobs.schemas import ExtractionSchema
 
 logger = logging.getLogger(__name__)
 
@@ -709,7 +715,11 @@ class InternVLEngine:
     def _generate_batch(self, requests: Sequence[GenerationRequest], prompts: Sequence[list[int]],
                         penalty: float | None) -> list[Generation]:
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+        from transformers import (
+            GenerationConfig,
+            LogitsProcessorList,
+            StoppingCriteriaList,
+        )
 
         from workers.engines.repetition import RunawayGuard
 

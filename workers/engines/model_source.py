@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from docproc.errors import ModelUnavailable
+from docproc.base.errors import ModelUnavailable
 
 HUB_PROBE_TIMEOUT_S = 10.0
 
@@ -59,7 +59,11 @@ def resolve(model: str, revision: str | None = None) -> ModelSource:
 def _probe_hub(model: str, revision: str | None, tried: str) -> None:
     """One request to the Hub: raise at once when it is out of reach or has no such model."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+    )
 
     try:
         HfApi().model_info(model, revision=revision, timeout=HUB_PROBE_TIMEOUT_S)

@@ -13,7 +13,7 @@ Per request: at most ``openai_max_concurrency`` in flight per engine (process),
 a connect and a read timeout, and retries of 429 / 5xx / failed connections with
 exponential backoff and jitter, a ``Retry-After`` header winning. Failures are
 typed (codes): the server down or still failing after the retries raises
-:class:`~docproc.errors.InferenceServerUnavailable` (transient: the page task is
+:class:`~docproc.base.errors.InferenceServerUnavailable` (transient: the page task is
 retried later); an answer that is not a chat completion (or a 4xx) fails the
 page with ``inference_server_error``; no answer in time fails it with
 ``timeout``. The API key is sent as a bearer token and never logged.
@@ -38,21 +38,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from PIL import Image
 
-from docproc.errors import (
+from docproc.base.errors import (
     EngineUnavailable,
     InferenceServerError,
     InferenceServerTimeout,
     InferenceServerUnavailable,
     InvalidRequest,
 )
-from docproc.results import ErrorInfo, PageResult, Task
-from docproc.settings import Settings, get_settings
+from docproc.base.settings import Settings, get_settings
+from docproc.jobs.results import ErrorInfo, PageResult, Task
 from workers.engines.internvl import read_output
 from workers.pages import RenderedPage
 from workers.prompts import TASKS, build_prompt
 
 if TYPE_CHECKING:
-    from docproc.schemas import ExtractionSchema
+    from docproc.jobs.schemas import ExtractionSchema
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The model worker (:mod:`workers.model_feeder`) keeps many pages in flight at an
 OpenAI-compatible server that does continuous batching, paged KV cache and CUDA
 graphs; this module turns one rendered page into one streamed chat completion and
-the answer into a :class:`~docproc.results.PageResult`, with the promises of the
+the answer into a :class:`~docproc.jobs.results.PageResult`, with the promises of the
 in-process engine (:mod:`workers.engines.internvl`):
 
 * **Tile parity.** The server tiles images itself. The page is sent resized to the
@@ -32,7 +32,7 @@ in-process engine (:mod:`workers.engines.internvl`):
   with ``repetition_penalty_retry``; if it loops again the page fails with
   ``degenerate_output``, its text kept.
 * **Failures are typed.** The server down, a dropped connection, a 429/5xx, or a
-  stream cut before its end raise :class:`~docproc.errors.InferenceServerUnavailable`:
+  stream cut before its end raise :class:`~docproc.base.errors.InferenceServerUnavailable`:
   transient, the caller puts the page back (nothing is recorded). A 4xx or an answer
   that is no chat completion fails the page with ``inference_server_error``; no end
   within ``inference_timeout_s`` fails it with ``timeout``.
@@ -56,9 +56,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from PIL import Image
 
-from docproc.errors import InferenceServerError, InferenceServerUnavailable
-from docproc.results import ErrorInfo, PageResult, Task
-from docproc.settings import Settings
+from docproc.base.errors import InferenceServerError, InferenceServerUnavailable
+from docproc.base.settings import Settings
+from docproc.jobs.results import ErrorInfo, PageResult, Task
 from workers.engines.internvl import MIN_NEW_TOKENS, read_output
 from workers.engines.openai import chat_messages
 from workers.engines.repetition import loop_period
@@ -67,7 +67,7 @@ from workers.pages import RenderedPage
 from workers.tiling import choose_grid
 
 if TYPE_CHECKING:
-    from docproc.schemas import ExtractionSchema
+    from docproc.jobs.schemas import ExtractionSchema
 
 logger = logging.getLogger(__name__)
 

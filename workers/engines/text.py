@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from docproc.errors import PAGE_ERROR_CODES, InvalidRequest
-from docproc.results import ErrorInfo, PageResult, Table, Task
+from docproc.base.errors import PAGE_ERROR_CODES, InvalidRequest
+from docproc.jobs.inputs import OpenedDocument
+from docproc.jobs.results import ErrorInfo, PageResult, Table, Task
 from workers.engines.text_furniture import split_furniture
 from workers.engines.text_layout import Block, Item, make_blocks, reading_order
 from workers.engines.text_lines import Line, body_size, page_lines, unrotated
 from workers.engines.text_tables import find_tables
-from workers.intake import OpenedDocument
 from workers.pages import RenderedPage
 
 TEXT_TASKS = ("ocr", "tables")

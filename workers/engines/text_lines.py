@@ -114,7 +114,7 @@ def page_lines(page: Any, textpage: Any = None) -> list[Line]:
 def _raw_characters(page: Any, textpage: Any, by_line: dict[tuple[int, int], list[Word]]) -> None:
     """Words with U+FFFD read again from MuPDF's raw characters: ``words`` gives U+FFFD for
     each half of a surrogate pair a font's ToUnicode map splits, the raw characters keep the
-    halves (:mod:`docproc.clean_text` joins them into their character at the engine's edge)."""
+    halves (:mod:`docproc.jobs.clean_text` joins them into their character at the engine's edge)."""
     for b, block in enumerate(page.get_text("rawdict", textpage=textpage)["blocks"]):
         for ln, line in enumerate(block.get("lines", ())):
             words = [w for w in by_line.get((b, ln), ()) if "\ufffd" in w.text]

@@ -1,0 +1,1 @@
+"""Telling business systems: signed webhook events, their attempts, retries and dead letters."""
