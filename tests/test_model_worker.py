@@ -170,6 +170,10 @@ def test_model_worker_answers_celery_remote_control(worker_settings, workers):  
         page = wait_until(lambda: _get(f"http://127.0.0.1:{port}/worker/{host}", auth=("ops", "pw")), 30,
                           "Flower's worker page", [flower])
         assert page.status_code == 200 and "docproc.page" in page.text and "gpu" in page.text, page.text[:500]
+        assert app.control.enable_events(destination=[host], reply=True, timeout=10) == [
+            {host: {"ok": "task events are always on for the model worker"}}]
+        # Flower asks every worker to enable events every few seconds: answered, not logged as an error
+        assert "pidbox command error" not in model.log() and "KeyError" not in model.log()
         replies = app.control.broadcast("shutdown", destination=[host], reply=True, timeout=10)
     finally:
         app.close()

@@ -12,7 +12,9 @@ connection, so a long generate call on the GPU does not leave them unanswered. C
   pages of the batch in generate), ``reserved`` (held pages that are due), ``scheduled``
   (held pages waiting on an eta or a backoff), ``active_queues``, ``registered``,
   ``revoked`` (none: see below), ``conf`` (the batching settings, no secrets): in
-  Celery's shapes, which Flower renders.
+  Celery's shapes, which Flower renders;
+* ``enable_events`` / ``disable_events`` (Flower sends the first every few seconds): the
+  model worker always sends its task events, so both answer that they are on.
 
 Any other command (``revoke``, ``rate_limit``, ...) gets ``{"error": ...}`` back: the
 model worker drops a canceled job's pages because the job is terminal, not by task id.
@@ -112,6 +114,10 @@ def _revoked(worker: Any, **_: Any) -> list[str]:  # noqa: ARG001
     return []
 
 
+def _events_on(worker: Any, **_: Any) -> dict[str, str]:  # noqa: ARG001
+    return {"ok": "task events are always on for the model worker"}
+
+
 def _conf(worker: Any, **_: Any) -> dict[str, Any]:
     return {name: getattr(worker.settings, name) for name in CONF_SETTINGS}
 
@@ -119,7 +125,7 @@ def _conf(worker: Any, **_: Any) -> dict[str, Any]:
 COMMANDS: dict[str, Callable[..., Any]] = {
     "ping": _ping, "shutdown": _shutdown, "stats": _stats, "active": _active, "reserved": _reserved,
     "scheduled": _scheduled, "active_queues": _active_queues, "registered": _registered,
-    "revoked": _revoked, "conf": _conf,
+    "revoked": _revoked, "conf": _conf, "enable_events": _events_on, "disable_events": _events_on,
 }
 
 
