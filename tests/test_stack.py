@@ -72,8 +72,8 @@ def _clean_env() -> dict[str, str]:
 
 @contextmanager
 def running_up(tmp_path: Path, *argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Iterator[Up]:
-    """``docproc up --no-model-worker`` on free ports, ready (``/readyz`` answers); killed
-    at the end if the test did not stop it."""
+    """``docproc up --no-model-worker`` on free ports, ready (``/readyz`` answers); stopped
+    with Ctrl-C at the end if the test did not stop it (killed if that fails)."""
     up = Up(None, open(tmp_path / "up.log", "w+"), free_port(), free_port(), free_port())
     up.proc = subprocess.Popen(
         [sys.executable, "-m", "docproc", "up", "--port", str(up.api_port), "--redis-port", str(up.redis_port),
@@ -88,7 +88,11 @@ def running_up(tmp_path: Path, *argv: str, cwd: Path | None = None, env: dict[st
         yield up
     finally:
         if up.proc.poll() is None:
-            up.proc.kill()
+            up.proc.send_signal(signal.SIGINT)
+            try:
+                up.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                up.proc.kill()
         up.log.close()
 
 
@@ -127,6 +131,32 @@ def test_up_serves_a_job_and_ctrl_c_stops_everything(tmp_path):
         for pid in children:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+
+def test_up_killed_takes_everything_it_started_with_it(tmp_path):
+    """``docproc up`` SIGKILLed (no chance to stop its children): the kernel's parent-death
+    signal stops Redis, the API, the workers, the scheduler and Flower anyway."""
+    with running_up(tmp_path, "--var", str(tmp_path / "var")) as up:
+        children = _children(up.proc.pid)
+        assert len(children) == 6
+        up.proc.kill()
+        up.proc.wait(timeout=10)
+
+        def alive() -> set[int]:  # still running (a zombie waiting for its reaper is not)
+            left = set()
+            for pid in children:
+                try:
+                    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+                if state not in ("Z", "X"):
+                    left.add(pid)
+            return left
+
+        deadline = time.monotonic() + 60
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert alive() == set()
 
 
 def _docproc(cwd: Path, *argv: str) -> subprocess.CompletedProcess:

@@ -14,11 +14,13 @@ Results go to local disk (<var>/storage) unless DOCPROC_STORAGE_URL names an S3
 bucket. While it runs, <var>/docproc-up.env holds its Redis and storage settings, where
 the operator commands in another terminal find them (docproc/cli/stackfile.py). Ctrl-C (or
 SIGTERM) stops everything, workers first so they finish or return their current task,
-Redis last.
+Redis last. If ``up`` itself dies without stopping them (SIGKILL, OOM), the kernel sends each
+child SIGTERM (Linux's parent-death signal), so no API, worker or Redis outlives it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -90,12 +92,18 @@ class Stack:
         self.env.setdefault("DOCPROC_STORAGE_URL", (self.var / "storage").resolve().as_uri())
         self.env.setdefault("DOCPROC_LOG_FORMAT", "text")  # a terminal, not a log shipper: readable lines
         for child in self.plan():
-            child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+            self.spawn(child)
             self.children.append(child)
             if child.name == "redis":
                 wait_for_port(self.redis_port, timeout=10)
                 # where the operator CLI (docproc jobs/queues/keys ...) finds this Redis and storage
                 stackfile.write(self.var, self.env)
+
+    def spawn(self, child: Child) -> None:
+        """Start ``child`` in a session of its own (its group is stopped as one), set to get
+        SIGTERM when this process dies."""
+        child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True,
+                                         preexec_fn=_terminate_with_parent(os.getpid()))
 
     def watch(self) -> int:
         """Block until the API exits (or we are interrupted).
@@ -124,7 +132,7 @@ class Stack:
                           f"{delays[child.name]:.0f} s", file=sys.stderr)
                 elif now >= due[child.name]:
                     del due[child.name]
-                    child.process = subprocess.Popen(child.argv, env=self.env, start_new_session=True)
+                    self.spawn(child)
             time.sleep(0.5)
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -133,6 +141,25 @@ class Stack:
         for child in reversed(self.children):
             if child.process:
                 stop_group(child.process, timeout)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _terminate_with_parent(parent: int):
+    """A ``preexec_fn``: in the child, before exec, ask Linux for SIGTERM when ``parent``
+    dies (and exit at once if it already has). Elsewhere a no-op."""
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):  # not Linux: Ctrl-C and SIGTERM still stop the stack
+            return
+        if os.getppid() != parent:  # died between fork and prctl
+            os._exit(1)
+
+    return preexec
 
 
 def wait_for_port(port: int, *, timeout: float, host: str = "127.0.0.1") -> None:
