@@ -115,7 +115,7 @@ def test_api_keys_are_hashed_at_rest_and_compared_in_constant_time(stack_setting
     with pytest.raises(ValueError):
         Settings(_env_file=None, api_keys={TENANT: API_KEY})
     # constant time: every stored hash goes through hmac.compare_digest (timing: tests/test_auth.py)
-    body = (REPO_ROOT / "docproc" / "auth.py").read_text().split("def authenticate")[1].split("\ndef ")[0]
+    body = (REPO_ROOT / "docproc" / "base" / "auth.py").read_text().split("def authenticate")[1].split("\ndef ")[0]
     assert "hmac.compare_digest(digest, stored)" in body
     client.close()
 
