@@ -5,7 +5,7 @@ all declared queues only when no worker is online at all. So with CPU workers up
 worker (``docproc up --no-model-worker``, a GPU pool scaled to zero, a model worker that cannot
 load its model), the ``gpu`` queue vanished from Flower exactly when its backlog matters.
 :func:`keep_every_queue` makes Flower list the workers' queues plus every queue of
-:data:`workers.celery_app.QUEUES`. It runs when Flower loads the app
+:data:`docproc.base.broker.QUEUES`. It runs when Flower loads the app
 (``celery -A workers.celery_app flower``, ``docproc flower``).
 """
 
