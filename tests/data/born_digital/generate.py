@@ -682,6 +682,215 @@ def unruled_tables():
     return doc, checks
 
 
+def unruled_statements():
+    """Harder unruled tables as enterprise documents set them: a bank statement whose
+    descriptions run over several lines, an income statement ($ signs in their own place,
+    parenthesised negatives whose ")" hangs past the digits, indented items, a note column,
+    a dash for nil), headers on two lines in every column, a charges table in the right-hand
+    column beside a column of prose and a summary with a wide gap before its amounts, and
+    a factsheet with two tables side by side in the page's two columns."""
+    doc = pymupdf.open()
+    # page 1: a bank statement; amounts on an entry's first line, its description goes on below
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((50, 60), "Harbour Bank plc", fontsize=14, fontname="hebo")
+    p.insert_text((50, 80), "Current account statement, 1 March to 31 March 2026", fontsize=10)
+    p.insert_text((50, 94), "Account 20-44-91 73310582", fontsize=10)
+    p.insert_text((50, 130), "Date", fontsize=9, fontname="hebo")
+    p.insert_text((110, 130), "Description", fontsize=9, fontname="hebo")
+    for x, h in zip((420, 490, 560), ("Paid out", "Paid in", "Balance")):
+        right(p, x, 130, h, 9, "hebo")
+    entries = [("01 Mar", ["Balance brought forward"], "", "", "2,804.16"),
+               ("02 Mar", ["Direct debit", "Severn Water Ltd", "Ref. SW-440918"], "46.80", "", "2,757.36"),
+               ("05 Mar", ["Faster payment received", "From: J Okafor", "Ref. Invoice 1187"], "", "1,250.00",
+                "4,007.36"),
+               ("09 Mar", ["Card payment", "Fenwick Office Supplies, Leeds"], "132.45", "", "3,874.91"),
+               ("14 Mar", ["Standing order", "Landlord Property Mgmt"], "950.00", "", "2,924.91"),
+               ("27 Mar", ["Interest paid"], "", "0.84", "2,925.75"),
+               ("31 Mar", ["Balance carried forward"], "", "", "2,925.75")]
+    y = 148
+    for date, desc, out, paid_in, bal in entries:
+        p.insert_text((50, y), date, fontsize=9)
+        for k, line in enumerate(desc):
+            p.insert_text((110, y + 11 * k), line, fontsize=9)
+        for x, v in zip((420, 490, 560), (out, paid_in, bal)):
+            if v:
+                right(p, x, y, v, 9)
+        y += 11 * len(desc) + 5
+    p.insert_text((110, y), "Totals", fontsize=9, fontname="hebo")
+    right(p, 420, y, "1,129.25", 9, "hebo")
+    right(p, 490, y, "1,250.84", 9, "hebo")
+    p.insert_text((50, y + 40), "Harbour Bank plc is authorised by the Prudential Regulation Authority.", fontsize=8)
+    # page 2: an income statement
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p2.insert_text((50, 60), "Consolidated Statement of Operations", fontsize=12, fontname="hebo")
+    p2.insert_text((50, 75), "(in thousands of US dollars, except per-share amounts)", fontsize=9)
+    centred(p2, 385, 540, 100, "Year ended 31 December", 9, "hebo")
+    p2.insert_text((322, 114), "Note", fontsize=9, fontname="hebo")
+    right(p2, 450, 114, "2025", 9, "hebo")
+    right(p2, 540, 114, "2024", 9, "hebo")
+    paren = pymupdf.get_text_length(")", fontname="helv", fontsize=9)
+
+    def amount(page, x1, yy, v, font="helv"):
+        if v.startswith("$"):
+            page.insert_text((x1 - 62, yy), "$", fontsize=9, fontname=font)
+            v = v[2:]
+        right(page, x1 + (paren if v.endswith(")") else 0), yy, v, 9, font)
+
+    statement = [("Revenue", 0, "3", "$ 48,212", "$ 41,005"), ("Cost of sales", 0, "", "(21,430)", "(18,877)"),
+                 ("Gross profit", 0, "", "26,782", "22,128"), ("Operating expenses", 0, "", "", ""),
+                 ("Selling and marketing", 12, "", "(8,115)", "(7,420)"),
+                 ("Research and development", 12, "4", "(6,480)", "(5,102)"),
+                 ("General and administrative", 12, "", "(5,992)", "(5,310)"),
+                 ("Impairment of goodwill", 12, "5", "(1,250)", "-"),
+                 ("Operating income", 0, "", "4,945", "4,296"), ("Finance costs, net", 0, "6", "(712)", "(655)"),
+                 ("Income before tax", 0, "", "4,233", "3,641"), ("Income tax expense", 0, "7", "(1,031)", "(902)"),
+                 ("Net income", 0, "", "$ 3,202", "$ 2,739"), ("Earnings per share, basic", 0, "8", "$ 0.64",
+                                                                  "$ 0.55")]
+    for r, (label, indent, note, a, b) in enumerate(statement):
+        yy = 132 + 15 * r
+        font = "hebo" if label in ("Gross profit", "Operating income", "Net income") else "helv"
+        p2.insert_text((50 + indent, yy), label, fontsize=9, fontname=font)
+        if note:
+            centred(p2, 322, 342, yy, note, 9)
+        if a:
+            amount(p2, 450, yy, a, font)
+            amount(p2, 540, yy, b, font)
+    p2.insert_text((50, 370), "The notes on pages 12 to 31 form part of these financial statements.", fontsize=9)
+    # page 3: a dispatch note whose column headers are set on two lines, single-line ones at the foot
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p3.insert_text((50, 60), "Dispatch note DN-50712", fontsize=13, fontname="hebo")
+    p3.insert_text((50, 78), "Customer: Alder & Finch Ltd, Unit 4, Canal Wharf, Leeds", fontsize=10)
+    p3.insert_text((50, 120), "Item", fontsize=9, fontname="hebo")
+    p3.insert_text((50, 131), "code", fontsize=9, fontname="hebo")
+    p3.insert_text((120, 131), "Description", fontsize=9, fontname="hebo")
+    for x, (h1, h2) in zip((400, 470, 540), (("Quantity", "ordered"), ("Quantity", "shipped"), ("Back-", "ordered"))):
+        right(p3, x, 120, h1, 9, "hebo")
+        right(p3, x, 131, h2, 9, "hebo")
+    lines = [("AF-2201", "Steel shelving unit, 5 tier", "12", "12", "0"),
+             ("AF-2215", "Wall bracket, galvanised", "40", "32", "8"), ("AF-3020", "Cable tray 2 m", "25", "25", "0"),
+             ("AF-3104", "Floor anchor set", "60", "45", "15"), ("AF-4410", "Label holder strip", "100", "100", "0")]
+    for r, row in enumerate(lines):
+        yy = 149 + 14 * r
+        p3.insert_text((50, yy), row[0], fontsize=9)
+        p3.insert_text((120, yy), row[1], fontsize=9)
+        for x, v in zip((400, 470, 540), row[2:]):
+            right(p3, x, yy, v, 9)
+    p3.insert_text((120, 149 + 14 * 5), "Totals", fontsize=9, fontname="hebo")
+    for x, v in zip((400, 470, 540), ("237", "214", "23")):
+        right(p3, x, 149 + 14 * 5, v, 9, "hebo")
+    p3.insert_text((50, 260), "Back-ordered items follow within ten working days.", fontsize=9)
+    # page 4: a charges table in the right-hand column beside prose; a full-width summary below
+    p4 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p4.insert_text((50, 60), "Your business account: charges for March 2026", fontsize=13, fontname="hebo")
+    y = paragraph(p4, 50, 90, 240, "How we charge. Charges are worked out over each monthly charging period and "
+                  "taken from your account on the first working day of the next month. We tell you the amount at "
+                  "least fourteen days before we take it, so that you can make sure there is enough money in the "
+                  "account.", 9.5)
+    paragraph(p4, 50, y, 240, "Cash paid in is charged per hundred pounds or part of it, whether you pay it in at "
+              "a branch, at a post office or through a deposit machine. Electronic payments out include standing "
+              "orders and direct debits.", 9.5)
+    p4.insert_text((320, 90), "Service", fontsize=9.5, fontname="hebo")
+    right(p4, 562, 90, "Charge", 9.5, "hebo")
+    tariff = [("Monthly account fee", "£6.50"), ("Electronic payment out", "£0.20"), ("Cheque paid in", "£0.65"),
+              ("Cash paid in, per £100", "£0.75"), ("Unpaid item", "£15.00"), ("Replacement card", "free")]
+    for r, (service, fee) in enumerate(tariff):
+        p4.insert_text((320, 108 + 15 * r), service, fontsize=9.5)
+        right(p4, 562, 108 + 15 * r, fee, 9.5)
+    p4.insert_text((50, 300), "Summary of charges", fontsize=11, fontname="hebo")
+    p4.insert_text((50, 322), "Description", fontsize=9.5, fontname="hebo")
+    right(p4, 562, 322, "Amount", 9.5, "hebo")
+    summary = [("Account maintenance, March 2026", "£6.50"), ("Electronic payments out (182 at £0.20)", "£36.40"),
+               ("Cheques paid in (2 at £0.65)", "£1.30"), ("Cash paid in (£600 at £0.75 per £100)", "£4.50")]
+    for r, (what, amt) in enumerate(summary):
+        p4.insert_text((50, 340 + 15 * r), what, fontsize=9.5)
+        right(p4, 562, 340 + 15 * r, amt, 9.5)
+    p4.insert_text((50, 340 + 15 * 4), "Total charges", fontsize=9.5, fontname="hebo")
+    right(p4, 562, 340 + 15 * 4, "£48.70", 9.5, "hebo")
+    # page 5: a fund factsheet, two tables side by side in the page's two columns
+    p5 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p5.insert_text((50, 60), "Meridian Global Equity Fund", fontsize=14, fontname="hebo")
+    paragraph(p5, 50, 84, 512, "Factsheet at 31 March 2026. The fund invests in large and medium-sized companies "
+              "worldwide and aims to beat the MSCI World index over any five-year period.", 9.5)
+    p5.insert_text((50, 140), "Top ten holdings", fontsize=10.5, fontname="hebo")
+    p5.insert_text((320, 140), "Sector allocation", fontsize=10.5, fontname="hebo")
+    p5.insert_text((50, 158), "Holding", fontsize=9, fontname="hebo")
+    right(p5, 280, 158, "Weight", 9, "hebo")
+    p5.insert_text((320, 158), "Sector", fontsize=9, fontname="hebo")
+    right(p5, 562, 158, "Weight", 9, "hebo")
+    holdings = [("Arden Semiconductor", "5.8%"), ("Bellweather Software", "5.1%"), ("Calloway Health", "4.2%"),
+                ("Dunmore Energy", "3.6%"), ("Eastgate Bank", "3.3%"), ("Fairholm Retail", "2.9%"),
+                ("Glenrock Mining", "2.7%"), ("Hartley Insurance", "2.5%"), ("Ivybridge Telecom", "2.2%"),
+                ("Juniper Logistics", "2.0%")]
+    sectors = [("Information technology", "24.6%"), ("Financials", "16.2%"), ("Health care", "12.9%"),
+               ("Industrials", "11.4%"), ("Consumer discretionary", "10.1%"), ("Energy", "6.8%"),
+               ("Other", "18.0%")]
+    for r, (name, w) in enumerate(holdings):
+        p5.insert_text((50, 174 + 13 * r), name, fontsize=9)
+        right(p5, 280, 174 + 13 * r, w, 9)
+    for r, (name, w) in enumerate(sectors):
+        p5.insert_text((320, 174 + 13 * r), name, fontsize=9)
+        right(p5, 562, 174 + 13 * r, w, 9)
+    p5.insert_text((50, 330), "Past performance is not a guide to future returns.", fontsize=9)
+    checks = [
+        cell(1, "Severn Water", 0, 2, "Paid out"),
+        cell(1, "Severn Water", 0, 4, "Balance"),
+        cell(1, "Severn Water", 1, 1, "Balance brought forward"),
+        cell(1, "Severn Water", 2, 1, "Direct debit Severn Water Ltd Ref. SW-440918"),
+        cell(1, "Severn Water", 2, 2, "46.80"),
+        cell(1, "Severn Water", 2, 4, "2,757.36"),
+        cell(1, "Severn Water", 3, 1, "Faster payment received From: J Okafor Ref. Invoice 1187"),
+        cell(1, "Severn Water", 3, 3, "1,250.00"),
+        cell(1, "Severn Water", 4, 0, "09 Mar"),
+        cell(1, "Severn Water", 4, 1, "Card payment Fenwick Office Supplies, Leeds"),
+        cell(1, "Severn Water", 6, 3, "0.84"),
+        cell(1, "Severn Water", 7, 4, "2,925.75"),
+        cell(1, "Severn Water", 8, 2, "1,129.25"),
+        once(1, "Ref. SW-440918"),
+        order(1, "Account 20-44-91", "Balance brought forward"),
+        cell(2, "Gross profit", 0, 1, "Note"),
+        cell(2, "Gross profit", 0, 2, "2025"),
+        cell(2, "Gross profit", 0, 3, "2024"),
+        cell(2, "Gross profit", 1, 2, "$48,212"),
+        cell(2, "Gross profit", 2, 2, "(21,430)"),
+        cell(2, "Gross profit", 4, 0, "Operating expenses"),
+        cell(2, "Gross profit", 5, 0, "Selling and marketing"),
+        cell(2, "Gross profit", 5, 3, "(7,420)"),
+        cell(2, "Gross profit", 8, 1, "5"),
+        cell(2, "Gross profit", 8, 2, "(1,250)"),
+        cell(2, "Gross profit", 8, 3, "-"),
+        cell(2, "Gross profit", 12, 1, "7"),
+        cell(2, "Gross profit", 13, 2, "$3,202"),
+        cell(2, "Gross profit", 14, 3, "$0.55"),
+        cell(3, "Wall bracket", 0, 0, "Item code"),
+        cell(3, "Wall bracket", 0, 1, "Description"),
+        cell(3, "Wall bracket", 0, 2, "Quantity ordered"),
+        cell(3, "Wall bracket", 0, 4, "Back-ordered"),
+        cell(3, "Wall bracket", 2, 1, "Wall bracket, galvanised"),
+        cell(3, "Wall bracket", 4, 4, "15"),
+        cell(3, "Wall bracket", 6, 2, "237"),
+        cell(4, "Unpaid item", 0, 0, "Service"),
+        cell(4, "Unpaid item", 1, 0, "Monthly account fee"),
+        cell(4, "Unpaid item", 4, 1, "£0.75"),
+        cell(4, "Unpaid item", 6, 1, "free"),
+        once(4, "Monthly account fee"),
+        order(4, "How we charge.", "Monthly account fee"),
+        cell(4, "Cheques paid in", 0, 1, "Amount"),
+        cell(4, "Cheques paid in", 2, 0, "Electronic payments out (182 at £0.20)"),
+        cell(4, "Cheques paid in", 2, 1, "£36.40"),
+        cell(4, "Cheques paid in", 5, 1, "£48.70"),
+        cell(5, "Bellweather", 0, 0, "Holding"),
+        cell(5, "Bellweather", 2, 0, "Bellweather Software"),
+        cell(5, "Bellweather", 2, 1, "5.1%"),
+        cell(5, "Bellweather", 10, 1, "2.0%"),
+        cell(5, "Financials", 0, 0, "Sector"),
+        cell(5, "Financials", 2, 1, "16.2%"),
+        cell(5, "Financials", 7, 0, "Other"),
+        cell(5, "Financials", 7, 1, "18.0%"),
+        order(5, "Juniper Logistics", "Information technology"),
+    ]
+    return doc, checks
+
+
 # --------------------------------------------------------------- furniture
 
 
@@ -987,6 +1196,7 @@ SET = [
     ("multiline_cells", multiline_cells, "multiline_cells.pdf"),
     ("currency", currency, "currency.pdf"),
     ("unruled_tables", unruled_tables, "unruled_tables.pdf"),
+    ("unruled_tables", unruled_statements, "unruled_statements.pdf"),
     ("running_headers", running_headers, None),
     ("margin_text", margin_text, "margin_text.pdf"),
     ("graphics_titles", graphics_titles, "graphics_titles.pdf"),
