@@ -143,7 +143,9 @@ def merge_currency_columns(rows: list[list[str]]) -> list[list[str]]:
             to = c - 1 if after or c == len(rows[0]) - 1 else c + 1
             for r in rows:
                 sign, r[c] = r[c], ""
-                if sign and r[to] and r[to] != sign:
+                if sign and r[to] and sign in r[to]:
+                    continue  # a heading over both columns is said once
+                if sign and r[to]:
                     r[to] = f"{r[to]} {sign}" if to < c else f"{sign} {r[to]}"
                 elif sign:
                     r[to] = r[to] or sign
@@ -384,8 +386,12 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
             tight = filled == 1 and row.y0 - prev.y1 < 0.5 * row.size
         nxt = placed[k + 1][1] if k + 1 < len(placed) else None
         leads_on = nxt is not None and cells[0] and not any(cells[1:]) and nxt[0][:1].islower() and any(nxt[1:])
-        if tight and filled < most and rows and k > (1 if above else 0) and not leads_on:
-            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells)]
+        # the header's lower line: set closer under the first row than the rows are apart,
+        # neither line holding a number ("Item / code", "Quantity / ordered")
+        header_line = (tight and len(rows) == 1 and not above
+                       and not any(is_body_number(c) for c in rows[0] + cells if c))
+        if tight and (filled < most or header_line) and rows and k > (1 if above else 0) and not leads_on:
+            rows[-1] = [join_lines(a, b) for a, b in zip(rows[-1], cells)]
         else:
             rows.append(cells)
             spanned.append(span)
@@ -393,6 +399,14 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
     merge_header_only_columns(rows, spanned, columns, 2 if above else 1)
     join_wrapped_labels(rows, spanned, 2 if above else 1)
     return rows, spanned, columns
+
+
+def join_lines(upper: str, lower: str) -> str:
+    """A cell's text set on two lines, joined; a word hyphenated at the line end ("Back-" over
+    "ordered") is joined without a space."""
+    if upper.endswith("-") and lower[:1].islower():
+        return upper + lower
+    return f"{upper} {lower}".strip()
 
 
 def _header_line_above(first: TextRow, rows: Sequence[TextRow], columns: Sequence[tuple[float, float]]
