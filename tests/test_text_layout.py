@@ -154,6 +154,51 @@ def test_unruled_tables_are_found():
     assert timetable.rows[0] == ["Harbour", "Market Square", "Hospital", "Ridge Road"]
 
 
+def test_statement_tables_as_enterprise_documents_set_them():
+    statement = table_with(read_page(page("unruled_statements.pdf")).tables, "Severn Water")
+    assert statement.rows[0] == ["Date", "Description", "Paid out", "Paid in", "Balance"]
+    # a description over three lines is one cell; the amounts on its first line stay in its row
+    assert statement.rows[2] == ["02 Mar", "Direct debit Severn Water Ltd Ref. SW-440918", "46.80", "", "2,757.36"]
+    assert statement.rows[8] == ["", "Totals", "1,129.25", "1,250.84", ""]
+    income = table_with(read_page(page("unruled_statements.pdf", 2)).tables, "Gross profit")
+    # the heading over the $ signs and the years is said once per column
+    assert income.rows[0] == ["", "Note", "Year ended 31 December 2025", "Year ended 31 December 2024"]
+    assert income.rows[1] == ["Revenue", "3", "$ 48,212", "$ 41,005"]
+    assert income.rows[4] == ["Operating expenses", "", "", ""]
+    assert income.rows[8] == ["Impairment of goodwill", "5", "(1,250)", "-"]  # a ")" hanging past the digits
+    # a header set on two lines in every column, a word hyphenated at its line end joined
+    dispatch = table_with(read_page(page("unruled_statements.pdf", 3)).tables, "Wall bracket")
+    assert dispatch.rows[0] == ["Item code", "Description", "Quantity ordered", "Quantity shipped", "Back-ordered"]
+    assert dispatch.rows[1] == ["AF-2201", "Steel shelving unit, 5 tier", "12", "12", "0"]
+    read = read_page(page("unruled_statements.pdf", 4))  # beside a column of prose, and a wide gap
+    assert [t.rows[:2] for t in read.tables] == [
+        [["Service", "Charge"], ["Monthly account fee", "£6.50"]],
+        [["Description", "Amount"], ["Account maintenance, March 2026", "£6.50"]]]
+
+
+def test_tables_side_by_side_are_two_tables():
+    read = read_page(page("unruled_statements.pdf", 5))
+    holdings, sectors = read.tables
+    assert holdings.rows[:2] == [["Holding", "Weight"], ["Arden Semiconductor", "5.8%"]] and len(holdings.rows) == 11
+    assert sectors.rows[:2] == [["Sector", "Weight"], ["Information technology", "24.6%"]] and len(sectors.rows) == 8
+    # each table's title stays in the text above it; the left table is read before the right
+    assert before(read.text, "Top ten holdings", "| Holding |") and before(read.text, "Juniper", "Sector allocation")
+    assert before(read.text, "Sector allocation", "| Sector |")
+
+
+def test_one_table_with_a_text_column_after_numbers_is_not_cut():
+    doc = pymupdf.open()
+    p = doc.new_page()
+    rows = [("Product", "Qty", "Warehouse", "Bin"), ("Hinge, brass", "12", "Leeds north", "A-04"),
+            ("Door handle", "30", "Leeds north", "A-07"), ("Latch", "8", "Bristol", "C-11"),
+            ("Padlock", "15", "Bristol", "C-12")]
+    for r, row in enumerate(rows):
+        for x, v in zip((50, 200, 260, 400), row):
+            p.insert_text((x, 100 + 15 * r), v, fontsize=10)
+    (table,) = read_page(p).tables
+    assert table.rows[0] == ["Product", "Qty", "Warehouse", "Bin"] and table.rows[3] == ["Latch", "8", "Bristol", "C-11"]
+
+
 def test_a_table_in_one_column_of_a_paper_leaves_the_other_column_alone():
     read = read_page(page("unruled_tables.pdf", 7))
     (table,) = read.tables
@@ -167,9 +212,15 @@ def test_two_columns_of_prose_are_not_a_table():
         assert read_page(page(name, n)).tables == []
 
 
+def pieces(words) -> Counter:
+    """Words cut after each hyphen: a header word hyphenated at a line end ("Back-" over
+    "ordered") comes out joined ("Back-ordered") and is still the same two pieces."""
+    return Counter(p for w in words for p in re.findall(r"[^-]+-?|-", w))
+
+
 def words_of(text: str) -> Counter:
     text = re.sub(r"^#+ ", "", text, flags=re.MULTILINE).replace("\\|", "\u2502")
-    return Counter(w for w in text.split() if w not in ("|", "|---") and not re.fullmatch(r"\|?(---\|)+", w))
+    return pieces(w for w in text.split() if w not in ("|", "|---") and not re.fullmatch(r"\|?(---\|)+", w))
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.pdf")))
@@ -178,10 +229,10 @@ def test_no_word_is_lost_or_said_twice(name):
     header, footer or margin field; merged header cells may repeat a heading in the header row."""
     for pdf_page in pymupdf.open(DATA / name):
         read = read_page(pdf_page)
-        layer = Counter(w[4] for w in pdf_page.get_text("words"))
-        out = words_of(read.text) + Counter(w for line in read.headers + read.footers + read.margin
-                                            for w in line.split())
-        repeated_headings = Counter(w for t in read.tables for c in t.rows[0] for w in c.split())
+        layer = pieces(w[4] for w in pdf_page.get_text("words"))
+        out = words_of(read.text) + pieces(w for line in read.headers + read.footers + read.margin
+                                           for w in line.split())
+        repeated_headings = pieces(w for t in read.tables for c in t.rows[0] for w in c.split())
         assert not layer - out, f"{name} p{pdf_page.number + 1} lost {layer - out}"
         extra = out - layer
         assert not extra - repeated_headings, f"{name} p{pdf_page.number + 1} repeated {extra}"

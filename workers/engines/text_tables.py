@@ -440,15 +440,70 @@ def join_wrapped_labels(rows: list[list[str]], spanned: list[list[bool]], head: 
         r += 1
 
 
+def side_by_side(run: Sequence[TextRow], columns: Sequence[tuple[float, float]]) -> float | None:
+    """The x between two tables set side by side (a factsheet's "Top holdings" and "Sector
+    allocation" in the page's two columns), or None when the run is one table.
+
+    A column of labels (text) right of a column of numbers starts a second table when
+    nothing crosses the gap between them and either each side has its own title (a top
+    row with text in just the two sides' first columns) or one side ends two or more rows
+    before the other (their rows only line up by chance)."""
+    if len(columns) < 4:
+        return None
+    grid = []
+    for row in run:
+        cells = [""] * len(columns)
+        for seg in row.segments:
+            k = (columns_of(seg, columns) or [0])[0]
+            cells[k] = f"{cells[k]} {seg.text}".strip()
+        grid.append(cells)
+    for c in range(2, len(columns) - 1):
+        x = (columns[c - 1][1] + columns[c][0]) / 2
+        if any(s.x0 < x < s.x1 for r in run for s in r.segments):
+            continue
+        numbers = [g[c - 1] for g in grid[1:] if g[c - 1]]
+        labels = [g[c] for g in grid[1:] if g[c]]
+        if len(labels) < 3 or sum(is_numeric(v) for v in numbers) < 0.8 * len(numbers):
+            continue
+        if sum(not is_numeric(v) and any(ch.isalpha() for ch in v) for v in labels) < 0.8 * len(labels):
+            continue
+        titles = {k for k, v in enumerate(grid[0]) if v} == {0, c}
+        sides = [(any(g[:c]), any(g[c:])) for g in grid]
+        tail = 0
+        for left, right in reversed(sides):
+            if left == right:
+                break
+            tail += 1
+        if titles or tail >= 2:
+            return x
+    return None
+
+
+def _split(run: Sequence[TextRow], x: float) -> list[list[TextRow]]:
+    """The run's rows cut at ``x`` into a left and a right set of rows (empty ones dropped)."""
+    halves: list[list[TextRow]] = [[], []]
+    for row in run:
+        for half, segs in zip(halves, ([s for s in row.segments if s.x1 <= x], [s for s in row.segments if s.x0 >= x])):
+            if segs:
+                half.append(TextRow(min(s.y0 for s in segs), max(s.y1 for s in segs), row.size, segs))
+    return halves
+
+
 def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
     """Tables of aligned text: at least three rows of two or more cells in shared columns."""
     free = [r for r in rows if not any(id(w) in taken for s in r.segments for w in s.words)]
     found = []
-    for run in _runs(free):
+    todo = [(run, free) for run in _runs(free)]
+    while todo:
+        run, context = todo.pop(0)
         if sum(len(r.segments) >= 2 for r in run) < 3:
             continue
         columns = gutters_columns([(s.x0, s.x1) for r in run for s in r.segments])
-        above = _header_line_above(run[0], free, columns)
+        x = side_by_side(run, columns)
+        if x is not None:  # two tables side by side: each is read on its own
+            todo[:0] = [(sub, half) for half in _split(run, x) for sub in _runs(half)]
+            continue
+        above = _header_line_above(run[0], context, columns)
         grid = _grid_of_run(run, above)
         if grid is None:
             continue
