@@ -688,7 +688,8 @@ def unruled_statements():
     parenthesised negatives whose ")" hangs past the digits, indented items, a note column,
     a dash for nil), headers on two lines in every column, a charges table in the right-hand
     column beside a column of prose and a summary with a wide gap before its amounts, and
-    a factsheet with two tables side by side in the page's two columns."""
+    a factsheet with two tables side by side in the page's two columns, and transactions
+    dated on a day's first entry only, with the balance on its last."""
     doc = pymupdf.open()
     # page 1: a bank statement; amounts on an entry's first line, its description goes on below
     p = doc.new_page(width=LETTER[0], height=LETTER[1])
@@ -831,6 +832,31 @@ def unruled_statements():
         p5.insert_text((320, 174 + 13 * r), name, fontsize=9)
         right(p5, 562, 174 + 13 * r, w, 9)
     p5.insert_text((50, 330), "Past performance is not a guide to future returns.", fontsize=9)
+    # page 6: transactions with the date on a day's first entry only and the balance on its last
+    p6 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p6.insert_text((50, 60), "Your transactions", fontsize=13, fontname="hebo")
+    p6.insert_text((50, 100), "Date", fontsize=9, fontname="hebo")
+    p6.insert_text((110, 100), "Details", fontsize=9, fontname="hebo")
+    for x, h in zip((420, 490, 560), ("Money out", "Money in", "Balance")):
+        right(p6, x, 100, h, 9, "hebo")
+    days = [("03 Apr", ["Balance brought forward"], "", "", "1,206.30"),
+            ("04 Apr", ["Card payment", "Tesco Stores 2231"], "23.18", "", ""),
+            ("", ["Card payment", "Shell Fuel Kendal"], "41.07", "", ""),
+            ("", ["Transfer from savings"], "", "200.00", "1,342.05"),
+            ("06 Apr", ["Direct debit", "Council tax"], "132.00", "", "1,210.05"),
+            ("08 Apr", ["Cash withdrawal"], "60.00", "", ""),
+            ("", ["Faster payment received", "A Patel, rent share"], "", "375.00", "1,525.05")]
+    y = 118
+    for date, desc, out, paid_in, bal in days:
+        if date:
+            p6.insert_text((50, y), date, fontsize=9)
+        for k, line in enumerate(desc):
+            p6.insert_text((110, y + 11 * k), line, fontsize=9)
+        for x, v in zip((420, 490, 560), (out, paid_in, bal)):
+            if v:
+                right(p6, x, y, v, 9)
+        y += 11 * len(desc) + 5
+    p6.insert_text((50, y + 30), "Balances are shown at the end of each day.", fontsize=8)
     checks = [
         cell(1, "Severn Water", 0, 2, "Paid out"),
         cell(1, "Severn Water", 0, 4, "Balance"),
@@ -887,6 +913,19 @@ def unruled_statements():
         cell(5, "Financials", 7, 0, "Other"),
         cell(5, "Financials", 7, 1, "18.0%"),
         order(5, "Juniper Logistics", "Information technology"),
+        order(5, "Other", "Past performance is not a guide"),
+        cell(6, "Shell Fuel", 0, 1, "Details"),
+        cell(6, "Shell Fuel", 2, 0, "04 Apr"),
+        cell(6, "Shell Fuel", 2, 1, "Card payment Tesco Stores 2231"),
+        cell(6, "Shell Fuel", 3, 1, "Card payment Shell Fuel Kendal"),
+        cell(6, "Shell Fuel", 3, 2, "41.07"),
+        cell(6, "Shell Fuel", 4, 1, "Transfer from savings"),
+        cell(6, "Shell Fuel", 4, 3, "200.00"),
+        cell(6, "Shell Fuel", 4, 4, "1,342.05"),
+        cell(6, "Shell Fuel", 5, 0, "06 Apr"),
+        cell(6, "Shell Fuel", 6, 2, "60.00"),
+        cell(6, "Shell Fuel", 7, 1, "Faster payment received A Patel, rent share"),
+        cell(6, "Shell Fuel", 7, 4, "1,525.05"),
     ]
     return doc, checks
 
