@@ -74,6 +74,12 @@ def test_reading_order_of_boxes():
              item("L2", 50, 110, 290, 160), item("R2", 310, 110, 550, 160), item("fig", 50, 170, 550, 200),
              item("L3", 50, 210, 290, 260), item("R3", 310, 210, 550, 240)]
     assert [i.markdown for i in reading_order(items)] == ["title", "L1", "L2", "R1", "R2", "fig", "L3", "R3"]
+    # a note under the left one of two side-by-side tables, well below both, is read after them;
+    # a paragraph close under a column that runs longer than the other goes on that column
+    items = [item("L", 50, 150, 280, 294), item("R", 320, 150, 562, 254), item("note", 50, 323, 250, 333)]
+    assert [i.markdown for i in reading_order(items)] == ["L", "R", "note"]
+    items = [item("L1", 50, 40, 290, 300), item("R1", 310, 40, 550, 200), item("L2", 50, 307, 290, 400)]
+    assert [i.markdown for i in reading_order(items)] == ["L1", "L2", "R1"]
 
 
 # ------------------------------------------------------------------------ tables
