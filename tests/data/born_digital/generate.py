@@ -689,7 +689,9 @@ def unruled_statements():
     a dash for nil), headers on two lines in every column, a charges table in the right-hand
     column beside a column of prose and a summary with a wide gap before its amounts, and
     a factsheet with two tables side by side in the page's two columns, and transactions
-    dated on a day's first entry only, with the balance on its last."""
+    dated on a day's first entry only, with the balance on its last; an invoice whose item
+    descriptions wrap, with a VAT summary under it, and a payslip's payments and deductions
+    side by side."""
     doc = pymupdf.open()
     # page 1: a bank statement; amounts on an entry's first line, its description goes on below
     p = doc.new_page(width=LETTER[0], height=LETTER[1])
@@ -857,6 +859,55 @@ def unruled_statements():
                 right(p6, x, y, v, 9)
         y += 11 * len(desc) + 5
     p6.insert_text((50, y + 30), "Balances are shown at the end of each day.", fontsize=8)
+    # page 7: an invoice whose item descriptions wrap (amounts on the first line), a VAT summary under it
+    p7 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p7.insert_text((50, 60), "Kestrel Print & Design Ltd", fontsize=14, fontname="hebo")
+    p7.insert_text((50, 78), "12 Mill Yard, Kendal LA9 4QR  VAT reg. GB 284 7710 93", fontsize=9)
+    p7.insert_text((380, 110), "Invoice no. KP-24077", fontsize=10, fontname="hebo")
+    p7.insert_text((380, 124), "Invoice date 14 April 2026", fontsize=10)
+    ix = (360, 440, 490, 560)
+    p7.insert_text((50, 160), "Description", fontsize=9, fontname="hebo")
+    for x, h in zip(ix, ("Qty", "Unit price", "VAT", "Amount")):
+        right(p7, x, 160, h, 9, "hebo")
+    goods = [(["Business cards, 400 gsm silk, double-sided,", "full colour, 85 x 55 mm"], "500", "0.09", "45.00"),
+             (["Tri-fold leaflets, A4, 170 gsm gloss"], "2,000", "0.11", "220.00"),
+             (["Design time: leaflet layout and", "two rounds of proof corrections"], "3.5", "40.00", "140.00"),
+             (["Delivery, next working day"], "1", "12.50", "12.50")]
+    y = 178
+    for desc, qty, unit, amt in goods:
+        for k, line in enumerate(desc):
+            p7.insert_text((50, y + 11 * k), line, fontsize=9)
+        for x, v in zip(ix, (qty, unit, "20%", amt)):
+            right(p7, x, y, v, 9)
+        y += 11 * len(desc) + 6
+    for k, (label, v) in enumerate((("Subtotal", "417.50"), ("VAT at 20%", "83.50"), ("Total due (GBP)", "501.00"))):
+        p7.insert_text((380, y + 14 + 14 * k), label, fontsize=9, fontname="hebo" if k == 2 else "helv")
+        right(p7, 560, y + 14 + 14 * k, v, 9, "hebo" if k == 2 else "helv")
+    p7.insert_text((50, y + 90), "Please pay within 14 days quoting the invoice number.", fontsize=9)
+    # page 8: a payslip: payments and deductions side by side, rows level, each with its total
+    p8 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p8.insert_text((50, 60), "Payslip", fontsize=14, fontname="hebo")
+    p8.insert_text((50, 78), "Employee: R. Lindqvist, employee no. 10442, pay date 28 April 2026", fontsize=9)
+    p8.insert_text((50, 120), "Payments", fontsize=9, fontname="hebo")
+    for x, h in zip((220, 275, 330), ("Units", "Rate", "Amount")):
+        right(p8, x, 120, h, 9, "hebo")
+    p8.insert_text((370, 120), "Deductions", fontsize=9, fontname="hebo")
+    right(p8, 562, 120, "Amount", 9, "hebo")
+    pay = [("Basic salary", "", "", "3,125.00"), ("Overtime 1.5x", "6.0", "27.04", "162.24"),
+           ("Shift allowance", "", "", "85.00"), ("Bonus", "", "", "40.26"), ("Total payments", "", "", "3,412.50")]
+    deduct = [("Income tax", "498.20"), ("National Insurance", "212.64"), ("Pension 5%", "156.25"),
+              ("Student loan", "45.31"), ("Total deductions", "912.40")]
+    for r, ((label, units, rate, amt), (dlabel, damt)) in enumerate(zip(pay, deduct)):
+        yy = 138 + 14 * r + (6 if r == 4 else 0)
+        font = "hebo" if r == 4 else "helv"
+        p8.insert_text((50, yy), label, fontsize=9, fontname=font)
+        for x, v in zip((220, 275, 330), (units, rate, amt)):
+            if v:
+                right(p8, x, yy, v, 9, font)
+        p8.insert_text((370, yy), dlabel, fontsize=9, fontname=font)
+        right(p8, 562, yy, damt, 9, font)
+    p8.insert_text((370, 240), "Net pay", fontsize=10, fontname="hebo")
+    right(p8, 562, 240, "2,500.10", 10, "hebo")
     checks = [
         cell(1, "Severn Water", 0, 2, "Paid out"),
         cell(1, "Severn Water", 0, 4, "Balance"),
@@ -926,6 +977,29 @@ def unruled_statements():
         cell(6, "Shell Fuel", 6, 2, "60.00"),
         cell(6, "Shell Fuel", 7, 1, "Faster payment received A Patel, rent share"),
         cell(6, "Shell Fuel", 7, 4, "1,525.05"),
+        cell(7, "Tri-fold", 0, 2, "Unit price"),
+        cell(7, "Tri-fold", 1, 0, "Business cards, 400 gsm silk, double-sided, full colour, 85 x 55 mm"),
+        cell(7, "Tri-fold", 1, 4, "45.00"),
+        cell(7, "Tri-fold", 2, 1, "2,000"),
+        cell(7, "Tri-fold", 3, 0, "Design time: leaflet layout and two rounds of proof corrections"),
+        cell(7, "Tri-fold", 3, 1, "3.5"),
+        cell(7, "Tri-fold", 4, 2, "12.50"),
+        cell(7, "Tri-fold", 4, 3, "20%"),
+        present(7, "KP-24077"),
+        present(7, "501.00"),
+        order(7, "Delivery, next working day", "Total due (GBP)"),
+        cell(8, "Overtime", 0, 0, "Payments"),
+        cell(8, "Overtime", 0, 3, "Amount"),
+        cell(8, "Overtime", 2, 1, "6.0"),
+        cell(8, "Overtime", 2, 3, "162.24"),
+        cell(8, "Overtime", 5, 0, "Total payments"),
+        cell(8, "Overtime", 5, 3, "3,412.50"),
+        cell(8, "National Insurance", 0, 0, "Deductions"),
+        cell(8, "National Insurance", 2, 1, "212.64"),
+        cell(8, "National Insurance", 5, 0, "Total deductions"),
+        cell(8, "National Insurance", 5, 1, "912.40"),
+        order(8, "Total payments", "Income tax"),
+        present(8, "2,500.10"),
     ]
     return doc, checks
 
