@@ -190,6 +190,11 @@ def test_tables_side_by_side_are_two_tables():
     # each table's title stays in the text above it; the left table is read before the right
     assert before(read.text, "Top ten holdings", "| Holding |") and before(read.text, "Juniper", "Sector allocation")
     assert before(read.text, "Sector allocation", "| Sector |")
+    # a payslip: no titles, rows level on both sides, each side with its "Amount" column
+    payments, deductions = read_page(page("unruled_statements.pdf", 8)).tables
+    assert payments.rows[0] == ["Payments", "Units", "Rate", "Amount"]
+    assert payments.rows[2] == ["Overtime 1.5x", "6.0", "27.04", "162.24"]
+    assert deductions.rows[0] == ["Deductions", "Amount"] and deductions.rows[5] == ["Total deductions", "912.40"]
 
 
 def test_one_table_with_a_text_column_after_numbers_is_not_cut():

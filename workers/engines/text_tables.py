@@ -446,8 +446,10 @@ def side_by_side(run: Sequence[TextRow], columns: Sequence[tuple[float, float]])
 
     A column of labels (text) right of a column of numbers starts a second table when
     nothing crosses the gap between them and either each side has its own title (a top
-    row with text in just the two sides' first columns) or one side ends two or more rows
-    before the other (their rows only line up by chance)."""
+    row with text in just the two sides' first columns), or both sides have a column of
+    the same heading in a top row (a payslip's payments and deductions, each with its
+    "Amount"), or one side ends two or more rows before the other (their rows only line
+    up by chance)."""
     if len(columns) < 4:
         return None
     grid = []
@@ -468,13 +470,15 @@ def side_by_side(run: Sequence[TextRow], columns: Sequence[tuple[float, float]])
         if sum(not is_numeric(v) and any(ch.isalpha() for ch in v) for v in labels) < 0.8 * len(labels):
             continue
         titles = {k for k, v in enumerate(grid[0]) if v} == {0, c}
+        same_heading = any({v.casefold() for v in g[:c] if v} & {v.casefold() for v in g[c:] if v}
+                           for g in grid[:2])
         sides = [(any(g[:c]), any(g[c:])) for g in grid]
         tail = 0
         for left, right in reversed(sides):
             if left == right:
                 break
             tail += 1
-        if titles or tail >= 2:
+        if titles or same_heading or tail >= 2:
             return x
     return None
 
