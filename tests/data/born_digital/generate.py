@@ -691,7 +691,7 @@ def unruled_statements():
     a factsheet with two tables side by side in the page's two columns, and transactions
     dated on a day's first entry only, with the balance on its last; an invoice whose item
     descriptions wrap, with a VAT summary under it, and a payslip's payments and deductions
-    side by side."""
+    side by side; a balance sheet whose labels run on in dot leaders."""
     doc = pymupdf.open()
     # page 1: a bank statement; amounts on an entry's first line, its description goes on below
     p = doc.new_page(width=LETTER[0], height=LETTER[1])
@@ -908,6 +908,26 @@ def unruled_statements():
         right(p8, 562, yy, damt, 9, font)
     p8.insert_text((370, 240), "Net pay", fontsize=10, fontname="hebo")
     right(p8, 562, 240, "2,500.10", 10, "hebo")
+    # page 9: a balance sheet whose labels run on in dot leaders to the amounts
+    p9 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p9.insert_text((50, 60), "Statement of financial position at 31 December", fontsize=12, fontname="hebo")
+    p9.insert_text((50, 75), "(in thousands of euros)", fontsize=9)
+    right(p9, 450, 100, "2025", 9, "hebo")
+    right(p9, 540, 100, "2024", 9, "hebo")
+    position = [("Current assets", "", ""), ("Cash and cash equivalents", "1,842", "1,506"),
+                ("Trade receivables", "2,317", "2,094"), ("Inventories", "1,128", "1,240"),
+                ("Prepayments", "204", "187"), ("Total current assets", "5,491", "5,027")]
+    for r, (label, a, b) in enumerate(position):
+        yy = 118 + 15 * r
+        font = "helv" if a and r < 5 else "hebo"
+        if a:
+            label += " "
+            while pymupdf.get_text_length(label + ". ", fontname=font, fontsize=9) < 330:
+                label += ". "
+            right(p9, 450, yy, a, 9, font)
+            right(p9, 540, yy, b, 9, font)
+        p9.insert_text((50, yy), label.rstrip(), fontsize=9, fontname=font)
+    p9.insert_text((50, 230), "The accompanying notes are an integral part of this statement.", fontsize=9)
     checks = [
         cell(1, "Severn Water", 0, 2, "Paid out"),
         cell(1, "Severn Water", 0, 4, "Balance"),
@@ -1000,6 +1020,15 @@ def unruled_statements():
         cell(8, "National Insurance", 5, 1, "912.40"),
         order(8, "Total payments", "Income tax"),
         present(8, "2,500.10"),
+        cell(9, "Trade receivables", 0, 1, "2025"),
+        cell(9, "Trade receivables", 0, 2, "2024"),
+        cell(9, "Trade receivables", 1, 0, "Current assets"),
+        cell(9, "Trade receivables", 2, 1, "1,842"),
+        cell(9, "Trade receivables", 3, 0, "Trade receivables"),
+        cell(9, "Trade receivables", 3, 2, "2,094"),
+        cell(9, "Trade receivables", 6, 0, "Total current assets"),
+        cell(9, "Trade receivables", 6, 1, "5,491"),
+        once(9, "Inventories"),
     ]
     return doc, checks
 
