@@ -14,6 +14,7 @@ import pytest
 import builders
 from workers.engines.text import read_page
 from workers.engines.text_layout import Item, reading_order
+from workers.engines.text_lines import Word, drop_leaders
 from workers.engines.text_tables import finish, is_numeric, merge_currency_columns
 from workers.pipeline import process_document
 
@@ -197,6 +198,13 @@ def test_tables_side_by_side_are_two_tables():
     assert deductions.rows[0] == ["Deductions", "Amount"] and deductions.rows[5] == ["Total deductions", "912.40"]
 
 
+def test_dot_leaders_are_dropped_and_an_ellipsis_kept():
+    words = [Word(0, 0, 1, 1, t) for t in ["Inventories", ".", ".", ".", ".", "1,128", "and", "...", "so", "........"]]
+    assert [w.text for w in drop_leaders(words)] == ["Inventories", "1,128", "and", "...", "so"]
+    position = table_with(read_page(page("unruled_statements.pdf", 9)).tables, "Trade receivables")
+    assert position.rows[3] == ["Trade receivables", "2,317", "2,094"]
+
+
 def test_one_table_with_a_text_column_after_numbers_is_not_cut():
     doc = pymupdf.open()
     p = doc.new_page()
@@ -237,10 +245,12 @@ def words_of(text: str) -> Counter:
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.pdf")))
 def test_no_word_is_lost_or_said_twice(name):
     """Every word of the text layer comes out once: in the text (tables included), or in a
-    header, footer or margin field; merged header cells may repeat a heading in the header row."""
+    header, footer or margin field; merged header cells may repeat a heading in the header row.
+    Dot leaders ("Trade receivables . . . . 2,317") are not words, and go."""
     for pdf_page in pymupdf.open(DATA / name):
         read = read_page(pdf_page)
-        layer = pieces(w[4] for w in pdf_page.get_text("words"))
+        words = [Word(*w[:5]) for w in pdf_page.get_text("words")]
+        layer = pieces(w.text for w in drop_leaders(words))
         out = words_of(read.text) + pieces(w for line in read.headers + read.footers + read.margin
                                            for w in line.split())
         repeated_headings = pieces(w for t in read.tables for c in t.rows[0] for w in c.split())
