@@ -691,7 +691,8 @@ def unruled_statements():
     a factsheet with two tables side by side in the page's two columns, and transactions
     dated on a day's first entry only, with the balance on its last; an invoice whose item
     descriptions wrap, with a VAT summary under it, and a payslip's payments and deductions
-    side by side; a balance sheet whose labels run on in dot leaders."""
+    side by side; a balance sheet whose labels run on in dot leaders; a proposal's budget
+    whose cells are centred vertically beside wrapped work-package names."""
     doc = pymupdf.open()
     # page 1: a bank statement; amounts on an entry's first line, its description goes on below
     p = doc.new_page(width=LETTER[0], height=LETTER[1])
@@ -928,6 +929,35 @@ def unruled_statements():
             right(p9, 540, yy, b, 9, font)
         p9.insert_text((50, yy), label.rstrip(), fontsize=9, fontname=font)
     p9.insert_text((50, 230), "The accompanying notes are an integral part of this statement.", fontsize=9)
+    # page 10: a proposal's budget as a word processor sets it: the other cells centred
+    # vertically beside a work package's wrapped name
+    p10 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p10.insert_text((50, 60), "4.2 Budget by work package", fontsize=11, fontname="hebo")
+    paragraph(p10, 50, 80, 510, "The consortium requests the following budget; months count from the start "
+              "of the project.", 9.5)
+    bx = (270, 390, 470, 560)
+    p10.insert_text((50, 124), "Work package", fontsize=9, fontname="hebo")
+    p10.insert_text((bx[0], 124), "Lead", fontsize=9, fontname="hebo")
+    for x, h in zip(bx[1:], ("Months", "Person-months", "Cost (EUR)")):
+        right(p10, x, 124, h, 9, "hebo")
+    packages = [(["WP1 Requirements and", "stakeholder interviews"], "Univ. Tartu", "1-3", "6", "48,000"),
+                (["WP2 Prototype"], "Medisoft", "4-9", "24", "192,000"),
+                (["WP3 Field trials in three", "partner hospitals"], "Univ. Tartu", "10-18", "45", "360,000"),
+                (["WP4 Evaluation, reporting", "and dissemination of", "results"], "Medisoft", "16-24", "12",
+                 "96,000"),
+                (["Total"], "", "", "87", "696,000")]
+    y = 142
+    for name, lead, months, pm, cost in packages:
+        font = "hebo" if name == ["Total"] else "helv"
+        mid = y + 11 * (len(name) - 1) / 2
+        for k, line in enumerate(name):
+            p10.insert_text((50, y + 11 * k), line, fontsize=9, fontname=font)
+        if lead:
+            p10.insert_text((bx[0], mid), lead, fontsize=9)
+        for x, v in zip(bx[1:], (months, pm, cost)):
+            if v:
+                right(p10, x, mid, v, 9, font)
+        y += 11 * len(name) + 9
     checks = [
         cell(1, "Severn Water", 0, 2, "Paid out"),
         cell(1, "Severn Water", 0, 4, "Balance"),
@@ -1029,6 +1059,18 @@ def unruled_statements():
         cell(9, "Trade receivables", 6, 0, "Total current assets"),
         cell(9, "Trade receivables", 6, 1, "5,491"),
         once(9, "Inventories"),
+        cell(10, "WP2 Prototype", 0, 4, "Cost (EUR)"),
+        cell(10, "WP2 Prototype", 1, 0, "WP1 Requirements and stakeholder interviews"),
+        cell(10, "WP2 Prototype", 1, 1, "Univ. Tartu"),
+        cell(10, "WP2 Prototype", 1, 4, "48,000"),
+        cell(10, "WP2 Prototype", 2, 0, "WP2 Prototype"),
+        cell(10, "WP2 Prototype", 2, 3, "24"),
+        cell(10, "WP2 Prototype", 3, 0, "WP3 Field trials in three partner hospitals"),
+        cell(10, "WP2 Prototype", 3, 2, "10-18"),
+        cell(10, "WP2 Prototype", 4, 0, "WP4 Evaluation, reporting and dissemination of results"),
+        cell(10, "WP2 Prototype", 4, 4, "96,000"),
+        cell(10, "WP2 Prototype", 5, 4, "696,000"),
+        once(10, "partner hospitals"),
     ]
     return doc, checks
 
