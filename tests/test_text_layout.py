@@ -205,6 +205,15 @@ def test_dot_leaders_are_dropped_and_an_ellipsis_kept():
     assert position.rows[3] == ["Trade receivables", "2,317", "2,094"]
 
 
+def test_cells_centred_beside_a_wrapped_cell_are_in_its_row():
+    budget = table_with(read_page(page("unruled_statements.pdf", 10)).tables, "WP2 Prototype")
+    assert budget.rows[1] == ["WP1 Requirements and stakeholder interviews", "Univ. Tartu", "1-3", "6", "48,000"]
+    assert budget.rows[3][0] == "WP3 Field trials in three partner hospitals"  # its last line, below the numbers
+    assert budget.rows[4] == ["WP4 Evaluation, reporting and dissemination of results", "Medisoft", "16-24", "12",
+                              "96,000"]
+    assert budget.rows[5] == ["Total", "", "", "87", "696,000"]  # a short row after a tall one is a row of its own
+
+
 def test_one_table_with_a_text_column_after_numbers_is_not_cut():
     doc = pymupdf.open()
     p = doc.new_page()

@@ -25,6 +25,8 @@ _NUMBER = re.compile(r"[-+(]?\s*\d[\d.,' ]*\)?%?")
 PROSE_LINES = 3
 PROSE_CHARS = 25
 """A block of at least PROSE_LINES lines whose median length is PROSE_CHARS characters is a paragraph."""
+LEADING = 1.6
+"""A cell's next line is at most this many font sizes below the line before (baseline to baseline)."""
 MIN_GUTTER = 5.0
 """Narrower x-gaps between aligned text are not column gutters (points)."""
 
@@ -303,6 +305,32 @@ def _prose(cells: Sequence[str]) -> bool:
     return bool(counts) and statistics.median(counts) >= 20
 
 
+def interleaved(a: TextRow, b: TextRow) -> bool:
+    """Whether two rows overlap by much of their height: a cell's text centred beside a
+    neighbour's two lines ("3" halfway down "WP1 Requirements and / stakeholder interviews")
+    sits between them, and belongs to the same table row (lines one under the other overlap
+    a little at most)."""
+    return min(a.y1, b.y1) - max(a.y0, b.y0) > 0.4 * min(a.y1 - a.y0, b.y1 - b.y0)
+
+
+def _join_interleaved(placed: list[tuple[TextRow, list[str], list[bool]]], start: int
+                      ) -> list[tuple[TextRow, list[str], list[bool]]]:
+    """Rows from ``start`` on that are interleaved with the one above join it, cell by cell."""
+    out = placed[:start]
+    prev: TextRow | None = None
+    for row, cells, span in placed[start:]:
+        if prev is not None and len(out) > start and interleaved(prev, row):
+            top, top_cells, top_span = out[-1]
+            joined = TextRow(min(top.y0, row.y0), max(top.y1, row.y1), max(top.size, row.size),
+                             top.segments + row.segments)
+            out[-1] = (joined, [join_lines(a, b) for a, b in zip(top_cells, cells)],
+                       [a or b for a, b in zip(top_span, span)])
+        else:
+            out.append((row, cells, span))
+        prev = row
+    return out
+
+
 def _runs(rows: Sequence[TextRow]) -> list[list[TextRow]]:
     """Stretches of close rows where most rows have two or more segments."""
     runs: list[list[TextRow]] = []
@@ -315,7 +343,7 @@ def _runs(rows: Sequence[TextRow]) -> list[list[TextRow]]:
             sandwiched = nxt is not None and len(nxt.segments) >= 2 and nxt.y0 - row.y1 <= 1.6 * row.size
             left = min(s.x0 for r in current for s in r.segments)
             indented = row.segments[0].x0 > left + 10
-            if close and (multi or sandwiched or indented):
+            if close and (multi or sandwiched or indented or interleaved(current[-1], row)):
                 current.append(row)
                 continue
             runs.append(current)
@@ -367,6 +395,7 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
                 cells[c] = f"{cells[c]} {seg.text}".strip()
                 span[c] = len(hits) > 1
         placed.append((row, cells, span))
+    placed = _join_interleaved(placed, 1 if above else 0)
     # a row closer to the one above than the table's row pitch, with fewer cells than a
     # full row, continues the row above (its cells wrapped)
     most = statistics.median_high([sum(bool(c) for c in cells) for _, cells, _ in placed])
@@ -381,7 +410,9 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
         if prev is None:
             tight = False
         elif pitch:
-            tight = row.cy - prev.cy < pitch - 1.0
+            # closer than the rows are apart, and no further than a line's leading: a row
+            # after a tall one (a cell of several lines) is further below its last line
+            tight = row.cy - prev.cy < min(pitch - 1.0, LEADING * row.size)
         else:
             tight = filled == 1 and row.y0 - prev.y1 < 0.5 * row.size
         nxt = placed[k + 1][1] if k + 1 < len(placed) else None
