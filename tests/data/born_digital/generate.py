@@ -692,7 +692,8 @@ def unruled_statements():
     dated on a day's first entry only, with the balance on its last; an invoice whose item
     descriptions wrap, with a VAT summary under it, and a payslip's payments and deductions
     side by side; a balance sheet whose labels run on in dot leaders; a proposal's budget
-    whose cells are centred vertically beside wrapped work-package names."""
+    whose cells are centred vertically beside wrapped work-package names; a statement whose
+    entries give their amounts on their last line; a risk register with running text in a column."""
     doc = pymupdf.open()
     # page 1: a bank statement; amounts on an entry's first line, its description goes on below
     p = doc.new_page(width=LETTER[0], height=LETTER[1])
@@ -958,6 +959,46 @@ def unruled_statements():
             if v:
                 right(p10, x, mid, v, 9, font)
         y += 11 * len(name) + 9
+    # page 11: a statement whose entries give their amounts on their last line
+    p11 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p11.insert_text((50, 60), "Account statement 4/2026", fontsize=13, fontname="hebo")
+    p11.insert_text((50, 76), "IBAN DE44 5001 0517 5407 3249 31", fontsize=9)
+    p11.insert_text((50, 110), "Date", fontsize=9, fontname="hebo")
+    p11.insert_text((110, 110), "Transaction details", fontsize=9, fontname="hebo")
+    right(p11, 480, 110, "Amount EUR", 9, "hebo")
+    right(p11, 560, 110, "Balance EUR", 9, "hebo")
+    bookings = [("01.04.", ["SEPA Direct Debit", "Stadtwerke Muenchen GmbH", "Mandate ID SWM-22871"], "-84.00",
+                 "1,916.00"),
+                ("03.04.", ["Card Payment", "REWE Markt 4411"], "-23.40", "1,892.60"),
+                ("05.04.", ["Credit Transfer", "Lohn April"], "2,410.00", "4,302.60"),
+                ("07.04.", ["Standing Order", "Hausverwaltung Becker", "Miete April"], "-1,150.00", "3,152.60")]
+    y = 128
+    for date, desc, amt, bal in bookings:
+        p11.insert_text((50, y), date, fontsize=9)
+        for k, line in enumerate(desc):
+            p11.insert_text((110, y + 11 * k), line, fontsize=9)
+        right(p11, 480, y + 11 * (len(desc) - 1), amt, 9)
+        right(p11, 560, y + 11 * (len(desc) - 1), bal, 9)
+        y += 11 * len(desc) + 6
+    # page 12: a risk register whose middle column holds a few lines of running text per row
+    p12 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p12.insert_text((50, 60), "Project risk register", fontsize=12, fontname="hebo")
+    for x, h in zip((50, 90, 190, 440, 500), ("ID", "Risk", "Mitigation", "Likelihood", "Impact")):
+        p12.insert_text((x, 90), h, fontsize=9, fontname="hebo")
+    risks = [("R1", "Key supplier fails", "Qualify a second supplier for the housing and keep six weeks of "
+              "stock at the plant in Leeds", "Low", "High"),
+             ("R2", "Staff turnover", "Pair each specialist with a deputy and document the build procedure in "
+              "the quality system", "Medium", "Medium"),
+             ("R3", "Late certification", "Book the test house early and run a pre-compliance test on the second "
+              "prototype", "Medium", "High")]
+    y = 108
+    for rid, risk, mitigation, likelihood, impact in risks:
+        lines = wrap(mitigation, 230, 9)
+        for x, v in zip((50, 90, 440, 500), (rid, risk, likelihood, impact)):
+            p12.insert_text((x, y), v, fontsize=9)
+        for k, line in enumerate(lines):
+            p12.insert_text((190, y + 11 * k), line, fontsize=9)
+        y += 11 * len(lines) + 7
     checks = [
         cell(1, "Severn Water", 0, 2, "Paid out"),
         cell(1, "Severn Water", 0, 4, "Balance"),
@@ -1071,6 +1112,23 @@ def unruled_statements():
         cell(10, "WP2 Prototype", 4, 4, "96,000"),
         cell(10, "WP2 Prototype", 5, 4, "696,000"),
         once(10, "partner hospitals"),
+        cell(11, "Stadtwerke", 0, 2, "Amount EUR"),
+        cell(11, "Stadtwerke", 1, 0, "01.04."),
+        cell(11, "Stadtwerke", 1, 1, "SEPA Direct Debit Stadtwerke Muenchen GmbH Mandate ID SWM-22871"),
+        cell(11, "Stadtwerke", 1, 2, "-84.00"),
+        cell(11, "Stadtwerke", 2, 1, "Card Payment REWE Markt 4411"),
+        cell(11, "Stadtwerke", 2, 3, "1,892.60"),
+        cell(11, "Stadtwerke", 3, 0, "05.04."),
+        cell(11, "Stadtwerke", 3, 2, "2,410.00"),
+        cell(11, "Stadtwerke", 4, 1, "Standing Order Hausverwaltung Becker Miete April"),
+        cell(11, "Stadtwerke", 4, 3, "3,152.60"),
+        cell(12, "Staff turnover", 0, 2, "Mitigation"),
+        cell(12, "Staff turnover", 1, 2, "Qualify a second supplier for the housing and keep six weeks of stock at "
+             "the plant in Leeds"),
+        cell(12, "Staff turnover", 2, 3, "Medium"),
+        cell(12, "Staff turnover", 3, 1, "Late certification"),
+        cell(12, "Staff turnover", 3, 4, "High"),
+        once(12, "the quality system"),
     ]
     return doc, checks
 
