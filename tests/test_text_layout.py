@@ -15,7 +15,7 @@ import builders
 from workers.engines.text import read_page
 from workers.engines.text_layout import Item, reading_order
 from workers.engines.text_lines import Word, drop_leaders
-from workers.engines.text_tables import finish, is_numeric, merge_currency_columns
+from workers.engines.text_tables import finish, is_body_number, is_numeric, merge_currency_columns
 from workers.pipeline import process_document
 
 DATA = Path(__file__).parent / "data" / "born_digital"
@@ -212,6 +212,18 @@ def test_cells_centred_beside_a_wrapped_cell_are_in_its_row():
     assert budget.rows[4] == ["WP4 Evaluation, reporting and dissemination of results", "Medisoft", "16-24", "12",
                               "96,000"]
     assert budget.rows[5] == ["Total", "", "", "87", "696,000"]  # a short row after a tall one is a row of its own
+
+
+def test_an_entry_with_its_amounts_on_its_last_line_is_one_row():
+    bookings = table_with(read_page(page("unruled_statements.pdf", 11)).tables, "Stadtwerke")
+    assert bookings.rows[1] == ["01.04.", "SEPA Direct Debit Stadtwerke Muenchen GmbH Mandate ID SWM-22871", "-84.00",
+                                "1,916.00"]
+    assert bookings.rows[2] == ["03.04.", "Card Payment REWE Markt 4411", "-23.40", "1,892.60"]
+    # the same kind of statement with the amounts on the first line, undated rows new entries
+    transactions = table_with(read_page(page("unruled_statements.pdf", 6)).tables, "Shell Fuel")
+    assert transactions.rows[3] == ["", "Card payment Shell Fuel Kendal", "41.07", "", ""]
+    assert is_body_number("-84.00") and not is_body_number("01.04.") and not is_body_number("02.03.2026")
+    assert is_body_number("12.400") and not is_body_number("2025")
 
 
 def test_one_table_with_a_text_column_after_numbers_is_not_cut():

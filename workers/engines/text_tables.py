@@ -59,9 +59,13 @@ def is_numeric(cell: str) -> bool:
     return bool(parts) and bool(_NUMBER.fullmatch(" ".join(parts).replace("$", "").replace("€", "")))
 
 
+_DATE = re.compile(r"\d{1,2}([./-])\d{1,2}\1(\d{2}|\d{4})?")
+
+
 def is_body_number(cell: str) -> bool:
-    """A number that marks a body row (a year such as "2025" heads columns as often)."""
-    return is_numeric(cell) and not re.fullmatch(r"(19|20)\d\d", cell.strip())
+    """A number that marks a body row (a year such as "2025" heads columns as often; a
+    date such as "01.04." is no amount)."""
+    return is_numeric(cell) and not re.fullmatch(r"(19|20)\d\d", cell.strip()) and not _DATE.fullmatch(cell.strip())
 
 
 def text_rows(lines: Sequence[Line]) -> list[TextRow]:
@@ -421,7 +425,15 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
         # neither line holding a number ("Item / code", "Quantity / ordered")
         header_line = (tight and len(rows) == 1 and not above
                        and not any(is_body_number(c) for c in rows[0] + cells if c))
-        if tight and (filled < most or header_line) and rows and k > (1 if above else 0) and not leads_on:
+        # an entry's last line, bringing its numbers: the row above is a body row that has
+        # its first cell (a date) and no number yet, this one has no first cell, and where
+        # both have text it is text ("SEPA Direct Debit / ... / Mandate ID SWM-22871  -84.00")
+        completes = (tight and len(rows) > (2 if above else 1) and not cells[0] and rows[-1][0]
+                     and not any(is_body_number(c) for c in rows[-1] if c)
+                     and any(is_body_number(c) for c in cells if c)
+                     and not any(is_body_number(a) or is_body_number(b) for a, b in zip(rows[-1], cells) if a and b))
+        if (tight and (filled < most or header_line or completes) and rows and k > (1 if above else 0)
+                and not leads_on):
             rows[-1] = [join_lines(a, b) for a, b in zip(rows[-1], cells)]
         else:
             rows.append(cells)
