@@ -693,7 +693,8 @@ def unruled_statements():
     descriptions wrap, with a VAT summary under it, and a payslip's payments and deductions
     side by side; a balance sheet whose labels run on in dot leaders; a proposal's budget
     whose cells are centred vertically beside wrapped work-package names; a statement whose
-    entries give their amounts on their last line; a risk register with running text in a column."""
+    entries give their amounts on their last line; a risk register with running text in a column;
+    a management report with group headings over pairs of columns."""
     doc = pymupdf.open()
     # page 1: a bank statement; amounts on an entry's first line, its description goes on below
     p = doc.new_page(width=LETTER[0], height=LETTER[1])
@@ -999,6 +1000,26 @@ def unruled_statements():
         for k, line in enumerate(lines):
             p12.insert_text((190, y + 11 * k), line, fontsize=9)
         y += 11 * len(lines) + 7
+    # page 13: a management report: group headings over pairs of columns, a short rule under each
+    p13 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p13.insert_text((50, 60), "Budget against actual, by department", fontsize=12, fontname="hebo")
+    p13.insert_text((50, 74), "(in thousands of euros)", fontsize=9)
+    centred(p13, 250, 390, 100, "Budget", 9, "hebo")
+    centred(p13, 420, 560, 100, "Actual", 9, "hebo")
+    hline(p13, 250, 390, 104, 0.4)
+    hline(p13, 420, 560, 104, 0.4)
+    p13.insert_text((50, 116), "Department", fontsize=9, fontname="hebo")
+    for x, h in zip((310, 390, 480, 560), ("H1", "H2", "H1", "H2")):
+        right(p13, x, 116, h, 9, "hebo")
+    spend = [("Finance", "410", "420", "398", "431"), ("Human resources", "220", "215", "231", "209"),
+             ("IT services", "1,050", "1,120", "1,187", "1,096"), ("Facilities", "640", "655", "602", "671"),
+             ("Total", "2,320", "2,410", "2,418", "2,407")]
+    for r, row in enumerate(spend):
+        yy = 134 + 15 * r + (4 if r == 4 else 0)
+        font = "hebo" if r == 4 else "helv"
+        p13.insert_text((50, yy), row[0], fontsize=9, fontname=font)
+        for x, v in zip((310, 390, 480, 560), row[1:]):
+            right(p13, x, yy, v, 9, font)
     checks = [
         cell(1, "Severn Water", 0, 2, "Paid out"),
         cell(1, "Severn Water", 0, 4, "Balance"),
@@ -1129,6 +1150,14 @@ def unruled_statements():
         cell(12, "Staff turnover", 3, 1, "Late certification"),
         cell(12, "Staff turnover", 3, 4, "High"),
         once(12, "the quality system"),
+        cell(13, "Human resources", 0, 0, "Department"),
+        cell(13, "Human resources", 0, 1, "Budget H1"),
+        cell(13, "Human resources", 0, 2, "Budget H2"),
+        cell(13, "Human resources", 0, 3, "Actual H1"),
+        cell(13, "Human resources", 0, 4, "Actual H2"),
+        cell(13, "Human resources", 2, 0, "Human resources"),
+        cell(13, "Human resources", 3, 3, "1,187"),
+        cell(13, "Human resources", 5, 4, "2,407"),
     ]
     return doc, checks
 
