@@ -226,6 +226,15 @@ def test_an_entry_with_its_amounts_on_its_last_line_is_one_row():
     assert is_body_number("12.400") and not is_body_number("2025")
 
 
+def test_group_headings_over_pairs_of_columns_join_the_header():
+    report = table_with(read_page(page("unruled_statements.pdf", 13)).tables, "Human resources")
+    assert report.rows[0] == ["Department", "Budget H1", "Budget H2", "Actual H1", "Actual H2"]
+    assert report.rows[1] == ["Finance", "410", "420", "398", "431"]
+    # years right-aligned over their columns are the header row itself, not group headings
+    flows = table_with(read_page(page("multiline_cells.pdf", 3)).tables, "Cash at end of year")
+    assert flows.rows[0] == ["", "2025", "2024"] and flows.rows[1][1:] == ["4,210", "3,877"]
+
+
 def test_one_table_with_a_text_column_after_numbers_is_not_cut():
     doc = pymupdf.open()
     p = doc.new_page()

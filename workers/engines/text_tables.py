@@ -393,8 +393,9 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
         cells = [""] * len(columns)
         span = [False] * len(columns)
         header = k == 0 and above is not None
+        groups = group_spans(row.segments, columns) if header else {}
         for seg in row.segments:
-            hits = columns_of(seg, columns) or [0]
+            hits = groups.get(id(seg)) or columns_of(seg, columns) or [0]
             for c in hits if header else hits[:1]:
                 cells[c] = f"{cells[c]} {seg.text}".strip()
                 span[c] = len(hits) > 1
@@ -450,6 +451,39 @@ def join_lines(upper: str, lower: str) -> str:
     if upper.endswith("-") and lower[:1].islower():
         return upper + lower
     return f"{upper} {lower}".strip()
+
+
+def group_spans(segments: Sequence[Segment], columns: Sequence[tuple[float, float]]) -> dict[int, list[int]]:
+    """The columns each group heading of a header line covers ("Budget" centred over its H1
+    and H2, "Actual" over its own): a heading centred over a gutter, not over a column, with
+    other headings on its line, covers the columns whose centres lie as far either side of
+    its centre as halfway to the nearest other heading. Keyed by id() of the segment."""
+    if len(segments) < 2:
+        return {}
+    centres = [(s.x0 + s.x1) / 2 for s in segments]
+    out: dict[int, list[int]] = {}
+    for i, (seg, cx) in enumerate(zip(segments, centres)):
+        if any(c0 <= cx <= c1 for c0, c1 in columns):
+            continue  # over one column: that column's heading
+        reach = min(abs(cx - o) for j, o in enumerate(centres) if j != i) / 2
+        covered = [k for k, (c0, c1) in enumerate(columns) if k and abs((c0 + c1) / 2 - cx) <= reach]
+        if len(covered) >= 2:
+            out[id(seg)] = covered
+    return out
+
+
+def _group_line(run: Sequence[TextRow]) -> bool:
+    """Whether the run's first row is a line of group headings over the header row below it:
+    no text over the first column, headings centred over several columns each, fewer cells
+    than that row, which has a label in its first column and no number, and close above it."""
+    columns = gutters_columns([(s.x0, s.x1) for r in run[1:] for s in r.segments])  # the headings' own aside
+    if len(run) < 4 or len(columns) < 3:
+        return False
+    top, head = run[0], run[1]
+    return (all(s.x0 >= columns[1][0] - 2 for s in top.segments) and len(top.segments) < len(head.segments)
+            and not any(is_body_number(s.text) for r in (top, head) for s in r.segments)
+            and head.segments[0].x0 < columns[1][0] - 2 and head.y0 - top.y1 <= 1.2 * head.size
+            and bool(group_spans(top.segments, columns)))
 
 
 def _header_line_above(first: TextRow, rows: Sequence[TextRow], columns: Sequence[tuple[float, float]]
@@ -551,6 +585,8 @@ def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
             todo[:0] = [(sub, half) for half in _split(run, x) for sub in _runs(half)]
             continue
         above = _header_line_above(run[0], context, columns)
+        if above is None and _group_line(run):  # group headings over the header row
+            above, run = run[0], run[1:]
         grid = _grid_of_run(run, above)
         if grid is None:
             continue
