@@ -245,7 +245,8 @@ def test_one_table_with_a_text_column_after_numbers_is_not_cut():
         for x, v in zip((50, 200, 260, 400), row):
             p.insert_text((x, 100 + 15 * r), v, fontsize=10)
     (table,) = read_page(p).tables
-    assert table.rows[0] == ["Product", "Qty", "Warehouse", "Bin"] and table.rows[3] == ["Latch", "8", "Bristol", "C-11"]
+    assert table.rows[0] == ["Product", "Qty", "Warehouse", "Bin"]
+    assert table.rows[3] == ["Latch", "8", "Bristol", "C-11"]
 
 
 def test_a_table_in_one_column_of_a_paper_leaves_the_other_column_alone():

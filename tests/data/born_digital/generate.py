@@ -986,12 +986,14 @@ def unruled_statements():
     p12.insert_text((50, 60), "Project risk register", fontsize=12, fontname="hebo")
     for x, h in zip((50, 90, 190, 440, 500), ("ID", "Risk", "Mitigation", "Likelihood", "Impact")):
         p12.insert_text((x, 90), h, fontsize=9, fontname="hebo")
-    risks = [("R1", "Key supplier fails", "Qualify a second supplier for the housing and keep six weeks of "
-              "stock at the plant in Leeds", "Low", "High"),
-             ("R2", "Staff turnover", "Pair each specialist with a deputy and document the build procedure in "
-              "the quality system", "Medium", "Medium"),
-             ("R3", "Late certification", "Book the test house early and run a pre-compliance test on the second "
-              "prototype", "Medium", "High")]
+    risks = [("R1", "Key supplier fails",
+              "Qualify a second supplier for the housing and keep six weeks of stock at the plant in Leeds", "Low",
+              "High"),
+             ("R2", "Staff turnover",
+              "Pair each specialist with a deputy and document the build procedure in the quality system", "Medium",
+              "Medium"),
+             ("R3", "Late certification",
+              "Book the test house early and run a pre-compliance test on the second prototype", "Medium", "High")]
     y = 108
     for rid, risk, mitigation, likelihood, impact in risks:
         lines = wrap(mitigation, 230, 9)
