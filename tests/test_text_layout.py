@@ -240,13 +240,13 @@ def test_one_table_with_a_text_column_after_numbers_is_not_cut():
     p = doc.new_page()
     rows = [("Product", "Qty", "Warehouse", "Bin"), ("Hinge, brass", "12", "Leeds north", "A-04"),
             ("Door handle", "30", "Leeds north", "A-07"), ("Latch", "8", "Bristol", "C-11"),
-            ("Padlock", "15", "Bristol", "C-12")]
+            ("Padlock", "15", "Bristol", "C-12"), ("Total", "65", "", "")]  # a total under the left part only
     for r, row in enumerate(rows):
         for x, v in zip((50, 200, 260, 400), row):
             p.insert_text((x, 100 + 15 * r), v, fontsize=10)
     (table,) = read_page(p).tables
     assert table.rows[0] == ["Product", "Qty", "Warehouse", "Bin"]
-    assert table.rows[3] == ["Latch", "8", "Bristol", "C-11"]
+    assert table.rows[3] == ["Latch", "8", "Bristol", "C-11"] and table.rows[5] == ["Total", "65", "", ""]
 
 
 def test_a_table_in_one_column_of_a_paper_leaves_the_other_column_alone():
