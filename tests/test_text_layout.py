@@ -14,7 +14,8 @@ import pytest
 import builders
 from workers.engines.text import read_page
 from workers.engines.text_layout import Item, reading_order
-from workers.engines.text_tables import finish, is_numeric, merge_currency_columns
+from workers.engines.text_lines import Word, drop_leaders
+from workers.engines.text_tables import finish, is_body_number, is_numeric, merge_currency_columns
 from workers.pipeline import process_document
 
 DATA = Path(__file__).parent / "data" / "born_digital"
@@ -74,6 +75,12 @@ def test_reading_order_of_boxes():
              item("L2", 50, 110, 290, 160), item("R2", 310, 110, 550, 160), item("fig", 50, 170, 550, 200),
              item("L3", 50, 210, 290, 260), item("R3", 310, 210, 550, 240)]
     assert [i.markdown for i in reading_order(items)] == ["title", "L1", "L2", "R1", "R2", "fig", "L3", "R3"]
+    # a note under the left one of two side-by-side tables, well below both, is read after them;
+    # a paragraph close under a column that runs longer than the other goes on that column
+    items = [item("L", 50, 150, 280, 294), item("R", 320, 150, 562, 254), item("note", 50, 323, 250, 333)]
+    assert [i.markdown for i in reading_order(items)] == ["L", "R", "note"]
+    items = [item("L1", 50, 40, 290, 300), item("R1", 310, 40, 550, 200), item("L2", 50, 307, 290, 400)]
+    assert [i.markdown for i in reading_order(items)] == ["L1", "L2", "R1"]
 
 
 # ------------------------------------------------------------------------ tables
@@ -154,6 +161,94 @@ def test_unruled_tables_are_found():
     assert timetable.rows[0] == ["Harbour", "Market Square", "Hospital", "Ridge Road"]
 
 
+def test_statement_tables_as_enterprise_documents_set_them():
+    statement = table_with(read_page(page("unruled_statements.pdf")).tables, "Severn Water")
+    assert statement.rows[0] == ["Date", "Description", "Paid out", "Paid in", "Balance"]
+    # a description over three lines is one cell; the amounts on its first line stay in its row
+    assert statement.rows[2] == ["02 Mar", "Direct debit Severn Water Ltd Ref. SW-440918", "46.80", "", "2,757.36"]
+    assert statement.rows[8] == ["", "Totals", "1,129.25", "1,250.84", ""]
+    income = table_with(read_page(page("unruled_statements.pdf", 2)).tables, "Gross profit")
+    # the heading over the $ signs and the years is said once per column
+    assert income.rows[0] == ["", "Note", "Year ended 31 December 2025", "Year ended 31 December 2024"]
+    assert income.rows[1] == ["Revenue", "3", "$ 48,212", "$ 41,005"]
+    assert income.rows[4] == ["Operating expenses", "", "", ""]
+    assert income.rows[8] == ["Impairment of goodwill", "5", "(1,250)", "-"]  # a ")" hanging past the digits
+    # a header set on two lines in every column, a word hyphenated at its line end joined
+    dispatch = table_with(read_page(page("unruled_statements.pdf", 3)).tables, "Wall bracket")
+    assert dispatch.rows[0] == ["Item code", "Description", "Quantity ordered", "Quantity shipped", "Back-ordered"]
+    assert dispatch.rows[1] == ["AF-2201", "Steel shelving unit, 5 tier", "12", "12", "0"]
+    read = read_page(page("unruled_statements.pdf", 4))  # beside a column of prose, and a wide gap
+    assert [t.rows[:2] for t in read.tables] == [
+        [["Service", "Charge"], ["Monthly account fee", "£6.50"]],
+        [["Description", "Amount"], ["Account maintenance, March 2026", "£6.50"]]]
+
+
+def test_tables_side_by_side_are_two_tables():
+    read = read_page(page("unruled_statements.pdf", 5))
+    holdings, sectors = read.tables
+    assert holdings.rows[:2] == [["Holding", "Weight"], ["Arden Semiconductor", "5.8%"]] and len(holdings.rows) == 11
+    assert sectors.rows[:2] == [["Sector", "Weight"], ["Information technology", "24.6%"]] and len(sectors.rows) == 8
+    # each table's title stays in the text above it; the left table is read before the right
+    assert before(read.text, "Top ten holdings", "| Holding |") and before(read.text, "Juniper", "Sector allocation")
+    assert before(read.text, "Sector allocation", "| Sector |")
+    # a payslip: no titles, rows level on both sides, each side with its "Amount" column
+    payments, deductions = read_page(page("unruled_statements.pdf", 8)).tables
+    assert payments.rows[0] == ["Payments", "Units", "Rate", "Amount"]
+    assert payments.rows[2] == ["Overtime 1.5x", "6.0", "27.04", "162.24"]
+    assert deductions.rows[0] == ["Deductions", "Amount"] and deductions.rows[5] == ["Total deductions", "912.40"]
+
+
+def test_dot_leaders_are_dropped_and_an_ellipsis_kept():
+    words = [Word(0, 0, 1, 1, t) for t in ["Inventories", ".", ".", ".", ".", "1,128", "and", "...", "so", "........"]]
+    assert [w.text for w in drop_leaders(words)] == ["Inventories", "1,128", "and", "...", "so"]
+    position = table_with(read_page(page("unruled_statements.pdf", 9)).tables, "Trade receivables")
+    assert position.rows[3] == ["Trade receivables", "2,317", "2,094"]
+
+
+def test_cells_centred_beside_a_wrapped_cell_are_in_its_row():
+    budget = table_with(read_page(page("unruled_statements.pdf", 10)).tables, "WP2 Prototype")
+    assert budget.rows[1] == ["WP1 Requirements and stakeholder interviews", "Univ. Tartu", "1-3", "6", "48,000"]
+    assert budget.rows[3][0] == "WP3 Field trials in three partner hospitals"  # its last line, below the numbers
+    assert budget.rows[4] == ["WP4 Evaluation, reporting and dissemination of results", "Medisoft", "16-24", "12",
+                              "96,000"]
+    assert budget.rows[5] == ["Total", "", "", "87", "696,000"]  # a short row after a tall one is a row of its own
+
+
+def test_an_entry_with_its_amounts_on_its_last_line_is_one_row():
+    bookings = table_with(read_page(page("unruled_statements.pdf", 11)).tables, "Stadtwerke")
+    assert bookings.rows[1] == ["01.04.", "SEPA Direct Debit Stadtwerke Muenchen GmbH Mandate ID SWM-22871", "-84.00",
+                                "1,916.00"]
+    assert bookings.rows[2] == ["03.04.", "Card Payment REWE Markt 4411", "-23.40", "1,892.60"]
+    # the same kind of statement with the amounts on the first line, undated rows new entries
+    transactions = table_with(read_page(page("unruled_statements.pdf", 6)).tables, "Shell Fuel")
+    assert transactions.rows[3] == ["", "Card payment Shell Fuel Kendal", "41.07", "", ""]
+    assert is_body_number("-84.00") and not is_body_number("01.04.") and not is_body_number("02.03.2026")
+    assert is_body_number("12.400") and not is_body_number("2025")
+
+
+def test_group_headings_over_pairs_of_columns_join_the_header():
+    report = table_with(read_page(page("unruled_statements.pdf", 13)).tables, "Human resources")
+    assert report.rows[0] == ["Department", "Budget H1", "Budget H2", "Actual H1", "Actual H2"]
+    assert report.rows[1] == ["Finance", "410", "420", "398", "431"]
+    # years right-aligned over their columns are the header row itself, not group headings
+    flows = table_with(read_page(page("multiline_cells.pdf", 3)).tables, "Cash at end of year")
+    assert flows.rows[0] == ["", "2025", "2024"] and flows.rows[1][1:] == ["4,210", "3,877"]
+
+
+def test_one_table_with_a_text_column_after_numbers_is_not_cut():
+    doc = pymupdf.open()
+    p = doc.new_page()
+    rows = [("Product", "Qty", "Warehouse", "Bin"), ("Hinge, brass", "12", "Leeds north", "A-04"),
+            ("Door handle", "30", "Leeds north", "A-07"), ("Latch", "8", "Bristol", "C-11"),
+            ("Padlock", "15", "Bristol", "C-12"), ("Total", "65", "", "")]  # a total under the left part only
+    for r, row in enumerate(rows):
+        for x, v in zip((50, 200, 260, 400), row):
+            p.insert_text((x, 100 + 15 * r), v, fontsize=10)
+    (table,) = read_page(p).tables
+    assert table.rows[0] == ["Product", "Qty", "Warehouse", "Bin"]
+    assert table.rows[3] == ["Latch", "8", "Bristol", "C-11"] and table.rows[5] == ["Total", "65", "", ""]
+
+
 def test_a_table_in_one_column_of_a_paper_leaves_the_other_column_alone():
     read = read_page(page("unruled_tables.pdf", 7))
     (table,) = read.tables
@@ -167,21 +262,29 @@ def test_two_columns_of_prose_are_not_a_table():
         assert read_page(page(name, n)).tables == []
 
 
+def pieces(words) -> Counter:
+    """Words cut after each hyphen: a header word hyphenated at a line end ("Back-" over
+    "ordered") comes out joined ("Back-ordered") and is still the same two pieces."""
+    return Counter(p for w in words for p in re.findall(r"[^-]+-?|-", w))
+
+
 def words_of(text: str) -> Counter:
     text = re.sub(r"^#+ ", "", text, flags=re.MULTILINE).replace("\\|", "\u2502")
-    return Counter(w for w in text.split() if w not in ("|", "|---") and not re.fullmatch(r"\|?(---\|)+", w))
+    return pieces(w for w in text.split() if w not in ("|", "|---") and not re.fullmatch(r"\|?(---\|)+", w))
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.pdf")))
 def test_no_word_is_lost_or_said_twice(name):
     """Every word of the text layer comes out once: in the text (tables included), or in a
-    header, footer or margin field; merged header cells may repeat a heading in the header row."""
+    header, footer or margin field; merged header cells may repeat a heading in the header row.
+    Dot leaders ("Trade receivables . . . . 2,317") are not words, and go."""
     for pdf_page in pymupdf.open(DATA / name):
         read = read_page(pdf_page)
-        layer = Counter(w[4] for w in pdf_page.get_text("words"))
-        out = words_of(read.text) + Counter(w for line in read.headers + read.footers + read.margin
-                                            for w in line.split())
-        repeated_headings = Counter(w for t in read.tables for c in t.rows[0] for w in c.split())
+        words = [Word(*w[:5]) for w in pdf_page.get_text("words")]
+        layer = pieces(w.text for w in drop_leaders(words))
+        out = words_of(read.text) + pieces(w for line in read.headers + read.footers + read.margin
+                                           for w in line.split())
+        repeated_headings = pieces(w for t in read.tables for c in t.rows[0] for w in c.split())
         assert not layer - out, f"{name} p{pdf_page.number + 1} lost {layer - out}"
         extra = out - layer
         assert not extra - repeated_headings, f"{name} p{pdf_page.number + 1} repeated {extra}"

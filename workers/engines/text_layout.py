@@ -20,6 +20,10 @@ GUTTER = 8.0
 RUN_GAP = 48.0
 """A band further below the column run above it than this starts a new part of the page
 (a footnote under the columns is read after them, not at the foot of one column)."""
+ENDED_GAP = 18.0
+"""A band under one column of a run whose other columns ended more than RUN_GAP above it
+goes on that column only when it is this close under it (points); further down it is a
+note under the whole run, read after it (a disclaimer under two side-by-side tables)."""
 
 
 @dataclass(slots=True)
@@ -114,6 +118,18 @@ def _bands(items: Sequence[Item]) -> list[list[Item]]:
     return bands
 
 
+def _continues(group: Sequence[Item], band: Sequence[Item]) -> bool:
+    """Whether ``band`` goes on the column run ``group``: the columns beside it are still
+    running at its height, or it sits close under the column it is in."""
+    top = min(i.bbox[1] for i in band)
+    x0, x1 = min(i.bbox[0] for i in band), max(i.bbox[2] for i in band)
+    beside = [i.bbox[3] for i in group if i.bbox[2] <= x0 or i.bbox[0] >= x1]
+    under = [i.bbox[3] for i in group if not (i.bbox[2] <= x0 or i.bbox[0] >= x1)]
+    if not beside or not under or top - max(beside) <= RUN_GAP:
+        return True
+    return top - max(under) <= ENDED_GAP
+
+
 def reading_order(items: Sequence[Item], depth: int = 0) -> list[Item]:
     """Items in reading order: bands top to bottom, the runs of a column layout column by column."""
     if len(items) <= 1 or depth > 40:
@@ -129,7 +145,7 @@ def reading_order(items: Sequence[Item], depth: int = 0) -> list[Item]:
             gaps = _gaps(band, x0, x1)
             if groups and band[0].bbox[1] - max(i.bbox[3] for i in groups[-1][0]) <= RUN_GAP:
                 shared = _intersect(groups[-1][1], gaps)
-                if shared:
+                if shared and _continues(groups[-1][0], band):
                     merged = groups[-1][0] + band
                     groups[-1] = (merged, _gutters(merged, shared))
                     continue

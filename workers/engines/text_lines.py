@@ -8,6 +8,7 @@ table row, or two text columns, come apart there).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,10 @@ import pymupdf
 Box = tuple[float, float, float, float]
 TEXT_FLAGS = pymupdf.TEXT_PRESERVE_LIGATURES | pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
 """No image blocks: the block numbers of ``words`` then match the ``dict`` blocks."""
+
+LEADER = re.compile(r"[.\u00b7\u2024\u2026]+")
+"""A word of dots only: four or more of them together, or a word of four dots or more, are a
+dot leader ("Trade receivables . . . . . 2,317"), which guides the eye and says nothing."""
 
 SEGMENT_GAP = 0.9
 """Words further apart than this many font sizes are in different segments."""
@@ -83,6 +88,22 @@ def _segments(words: Sequence[Word], size: float, bold: bool) -> list[Segment]:
     return segments
 
 
+def drop_leaders(words: Sequence[Word]) -> list[Word]:
+    """The words less their dot leaders (an ellipsis, "...", is kept)."""
+    out: list[Word] = []
+    run: list[Word] = []
+    for w in [*words, None]:
+        if w is not None and LEADER.fullmatch(w.text):
+            run.append(w)
+            continue
+        if run and len(run) < 4 and all(len(r.text) < 4 for r in run):
+            out.extend(run)
+        run = []
+        if w is not None:
+            out.append(w)
+    return out
+
+
 def page_lines(page: Any, textpage: Any = None) -> list[Line]:
     """Every line of text on the page with its words and segments, in MuPDF's order."""
     textpage = textpage or page.get_textpage(flags=TEXT_FLAGS)
@@ -96,6 +117,8 @@ def page_lines(page: Any, textpage: Any = None) -> list[Line]:
     for b, block in enumerate(page.get_text("dict", textpage=textpage)["blocks"]):
         for ln, line in enumerate(block.get("lines", ())):
             words = by_line.get((b, ln))
+            if words:
+                words = drop_leaders(words)
             if not words:
                 continue
             spans = [s for s in line["spans"] if s["text"].strip()]
@@ -106,6 +129,8 @@ def page_lines(page: Any, textpage: Any = None) -> list[Line]:
             dx, dy = line["dir"]
             horizontal = abs(dy) < 0.05 and dx > 0
             x0, y0, x1, y1 = line["bbox"]
+            if len(words) < len(by_line[(b, ln)]):  # leaders dropped: the line is as wide as its words
+                x0, x1 = min(w.x0 for w in words), max(w.x1 for w in words)
             lines.append(Line(x0, y0, x1, y1, size, bold, horizontal, words,
                               _segments(words, size, bold) if horizontal else []))
     return lines

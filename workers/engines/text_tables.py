@@ -25,6 +25,8 @@ _NUMBER = re.compile(r"[-+(]?\s*\d[\d.,' ]*\)?%?")
 PROSE_LINES = 3
 PROSE_CHARS = 25
 """A block of at least PROSE_LINES lines whose median length is PROSE_CHARS characters is a paragraph."""
+LEADING = 1.6
+"""A cell's next line is at most this many font sizes below the line before (baseline to baseline)."""
 MIN_GUTTER = 5.0
 """Narrower x-gaps between aligned text are not column gutters (points)."""
 
@@ -57,9 +59,13 @@ def is_numeric(cell: str) -> bool:
     return bool(parts) and bool(_NUMBER.fullmatch(" ".join(parts).replace("$", "").replace("€", "")))
 
 
+_DATE = re.compile(r"\d{1,2}([./-])\d{1,2}\1(\d{2}|\d{4})?")
+
+
 def is_body_number(cell: str) -> bool:
-    """A number that marks a body row (a year such as "2025" heads columns as often)."""
-    return is_numeric(cell) and not re.fullmatch(r"(19|20)\d\d", cell.strip())
+    """A number that marks a body row (a year such as "2025" heads columns as often; a
+    date such as "01.04." is no amount)."""
+    return is_numeric(cell) and not re.fullmatch(r"(19|20)\d\d", cell.strip()) and not _DATE.fullmatch(cell.strip())
 
 
 def text_rows(lines: Sequence[Line]) -> list[TextRow]:
@@ -143,7 +149,9 @@ def merge_currency_columns(rows: list[list[str]]) -> list[list[str]]:
             to = c - 1 if after or c == len(rows[0]) - 1 else c + 1
             for r in rows:
                 sign, r[c] = r[c], ""
-                if sign and r[to] and r[to] != sign:
+                if sign and r[to] and sign in r[to]:
+                    continue  # a heading over both columns is said once
+                if sign and r[to]:
                     r[to] = f"{r[to]} {sign}" if to < c else f"{sign} {r[to]}"
                 elif sign:
                     r[to] = r[to] or sign
@@ -301,6 +309,32 @@ def _prose(cells: Sequence[str]) -> bool:
     return bool(counts) and statistics.median(counts) >= 20
 
 
+def interleaved(a: TextRow, b: TextRow) -> bool:
+    """Whether two rows overlap by much of their height: a cell's text centred beside a
+    neighbour's two lines ("3" halfway down "WP1 Requirements and / stakeholder interviews")
+    sits between them, and belongs to the same table row (lines one under the other overlap
+    a little at most)."""
+    return min(a.y1, b.y1) - max(a.y0, b.y0) > 0.4 * min(a.y1 - a.y0, b.y1 - b.y0)
+
+
+def _join_interleaved(placed: list[tuple[TextRow, list[str], list[bool]]], start: int
+                      ) -> list[tuple[TextRow, list[str], list[bool]]]:
+    """Rows from ``start`` on that are interleaved with the one above join it, cell by cell."""
+    out = placed[:start]
+    prev: TextRow | None = None
+    for row, cells, span in placed[start:]:
+        if prev is not None and len(out) > start and interleaved(prev, row):
+            top, top_cells, top_span = out[-1]
+            joined = TextRow(min(top.y0, row.y0), max(top.y1, row.y1), max(top.size, row.size),
+                             top.segments + row.segments)
+            out[-1] = (joined, [join_lines(a, b) for a, b in zip(top_cells, cells)],
+                       [a or b for a, b in zip(top_span, span)])
+        else:
+            out.append((row, cells, span))
+        prev = row
+    return out
+
+
 def _runs(rows: Sequence[TextRow]) -> list[list[TextRow]]:
     """Stretches of close rows where most rows have two or more segments."""
     runs: list[list[TextRow]] = []
@@ -313,7 +347,7 @@ def _runs(rows: Sequence[TextRow]) -> list[list[TextRow]]:
             sandwiched = nxt is not None and len(nxt.segments) >= 2 and nxt.y0 - row.y1 <= 1.6 * row.size
             left = min(s.x0 for r in current for s in r.segments)
             indented = row.segments[0].x0 > left + 10
-            if close and (multi or sandwiched or indented):
+            if close and (multi or sandwiched or indented or interleaved(current[-1], row)):
                 current.append(row)
                 continue
             runs.append(current)
@@ -359,12 +393,14 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
         cells = [""] * len(columns)
         span = [False] * len(columns)
         header = k == 0 and above is not None
+        groups = group_spans(row.segments, columns) if header else {}
         for seg in row.segments:
-            hits = columns_of(seg, columns) or [0]
+            hits = groups.get(id(seg)) or columns_of(seg, columns) or [0]
             for c in hits if header else hits[:1]:
                 cells[c] = f"{cells[c]} {seg.text}".strip()
                 span[c] = len(hits) > 1
         placed.append((row, cells, span))
+    placed = _join_interleaved(placed, 1 if above else 0)
     # a row closer to the one above than the table's row pitch, with fewer cells than a
     # full row, continues the row above (its cells wrapped)
     most = statistics.median_high([sum(bool(c) for c in cells) for _, cells, _ in placed])
@@ -379,13 +415,27 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
         if prev is None:
             tight = False
         elif pitch:
-            tight = row.cy - prev.cy < pitch - 1.0
+            # closer than the rows are apart, and no further than a line's leading: a row
+            # after a tall one (a cell of several lines) is further below its last line
+            tight = row.cy - prev.cy < min(pitch - 1.0, LEADING * row.size)
         else:
             tight = filled == 1 and row.y0 - prev.y1 < 0.5 * row.size
         nxt = placed[k + 1][1] if k + 1 < len(placed) else None
         leads_on = nxt is not None and cells[0] and not any(cells[1:]) and nxt[0][:1].islower() and any(nxt[1:])
-        if tight and filled < most and rows and k > (1 if above else 0) and not leads_on:
-            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells)]
+        # the header's lower line: set closer under the first row than the rows are apart,
+        # neither line holding a number ("Item / code", "Quantity / ordered")
+        header_line = (tight and len(rows) == 1 and not above
+                       and not any(is_body_number(c) for c in rows[0] + cells if c))
+        # an entry's last line, bringing its numbers: the row above is a body row that has
+        # its first cell (a date) and no number yet, this one has no first cell, and where
+        # both have text it is text ("SEPA Direct Debit / ... / Mandate ID SWM-22871  -84.00")
+        completes = (tight and len(rows) > (2 if above else 1) and not cells[0] and rows[-1][0]
+                     and not any(is_body_number(c) for c in rows[-1] if c)
+                     and any(is_body_number(c) for c in cells if c)
+                     and not any(is_body_number(a) or is_body_number(b) for a, b in zip(rows[-1], cells) if a and b))
+        if (tight and (filled < most or header_line or completes) and rows and k > (1 if above else 0)
+                and not leads_on):
+            rows[-1] = [join_lines(a, b) for a, b in zip(rows[-1], cells)]
         else:
             rows.append(cells)
             spanned.append(span)
@@ -393,6 +443,47 @@ def _grid_of_run(run: Sequence[TextRow], above: TextRow | None) -> tuple[list[li
     merge_header_only_columns(rows, spanned, columns, 2 if above else 1)
     join_wrapped_labels(rows, spanned, 2 if above else 1)
     return rows, spanned, columns
+
+
+def join_lines(upper: str, lower: str) -> str:
+    """A cell's text set on two lines, joined; a word hyphenated at the line end ("Back-" over
+    "ordered") is joined without a space."""
+    if upper.endswith("-") and lower[:1].islower():
+        return upper + lower
+    return f"{upper} {lower}".strip()
+
+
+def group_spans(segments: Sequence[Segment], columns: Sequence[tuple[float, float]]) -> dict[int, list[int]]:
+    """The columns each group heading of a header line covers ("Budget" centred over its H1
+    and H2, "Actual" over its own): a heading centred over a gutter, not over a column, with
+    other headings on its line, covers the columns whose centres lie as far either side of
+    its centre as halfway to the nearest other heading. Keyed by id() of the segment."""
+    if len(segments) < 2:
+        return {}
+    centres = [(s.x0 + s.x1) / 2 for s in segments]
+    out: dict[int, list[int]] = {}
+    for i, (seg, cx) in enumerate(zip(segments, centres)):
+        if any(c0 <= cx <= c1 for c0, c1 in columns):
+            continue  # over one column: that column's heading
+        reach = min(abs(cx - o) for j, o in enumerate(centres) if j != i) / 2
+        covered = [k for k, (c0, c1) in enumerate(columns) if k and abs((c0 + c1) / 2 - cx) <= reach]
+        if len(covered) >= 2:
+            out[id(seg)] = covered
+    return out
+
+
+def _group_line(run: Sequence[TextRow]) -> bool:
+    """Whether the run's first row is a line of group headings over the header row below it:
+    no text over the first column, headings centred over several columns each, fewer cells
+    than that row, which has a label in its first column and no number, and close above it."""
+    columns = gutters_columns([(s.x0, s.x1) for r in run[1:] for s in r.segments])  # the headings' own aside
+    if len(run) < 4 or len(columns) < 3:
+        return False
+    top, head = run[0], run[1]
+    return (all(s.x0 >= columns[1][0] - 2 for s in top.segments) and len(top.segments) < len(head.segments)
+            and not any(is_body_number(s.text) for r in (top, head) for s in r.segments)
+            and head.segments[0].x0 < columns[1][0] - 2 and head.y0 - top.y1 <= 1.2 * head.size
+            and bool(group_spans(top.segments, columns)))
 
 
 def _header_line_above(first: TextRow, rows: Sequence[TextRow], columns: Sequence[tuple[float, float]]
@@ -426,15 +517,76 @@ def join_wrapped_labels(rows: list[list[str]], spanned: list[list[bool]], head: 
         r += 1
 
 
+def side_by_side(run: Sequence[TextRow], columns: Sequence[tuple[float, float]]) -> float | None:
+    """The x between two tables set side by side (a factsheet's "Top holdings" and "Sector
+    allocation" in the page's two columns), or None when the run is one table.
+
+    A column of labels (text) right of a column of numbers starts a second table when
+    nothing crosses the gap between them and either each side has its own title (a top
+    row with text in just the two sides' first columns), or both sides have a column of
+    the same heading in a top row (a payslip's payments and deductions, each with its
+    "Amount"), or one side ends two or more rows before the other (their rows only line
+    up by chance)."""
+    if len(columns) < 4:
+        return None
+    grid = []
+    for row in run:
+        cells = [""] * len(columns)
+        for seg in row.segments:
+            k = (columns_of(seg, columns) or [0])[0]
+            cells[k] = f"{cells[k]} {seg.text}".strip()
+        grid.append(cells)
+    for c in range(2, len(columns) - 1):
+        x = (columns[c - 1][1] + columns[c][0]) / 2
+        if any(s.x0 < x < s.x1 for r in run for s in r.segments):
+            continue
+        numbers = [g[c - 1] for g in grid[1:] if g[c - 1]]
+        labels = [g[c] for g in grid[1:] if g[c]]
+        if len(labels) < 3 or sum(is_numeric(v) for v in numbers) < 0.8 * len(numbers):
+            continue
+        if sum(not is_numeric(v) and any(ch.isalpha() for ch in v) for v in labels) < 0.8 * len(labels):
+            continue
+        titles = {k for k, v in enumerate(grid[0]) if v} == {0, c}
+        same_heading = any({v.casefold() for v in g[:c] if v} & {v.casefold() for v in g[c:] if v}
+                           for g in grid[:2])
+        sides = [(any(g[:c]), any(g[c:])) for g in grid]
+        tail = 0
+        for left, right in reversed(sides):
+            if left == right:
+                break
+            tail += 1
+        if titles or same_heading or tail >= 2:
+            return x
+    return None
+
+
+def _split(run: Sequence[TextRow], x: float) -> list[list[TextRow]]:
+    """The run's rows cut at ``x`` into a left and a right set of rows (empty ones dropped)."""
+    halves: list[list[TextRow]] = [[], []]
+    for row in run:
+        for half, segs in zip(halves, ([s for s in row.segments if s.x1 <= x], [s for s in row.segments if s.x0 >= x])):
+            if segs:
+                half.append(TextRow(min(s.y0 for s in segs), max(s.y1 for s in segs), row.size, segs))
+    return halves
+
+
 def unruled_tables(rows: Sequence[TextRow], taken: set[int]) -> list[Found]:
     """Tables of aligned text: at least three rows of two or more cells in shared columns."""
     free = [r for r in rows if not any(id(w) in taken for s in r.segments for w in s.words)]
     found = []
-    for run in _runs(free):
+    todo = [(run, free) for run in _runs(free)]
+    while todo:
+        run, context = todo.pop(0)
         if sum(len(r.segments) >= 2 for r in run) < 3:
             continue
         columns = gutters_columns([(s.x0, s.x1) for r in run for s in r.segments])
-        above = _header_line_above(run[0], free, columns)
+        x = side_by_side(run, columns)
+        if x is not None:  # two tables side by side: each is read on its own
+            todo[:0] = [(sub, half) for half in _split(run, x) for sub in _runs(half)]
+            continue
+        above = _header_line_above(run[0], context, columns)
+        if above is None and _group_line(run):  # group headings over the header row
+            above, run = run[0], run[1:]
         grid = _grid_of_run(run, above)
         if grid is None:
             continue

@@ -682,6 +682,488 @@ def unruled_tables():
     return doc, checks
 
 
+def unruled_statements():
+    """Harder unruled tables as enterprise documents set them: a bank statement whose
+    descriptions run over several lines, an income statement ($ signs in their own place,
+    parenthesised negatives whose ")" hangs past the digits, indented items, a note column,
+    a dash for nil), headers on two lines in every column, a charges table in the right-hand
+    column beside a column of prose and a summary with a wide gap before its amounts, and
+    a factsheet with two tables side by side in the page's two columns, and transactions
+    dated on a day's first entry only, with the balance on its last; an invoice whose item
+    descriptions wrap, with a VAT summary under it, and a payslip's payments and deductions
+    side by side; a balance sheet whose labels run on in dot leaders; a proposal's budget
+    whose cells are centred vertically beside wrapped work-package names; a statement whose
+    entries give their amounts on their last line; a risk register with running text in a column;
+    a management report with group headings over pairs of columns."""
+    doc = pymupdf.open()
+    # page 1: a bank statement; amounts on an entry's first line, its description goes on below
+    p = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p.insert_text((50, 60), "Harbour Bank plc", fontsize=14, fontname="hebo")
+    p.insert_text((50, 80), "Current account statement, 1 March to 31 March 2026", fontsize=10)
+    p.insert_text((50, 94), "Account 20-44-91 73310582", fontsize=10)
+    p.insert_text((50, 130), "Date", fontsize=9, fontname="hebo")
+    p.insert_text((110, 130), "Description", fontsize=9, fontname="hebo")
+    for x, h in zip((420, 490, 560), ("Paid out", "Paid in", "Balance")):
+        right(p, x, 130, h, 9, "hebo")
+    entries = [("01 Mar", ["Balance brought forward"], "", "", "2,804.16"),
+               ("02 Mar", ["Direct debit", "Severn Water Ltd", "Ref. SW-440918"], "46.80", "", "2,757.36"),
+               ("05 Mar", ["Faster payment received", "From: J Okafor", "Ref. Invoice 1187"], "", "1,250.00",
+                "4,007.36"),
+               ("09 Mar", ["Card payment", "Fenwick Office Supplies, Leeds"], "132.45", "", "3,874.91"),
+               ("14 Mar", ["Standing order", "Landlord Property Mgmt"], "950.00", "", "2,924.91"),
+               ("27 Mar", ["Interest paid"], "", "0.84", "2,925.75"),
+               ("31 Mar", ["Balance carried forward"], "", "", "2,925.75")]
+    y = 148
+    for date, desc, out, paid_in, bal in entries:
+        p.insert_text((50, y), date, fontsize=9)
+        for k, line in enumerate(desc):
+            p.insert_text((110, y + 11 * k), line, fontsize=9)
+        for x, v in zip((420, 490, 560), (out, paid_in, bal)):
+            if v:
+                right(p, x, y, v, 9)
+        y += 11 * len(desc) + 5
+    p.insert_text((110, y), "Totals", fontsize=9, fontname="hebo")
+    right(p, 420, y, "1,129.25", 9, "hebo")
+    right(p, 490, y, "1,250.84", 9, "hebo")
+    p.insert_text((50, y + 40), "Harbour Bank plc is authorised by the Prudential Regulation Authority.", fontsize=8)
+    # page 2: an income statement
+    p2 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p2.insert_text((50, 60), "Consolidated Statement of Operations", fontsize=12, fontname="hebo")
+    p2.insert_text((50, 75), "(in thousands of US dollars, except per-share amounts)", fontsize=9)
+    centred(p2, 385, 540, 100, "Year ended 31 December", 9, "hebo")
+    p2.insert_text((322, 114), "Note", fontsize=9, fontname="hebo")
+    right(p2, 450, 114, "2025", 9, "hebo")
+    right(p2, 540, 114, "2024", 9, "hebo")
+    paren = pymupdf.get_text_length(")", fontname="helv", fontsize=9)
+
+    def amount(page, x1, yy, v, font="helv"):
+        if v.startswith("$"):
+            page.insert_text((x1 - 62, yy), "$", fontsize=9, fontname=font)
+            v = v[2:]
+        right(page, x1 + (paren if v.endswith(")") else 0), yy, v, 9, font)
+
+    statement = [("Revenue", 0, "3", "$ 48,212", "$ 41,005"), ("Cost of sales", 0, "", "(21,430)", "(18,877)"),
+                 ("Gross profit", 0, "", "26,782", "22,128"), ("Operating expenses", 0, "", "", ""),
+                 ("Selling and marketing", 12, "", "(8,115)", "(7,420)"),
+                 ("Research and development", 12, "4", "(6,480)", "(5,102)"),
+                 ("General and administrative", 12, "", "(5,992)", "(5,310)"),
+                 ("Impairment of goodwill", 12, "5", "(1,250)", "-"),
+                 ("Operating income", 0, "", "4,945", "4,296"), ("Finance costs, net", 0, "6", "(712)", "(655)"),
+                 ("Income before tax", 0, "", "4,233", "3,641"), ("Income tax expense", 0, "7", "(1,031)", "(902)"),
+                 ("Net income", 0, "", "$ 3,202", "$ 2,739"), ("Earnings per share, basic", 0, "8", "$ 0.64",
+                                                                  "$ 0.55")]
+    for r, (label, indent, note, a, b) in enumerate(statement):
+        yy = 132 + 15 * r
+        font = "hebo" if label in ("Gross profit", "Operating income", "Net income") else "helv"
+        p2.insert_text((50 + indent, yy), label, fontsize=9, fontname=font)
+        if note:
+            centred(p2, 322, 342, yy, note, 9)
+        if a:
+            amount(p2, 450, yy, a, font)
+            amount(p2, 540, yy, b, font)
+    p2.insert_text((50, 370), "The notes on pages 12 to 31 form part of these financial statements.", fontsize=9)
+    # page 3: a dispatch note whose column headers are set on two lines, single-line ones at the foot
+    p3 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p3.insert_text((50, 60), "Dispatch note DN-50712", fontsize=13, fontname="hebo")
+    p3.insert_text((50, 78), "Customer: Alder & Finch Ltd, Unit 4, Canal Wharf, Leeds", fontsize=10)
+    p3.insert_text((50, 120), "Item", fontsize=9, fontname="hebo")
+    p3.insert_text((50, 131), "code", fontsize=9, fontname="hebo")
+    p3.insert_text((120, 131), "Description", fontsize=9, fontname="hebo")
+    for x, (h1, h2) in zip((400, 470, 540), (("Quantity", "ordered"), ("Quantity", "shipped"), ("Back-", "ordered"))):
+        right(p3, x, 120, h1, 9, "hebo")
+        right(p3, x, 131, h2, 9, "hebo")
+    lines = [("AF-2201", "Steel shelving unit, 5 tier", "12", "12", "0"),
+             ("AF-2215", "Wall bracket, galvanised", "40", "32", "8"), ("AF-3020", "Cable tray 2 m", "25", "25", "0"),
+             ("AF-3104", "Floor anchor set", "60", "45", "15"), ("AF-4410", "Label holder strip", "100", "100", "0")]
+    for r, row in enumerate(lines):
+        yy = 149 + 14 * r
+        p3.insert_text((50, yy), row[0], fontsize=9)
+        p3.insert_text((120, yy), row[1], fontsize=9)
+        for x, v in zip((400, 470, 540), row[2:]):
+            right(p3, x, yy, v, 9)
+    p3.insert_text((120, 149 + 14 * 5), "Totals", fontsize=9, fontname="hebo")
+    for x, v in zip((400, 470, 540), ("237", "214", "23")):
+        right(p3, x, 149 + 14 * 5, v, 9, "hebo")
+    p3.insert_text((50, 260), "Back-ordered items follow within ten working days.", fontsize=9)
+    # page 4: a charges table in the right-hand column beside prose; a full-width summary below
+    p4 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p4.insert_text((50, 60), "Your business account: charges for March 2026", fontsize=13, fontname="hebo")
+    y = paragraph(p4, 50, 90, 240, "How we charge. Charges are worked out over each monthly charging period and "
+                  "taken from your account on the first working day of the next month. We tell you the amount at "
+                  "least fourteen days before we take it, so that you can make sure there is enough money in the "
+                  "account.", 9.5)
+    paragraph(p4, 50, y, 240, "Cash paid in is charged per hundred pounds or part of it, whether you pay it in at "
+              "a branch, at a post office or through a deposit machine. Electronic payments out include standing "
+              "orders and direct debits.", 9.5)
+    p4.insert_text((320, 90), "Service", fontsize=9.5, fontname="hebo")
+    right(p4, 562, 90, "Charge", 9.5, "hebo")
+    tariff = [("Monthly account fee", "£6.50"), ("Electronic payment out", "£0.20"), ("Cheque paid in", "£0.65"),
+              ("Cash paid in, per £100", "£0.75"), ("Unpaid item", "£15.00"), ("Replacement card", "free")]
+    for r, (service, fee) in enumerate(tariff):
+        p4.insert_text((320, 108 + 15 * r), service, fontsize=9.5)
+        right(p4, 562, 108 + 15 * r, fee, 9.5)
+    p4.insert_text((50, 300), "Summary of charges", fontsize=11, fontname="hebo")
+    p4.insert_text((50, 322), "Description", fontsize=9.5, fontname="hebo")
+    right(p4, 562, 322, "Amount", 9.5, "hebo")
+    summary = [("Account maintenance, March 2026", "£6.50"), ("Electronic payments out (182 at £0.20)", "£36.40"),
+               ("Cheques paid in (2 at £0.65)", "£1.30"), ("Cash paid in (£600 at £0.75 per £100)", "£4.50")]
+    for r, (what, amt) in enumerate(summary):
+        p4.insert_text((50, 340 + 15 * r), what, fontsize=9.5)
+        right(p4, 562, 340 + 15 * r, amt, 9.5)
+    p4.insert_text((50, 340 + 15 * 4), "Total charges", fontsize=9.5, fontname="hebo")
+    right(p4, 562, 340 + 15 * 4, "£48.70", 9.5, "hebo")
+    # page 5: a fund factsheet, two tables side by side in the page's two columns
+    p5 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p5.insert_text((50, 60), "Meridian Global Equity Fund", fontsize=14, fontname="hebo")
+    paragraph(p5, 50, 84, 512, "Factsheet at 31 March 2026. The fund invests in large and medium-sized companies "
+              "worldwide and aims to beat the MSCI World index over any five-year period.", 9.5)
+    p5.insert_text((50, 140), "Top ten holdings", fontsize=10.5, fontname="hebo")
+    p5.insert_text((320, 140), "Sector allocation", fontsize=10.5, fontname="hebo")
+    p5.insert_text((50, 158), "Holding", fontsize=9, fontname="hebo")
+    right(p5, 280, 158, "Weight", 9, "hebo")
+    p5.insert_text((320, 158), "Sector", fontsize=9, fontname="hebo")
+    right(p5, 562, 158, "Weight", 9, "hebo")
+    holdings = [("Arden Semiconductor", "5.8%"), ("Bellweather Software", "5.1%"), ("Calloway Health", "4.2%"),
+                ("Dunmore Energy", "3.6%"), ("Eastgate Bank", "3.3%"), ("Fairholm Retail", "2.9%"),
+                ("Glenrock Mining", "2.7%"), ("Hartley Insurance", "2.5%"), ("Ivybridge Telecom", "2.2%"),
+                ("Juniper Logistics", "2.0%")]
+    sectors = [("Information technology", "24.6%"), ("Financials", "16.2%"), ("Health care", "12.9%"),
+               ("Industrials", "11.4%"), ("Consumer discretionary", "10.1%"), ("Energy", "6.8%"),
+               ("Other", "18.0%")]
+    for r, (name, w) in enumerate(holdings):
+        p5.insert_text((50, 174 + 13 * r), name, fontsize=9)
+        right(p5, 280, 174 + 13 * r, w, 9)
+    for r, (name, w) in enumerate(sectors):
+        p5.insert_text((320, 174 + 13 * r), name, fontsize=9)
+        right(p5, 562, 174 + 13 * r, w, 9)
+    p5.insert_text((50, 330), "Past performance is not a guide to future returns.", fontsize=9)
+    # page 6: transactions with the date on a day's first entry only and the balance on its last
+    p6 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p6.insert_text((50, 60), "Your transactions", fontsize=13, fontname="hebo")
+    p6.insert_text((50, 100), "Date", fontsize=9, fontname="hebo")
+    p6.insert_text((110, 100), "Details", fontsize=9, fontname="hebo")
+    for x, h in zip((420, 490, 560), ("Money out", "Money in", "Balance")):
+        right(p6, x, 100, h, 9, "hebo")
+    days = [("03 Apr", ["Balance brought forward"], "", "", "1,206.30"),
+            ("04 Apr", ["Card payment", "Tesco Stores 2231"], "23.18", "", ""),
+            ("", ["Card payment", "Shell Fuel Kendal"], "41.07", "", ""),
+            ("", ["Transfer from savings"], "", "200.00", "1,342.05"),
+            ("06 Apr", ["Direct debit", "Council tax"], "132.00", "", "1,210.05"),
+            ("08 Apr", ["Cash withdrawal"], "60.00", "", ""),
+            ("", ["Faster payment received", "A Patel, rent share"], "", "375.00", "1,525.05")]
+    y = 118
+    for date, desc, out, paid_in, bal in days:
+        if date:
+            p6.insert_text((50, y), date, fontsize=9)
+        for k, line in enumerate(desc):
+            p6.insert_text((110, y + 11 * k), line, fontsize=9)
+        for x, v in zip((420, 490, 560), (out, paid_in, bal)):
+            if v:
+                right(p6, x, y, v, 9)
+        y += 11 * len(desc) + 5
+    p6.insert_text((50, y + 30), "Balances are shown at the end of each day.", fontsize=8)
+    # page 7: an invoice whose item descriptions wrap (amounts on the first line), a VAT summary under it
+    p7 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p7.insert_text((50, 60), "Kestrel Print & Design Ltd", fontsize=14, fontname="hebo")
+    p7.insert_text((50, 78), "12 Mill Yard, Kendal LA9 4QR  VAT reg. GB 284 7710 93", fontsize=9)
+    p7.insert_text((380, 110), "Invoice no. KP-24077", fontsize=10, fontname="hebo")
+    p7.insert_text((380, 124), "Invoice date 14 April 2026", fontsize=10)
+    ix = (360, 440, 490, 560)
+    p7.insert_text((50, 160), "Description", fontsize=9, fontname="hebo")
+    for x, h in zip(ix, ("Qty", "Unit price", "VAT", "Amount")):
+        right(p7, x, 160, h, 9, "hebo")
+    goods = [(["Business cards, 400 gsm silk, double-sided,", "full colour, 85 x 55 mm"], "500", "0.09", "45.00"),
+             (["Tri-fold leaflets, A4, 170 gsm gloss"], "2,000", "0.11", "220.00"),
+             (["Design time: leaflet layout and", "two rounds of proof corrections"], "3.5", "40.00", "140.00"),
+             (["Delivery, next working day"], "1", "12.50", "12.50")]
+    y = 178
+    for desc, qty, unit, amt in goods:
+        for k, line in enumerate(desc):
+            p7.insert_text((50, y + 11 * k), line, fontsize=9)
+        for x, v in zip(ix, (qty, unit, "20%", amt)):
+            right(p7, x, y, v, 9)
+        y += 11 * len(desc) + 6
+    for k, (label, v) in enumerate((("Subtotal", "417.50"), ("VAT at 20%", "83.50"), ("Total due (GBP)", "501.00"))):
+        p7.insert_text((380, y + 14 + 14 * k), label, fontsize=9, fontname="hebo" if k == 2 else "helv")
+        right(p7, 560, y + 14 + 14 * k, v, 9, "hebo" if k == 2 else "helv")
+    p7.insert_text((50, y + 90), "Please pay within 14 days quoting the invoice number.", fontsize=9)
+    # page 8: a payslip: payments and deductions side by side, rows level, each with its total
+    p8 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p8.insert_text((50, 60), "Payslip", fontsize=14, fontname="hebo")
+    p8.insert_text((50, 78), "Employee: R. Lindqvist, employee no. 10442, pay date 28 April 2026", fontsize=9)
+    p8.insert_text((50, 120), "Payments", fontsize=9, fontname="hebo")
+    for x, h in zip((220, 275, 330), ("Units", "Rate", "Amount")):
+        right(p8, x, 120, h, 9, "hebo")
+    p8.insert_text((370, 120), "Deductions", fontsize=9, fontname="hebo")
+    right(p8, 562, 120, "Amount", 9, "hebo")
+    pay = [("Basic salary", "", "", "3,125.00"), ("Overtime 1.5x", "6.0", "27.04", "162.24"),
+           ("Shift allowance", "", "", "85.00"), ("Bonus", "", "", "40.26"), ("Total payments", "", "", "3,412.50")]
+    deduct = [("Income tax", "498.20"), ("National Insurance", "212.64"), ("Pension 5%", "156.25"),
+              ("Student loan", "45.31"), ("Total deductions", "912.40")]
+    for r, ((label, units, rate, amt), (dlabel, damt)) in enumerate(zip(pay, deduct)):
+        yy = 138 + 14 * r + (6 if r == 4 else 0)
+        font = "hebo" if r == 4 else "helv"
+        p8.insert_text((50, yy), label, fontsize=9, fontname=font)
+        for x, v in zip((220, 275, 330), (units, rate, amt)):
+            if v:
+                right(p8, x, yy, v, 9, font)
+        p8.insert_text((370, yy), dlabel, fontsize=9, fontname=font)
+        right(p8, 562, yy, damt, 9, font)
+    p8.insert_text((370, 240), "Net pay", fontsize=10, fontname="hebo")
+    right(p8, 562, 240, "2,500.10", 10, "hebo")
+    # page 9: a balance sheet whose labels run on in dot leaders to the amounts
+    p9 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p9.insert_text((50, 60), "Statement of financial position at 31 December", fontsize=12, fontname="hebo")
+    p9.insert_text((50, 75), "(in thousands of euros)", fontsize=9)
+    right(p9, 450, 100, "2025", 9, "hebo")
+    right(p9, 540, 100, "2024", 9, "hebo")
+    position = [("Current assets", "", ""), ("Cash and cash equivalents", "1,842", "1,506"),
+                ("Trade receivables", "2,317", "2,094"), ("Inventories", "1,128", "1,240"),
+                ("Prepayments", "204", "187"), ("Total current assets", "5,491", "5,027")]
+    for r, (label, a, b) in enumerate(position):
+        yy = 118 + 15 * r
+        font = "helv" if a and r < 5 else "hebo"
+        if a:
+            label += " "
+            while pymupdf.get_text_length(label + ". ", fontname=font, fontsize=9) < 330:
+                label += ". "
+            right(p9, 450, yy, a, 9, font)
+            right(p9, 540, yy, b, 9, font)
+        p9.insert_text((50, yy), label.rstrip(), fontsize=9, fontname=font)
+    p9.insert_text((50, 230), "The accompanying notes are an integral part of this statement.", fontsize=9)
+    # page 10: a proposal's budget as a word processor sets it: the other cells centred
+    # vertically beside a work package's wrapped name
+    p10 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p10.insert_text((50, 60), "4.2 Budget by work package", fontsize=11, fontname="hebo")
+    paragraph(p10, 50, 80, 510, "The consortium requests the following budget; months count from the start "
+              "of the project.", 9.5)
+    bx = (270, 390, 470, 560)
+    p10.insert_text((50, 124), "Work package", fontsize=9, fontname="hebo")
+    p10.insert_text((bx[0], 124), "Lead", fontsize=9, fontname="hebo")
+    for x, h in zip(bx[1:], ("Months", "Person-months", "Cost (EUR)")):
+        right(p10, x, 124, h, 9, "hebo")
+    packages = [(["WP1 Requirements and", "stakeholder interviews"], "Univ. Tartu", "1-3", "6", "48,000"),
+                (["WP2 Prototype"], "Medisoft", "4-9", "24", "192,000"),
+                (["WP3 Field trials in three", "partner hospitals"], "Univ. Tartu", "10-18", "45", "360,000"),
+                (["WP4 Evaluation, reporting", "and dissemination of", "results"], "Medisoft", "16-24", "12",
+                 "96,000"),
+                (["Total"], "", "", "87", "696,000")]
+    y = 142
+    for name, lead, months, pm, cost in packages:
+        font = "hebo" if name == ["Total"] else "helv"
+        mid = y + 11 * (len(name) - 1) / 2
+        for k, line in enumerate(name):
+            p10.insert_text((50, y + 11 * k), line, fontsize=9, fontname=font)
+        if lead:
+            p10.insert_text((bx[0], mid), lead, fontsize=9)
+        for x, v in zip(bx[1:], (months, pm, cost)):
+            if v:
+                right(p10, x, mid, v, 9, font)
+        y += 11 * len(name) + 9
+    # page 11: a statement whose entries give their amounts on their last line
+    p11 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p11.insert_text((50, 60), "Account statement 4/2026", fontsize=13, fontname="hebo")
+    p11.insert_text((50, 76), "IBAN DE44 5001 0517 5407 3249 31", fontsize=9)
+    p11.insert_text((50, 110), "Date", fontsize=9, fontname="hebo")
+    p11.insert_text((110, 110), "Transaction details", fontsize=9, fontname="hebo")
+    right(p11, 480, 110, "Amount EUR", 9, "hebo")
+    right(p11, 560, 110, "Balance EUR", 9, "hebo")
+    bookings = [("01.04.", ["SEPA Direct Debit", "Stadtwerke Muenchen GmbH", "Mandate ID SWM-22871"], "-84.00",
+                 "1,916.00"),
+                ("03.04.", ["Card Payment", "REWE Markt 4411"], "-23.40", "1,892.60"),
+                ("05.04.", ["Credit Transfer", "Lohn April"], "2,410.00", "4,302.60"),
+                ("07.04.", ["Standing Order", "Hausverwaltung Becker", "Miete April"], "-1,150.00", "3,152.60")]
+    y = 128
+    for date, desc, amt, bal in bookings:
+        p11.insert_text((50, y), date, fontsize=9)
+        for k, line in enumerate(desc):
+            p11.insert_text((110, y + 11 * k), line, fontsize=9)
+        right(p11, 480, y + 11 * (len(desc) - 1), amt, 9)
+        right(p11, 560, y + 11 * (len(desc) - 1), bal, 9)
+        y += 11 * len(desc) + 6
+    # page 12: a risk register whose middle column holds a few lines of running text per row
+    p12 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p12.insert_text((50, 60), "Project risk register", fontsize=12, fontname="hebo")
+    for x, h in zip((50, 90, 190, 440, 500), ("ID", "Risk", "Mitigation", "Likelihood", "Impact")):
+        p12.insert_text((x, 90), h, fontsize=9, fontname="hebo")
+    risks = [("R1", "Key supplier fails",
+              "Qualify a second supplier for the housing and keep six weeks of stock at the plant in Leeds", "Low",
+              "High"),
+             ("R2", "Staff turnover",
+              "Pair each specialist with a deputy and document the build procedure in the quality system", "Medium",
+              "Medium"),
+             ("R3", "Late certification",
+              "Book the test house early and run a pre-compliance test on the second prototype", "Medium", "High")]
+    y = 108
+    for rid, risk, mitigation, likelihood, impact in risks:
+        lines = wrap(mitigation, 230, 9)
+        for x, v in zip((50, 90, 440, 500), (rid, risk, likelihood, impact)):
+            p12.insert_text((x, y), v, fontsize=9)
+        for k, line in enumerate(lines):
+            p12.insert_text((190, y + 11 * k), line, fontsize=9)
+        y += 11 * len(lines) + 7
+    # page 13: a management report: group headings over pairs of columns, a short rule under each
+    p13 = doc.new_page(width=LETTER[0], height=LETTER[1])
+    p13.insert_text((50, 60), "Budget against actual, by department", fontsize=12, fontname="hebo")
+    p13.insert_text((50, 74), "(in thousands of euros)", fontsize=9)
+    centred(p13, 250, 390, 100, "Budget", 9, "hebo")
+    centred(p13, 420, 560, 100, "Actual", 9, "hebo")
+    hline(p13, 250, 390, 104, 0.4)
+    hline(p13, 420, 560, 104, 0.4)
+    p13.insert_text((50, 116), "Department", fontsize=9, fontname="hebo")
+    for x, h in zip((310, 390, 480, 560), ("H1", "H2", "H1", "H2")):
+        right(p13, x, 116, h, 9, "hebo")
+    spend = [("Finance", "410", "420", "398", "431"), ("Human resources", "220", "215", "231", "209"),
+             ("IT services", "1,050", "1,120", "1,187", "1,096"), ("Facilities", "640", "655", "602", "671"),
+             ("Total", "2,320", "2,410", "2,418", "2,407")]
+    for r, row in enumerate(spend):
+        yy = 134 + 15 * r + (4 if r == 4 else 0)
+        font = "hebo" if r == 4 else "helv"
+        p13.insert_text((50, yy), row[0], fontsize=9, fontname=font)
+        for x, v in zip((310, 390, 480, 560), row[1:]):
+            right(p13, x, yy, v, 9, font)
+    checks = [
+        cell(1, "Severn Water", 0, 2, "Paid out"),
+        cell(1, "Severn Water", 0, 4, "Balance"),
+        cell(1, "Severn Water", 1, 1, "Balance brought forward"),
+        cell(1, "Severn Water", 2, 1, "Direct debit Severn Water Ltd Ref. SW-440918"),
+        cell(1, "Severn Water", 2, 2, "46.80"),
+        cell(1, "Severn Water", 2, 4, "2,757.36"),
+        cell(1, "Severn Water", 3, 1, "Faster payment received From: J Okafor Ref. Invoice 1187"),
+        cell(1, "Severn Water", 3, 3, "1,250.00"),
+        cell(1, "Severn Water", 4, 0, "09 Mar"),
+        cell(1, "Severn Water", 4, 1, "Card payment Fenwick Office Supplies, Leeds"),
+        cell(1, "Severn Water", 6, 3, "0.84"),
+        cell(1, "Severn Water", 7, 4, "2,925.75"),
+        cell(1, "Severn Water", 8, 2, "1,129.25"),
+        once(1, "Ref. SW-440918"),
+        order(1, "Account 20-44-91", "Balance brought forward"),
+        cell(2, "Gross profit", 0, 1, "Note"),
+        cell(2, "Gross profit", 0, 2, "2025"),
+        cell(2, "Gross profit", 0, 3, "2024"),
+        cell(2, "Gross profit", 1, 2, "$48,212"),
+        cell(2, "Gross profit", 2, 2, "(21,430)"),
+        cell(2, "Gross profit", 4, 0, "Operating expenses"),
+        cell(2, "Gross profit", 5, 0, "Selling and marketing"),
+        cell(2, "Gross profit", 5, 3, "(7,420)"),
+        cell(2, "Gross profit", 8, 1, "5"),
+        cell(2, "Gross profit", 8, 2, "(1,250)"),
+        cell(2, "Gross profit", 8, 3, "-"),
+        cell(2, "Gross profit", 12, 1, "7"),
+        cell(2, "Gross profit", 13, 2, "$3,202"),
+        cell(2, "Gross profit", 14, 3, "$0.55"),
+        cell(3, "Wall bracket", 0, 0, "Item code"),
+        cell(3, "Wall bracket", 0, 1, "Description"),
+        cell(3, "Wall bracket", 0, 2, "Quantity ordered"),
+        cell(3, "Wall bracket", 0, 4, "Back-ordered"),
+        cell(3, "Wall bracket", 2, 1, "Wall bracket, galvanised"),
+        cell(3, "Wall bracket", 4, 4, "15"),
+        cell(3, "Wall bracket", 6, 2, "237"),
+        cell(4, "Unpaid item", 0, 0, "Service"),
+        cell(4, "Unpaid item", 1, 0, "Monthly account fee"),
+        cell(4, "Unpaid item", 4, 1, "£0.75"),
+        cell(4, "Unpaid item", 6, 1, "free"),
+        once(4, "Monthly account fee"),
+        order(4, "How we charge.", "Monthly account fee"),
+        cell(4, "Cheques paid in", 0, 1, "Amount"),
+        cell(4, "Cheques paid in", 2, 0, "Electronic payments out (182 at £0.20)"),
+        cell(4, "Cheques paid in", 2, 1, "£36.40"),
+        cell(4, "Cheques paid in", 5, 1, "£48.70"),
+        cell(5, "Bellweather", 0, 0, "Holding"),
+        cell(5, "Bellweather", 2, 0, "Bellweather Software"),
+        cell(5, "Bellweather", 2, 1, "5.1%"),
+        cell(5, "Bellweather", 10, 1, "2.0%"),
+        cell(5, "Financials", 0, 0, "Sector"),
+        cell(5, "Financials", 2, 1, "16.2%"),
+        cell(5, "Financials", 7, 0, "Other"),
+        cell(5, "Financials", 7, 1, "18.0%"),
+        order(5, "Juniper Logistics", "Information technology"),
+        order(5, "Other", "Past performance is not a guide"),
+        cell(6, "Shell Fuel", 0, 1, "Details"),
+        cell(6, "Shell Fuel", 2, 0, "04 Apr"),
+        cell(6, "Shell Fuel", 2, 1, "Card payment Tesco Stores 2231"),
+        cell(6, "Shell Fuel", 3, 1, "Card payment Shell Fuel Kendal"),
+        cell(6, "Shell Fuel", 3, 2, "41.07"),
+        cell(6, "Shell Fuel", 4, 1, "Transfer from savings"),
+        cell(6, "Shell Fuel", 4, 3, "200.00"),
+        cell(6, "Shell Fuel", 4, 4, "1,342.05"),
+        cell(6, "Shell Fuel", 5, 0, "06 Apr"),
+        cell(6, "Shell Fuel", 6, 2, "60.00"),
+        cell(6, "Shell Fuel", 7, 1, "Faster payment received A Patel, rent share"),
+        cell(6, "Shell Fuel", 7, 4, "1,525.05"),
+        cell(7, "Tri-fold", 0, 2, "Unit price"),
+        cell(7, "Tri-fold", 1, 0, "Business cards, 400 gsm silk, double-sided, full colour, 85 x 55 mm"),
+        cell(7, "Tri-fold", 1, 4, "45.00"),
+        cell(7, "Tri-fold", 2, 1, "2,000"),
+        cell(7, "Tri-fold", 3, 0, "Design time: leaflet layout and two rounds of proof corrections"),
+        cell(7, "Tri-fold", 3, 1, "3.5"),
+        cell(7, "Tri-fold", 4, 2, "12.50"),
+        cell(7, "Tri-fold", 4, 3, "20%"),
+        present(7, "KP-24077"),
+        present(7, "501.00"),
+        order(7, "Delivery, next working day", "Total due (GBP)"),
+        cell(8, "Overtime", 0, 0, "Payments"),
+        cell(8, "Overtime", 0, 3, "Amount"),
+        cell(8, "Overtime", 2, 1, "6.0"),
+        cell(8, "Overtime", 2, 3, "162.24"),
+        cell(8, "Overtime", 5, 0, "Total payments"),
+        cell(8, "Overtime", 5, 3, "3,412.50"),
+        cell(8, "National Insurance", 0, 0, "Deductions"),
+        cell(8, "National Insurance", 2, 1, "212.64"),
+        cell(8, "National Insurance", 5, 0, "Total deductions"),
+        cell(8, "National Insurance", 5, 1, "912.40"),
+        order(8, "Total payments", "Income tax"),
+        present(8, "2,500.10"),
+        cell(9, "Trade receivables", 0, 1, "2025"),
+        cell(9, "Trade receivables", 0, 2, "2024"),
+        cell(9, "Trade receivables", 1, 0, "Current assets"),
+        cell(9, "Trade receivables", 2, 1, "1,842"),
+        cell(9, "Trade receivables", 3, 0, "Trade receivables"),
+        cell(9, "Trade receivables", 3, 2, "2,094"),
+        cell(9, "Trade receivables", 6, 0, "Total current assets"),
+        cell(9, "Trade receivables", 6, 1, "5,491"),
+        once(9, "Inventories"),
+        cell(10, "WP2 Prototype", 0, 4, "Cost (EUR)"),
+        cell(10, "WP2 Prototype", 1, 0, "WP1 Requirements and stakeholder interviews"),
+        cell(10, "WP2 Prototype", 1, 1, "Univ. Tartu"),
+        cell(10, "WP2 Prototype", 1, 4, "48,000"),
+        cell(10, "WP2 Prototype", 2, 0, "WP2 Prototype"),
+        cell(10, "WP2 Prototype", 2, 3, "24"),
+        cell(10, "WP2 Prototype", 3, 0, "WP3 Field trials in three partner hospitals"),
+        cell(10, "WP2 Prototype", 3, 2, "10-18"),
+        cell(10, "WP2 Prototype", 4, 0, "WP4 Evaluation, reporting and dissemination of results"),
+        cell(10, "WP2 Prototype", 4, 4, "96,000"),
+        cell(10, "WP2 Prototype", 5, 4, "696,000"),
+        once(10, "partner hospitals"),
+        cell(11, "Stadtwerke", 0, 2, "Amount EUR"),
+        cell(11, "Stadtwerke", 1, 0, "01.04."),
+        cell(11, "Stadtwerke", 1, 1, "SEPA Direct Debit Stadtwerke Muenchen GmbH Mandate ID SWM-22871"),
+        cell(11, "Stadtwerke", 1, 2, "-84.00"),
+        cell(11, "Stadtwerke", 2, 1, "Card Payment REWE Markt 4411"),
+        cell(11, "Stadtwerke", 2, 3, "1,892.60"),
+        cell(11, "Stadtwerke", 3, 0, "05.04."),
+        cell(11, "Stadtwerke", 3, 2, "2,410.00"),
+        cell(11, "Stadtwerke", 4, 1, "Standing Order Hausverwaltung Becker Miete April"),
+        cell(11, "Stadtwerke", 4, 3, "3,152.60"),
+        cell(12, "Staff turnover", 0, 2, "Mitigation"),
+        cell(12, "Staff turnover", 1, 2, "Qualify a second supplier for the housing and keep six weeks of stock at "
+             "the plant in Leeds"),
+        cell(12, "Staff turnover", 2, 3, "Medium"),
+        cell(12, "Staff turnover", 3, 1, "Late certification"),
+        cell(12, "Staff turnover", 3, 4, "High"),
+        once(12, "the quality system"),
+        cell(13, "Human resources", 0, 0, "Department"),
+        cell(13, "Human resources", 0, 1, "Budget H1"),
+        cell(13, "Human resources", 0, 2, "Budget H2"),
+        cell(13, "Human resources", 0, 3, "Actual H1"),
+        cell(13, "Human resources", 0, 4, "Actual H2"),
+        cell(13, "Human resources", 2, 0, "Human resources"),
+        cell(13, "Human resources", 3, 3, "1,187"),
+        cell(13, "Human resources", 5, 4, "2,407"),
+    ]
+    return doc, checks
+
+
 # --------------------------------------------------------------- furniture
 
 
@@ -987,6 +1469,7 @@ SET = [
     ("multiline_cells", multiline_cells, "multiline_cells.pdf"),
     ("currency", currency, "currency.pdf"),
     ("unruled_tables", unruled_tables, "unruled_tables.pdf"),
+    ("unruled_tables", unruled_statements, "unruled_statements.pdf"),
     ("running_headers", running_headers, None),
     ("margin_text", margin_text, "margin_text.pdf"),
     ("graphics_titles", graphics_titles, "graphics_titles.pdf"),
