@@ -135,14 +135,14 @@ def submit_job(
                                       priority=request.priority).inc()
         log.info("job %s: submitted", job.id, extra={"job_id": job.id, "tenant": tenant})
         try:
-            enqueue_intake(celery, store, job)
+            task_id = enqueue_intake(celery, store, job)
         except Exception as exc:
             log.error("job %s: enqueue failed: %s", job.id, type(exc).__name__)
             message = "the job could not be queued (broker unreachable); submit it again with a new Idempotency-Key"
             if store.finish(job.id, "failed", error=ErrorInfo(code="service_unavailable", message=message)):
                 metrics.count_job_finished(job, "failed")
             raise ServiceUnavailable(message, job_id=job.id) from exc
-        job = store.load(job.id)
+        job = job.model_copy(update={"task_ids": [*job.task_ids, task_id]})  # as stored, without reading it back
     return Submitted(job=job, created=created)
 
 

@@ -246,7 +246,8 @@ def cancel_job(
 
 
 def _view(store: JobStore, job: Job) -> JobView:
-    return job_view(job, store.pages(job.id), datetime.now(timezone.utc))
+    pages = store.pages(job.id) if job.pages else []  # no pages selected yet (queued): none to read
+    return job_view(job, pages, datetime.now(timezone.utc))
 
 
 @router.get(
