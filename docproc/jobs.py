@@ -235,22 +235,49 @@ touch_active(KEYS[3], KEYS[1], true)
 return remaining
 """
 
+# KEYS: job, pages, active, lease; ARGV: page, lease token, lease ttl ms
+# -> {code, the job's hash as field/value pairs...}, or {} when the job is missing. code 1:
+# the page's first start: the lease taken (SET NX PX) and attempt 1 counted; 0: nothing
+# taken (the job is terminal, or the page was started or recorded before); -1: the lease is
+# held by another owner.
+_FIRST_START = _TOUCH_ACTIVE + """
+local job = redis.call('HGETALL', KEYS[1])
+if #job == 0 then return {} end
+local s = redis.call('HGET', KEYS[1], 'state')
+local code = 0
+if not (s == 'succeeded' or s == 'partial' or s == 'failed' or s == 'canceled')
+   and redis.call('HEXISTS', KEYS[2], 'attempts:' .. ARGV[1]) == 0
+   and redis.call('HEXISTS', KEYS[2], 'seen:' .. ARGV[1]) == 0 then
+  if redis.call('SET', KEYS[4], ARGV[2], 'NX', 'PX', ARGV[3]) then
+    touch_active(KEYS[3], KEYS[1], true)
+    code = redis.call('HINCRBY', KEYS[2], 'attempts:' .. ARGV[1], 1)
+  else
+    code = -1
+  end
+end
+table.insert(job, 1, code)
+return job
+"""
+
 # KEYS: job, ended outbox, active; ARGV: state, token, now ms, job id, field/value pairs...
 # -> 1 finished, 0 already terminal, -1 missing. The job enters the outbox in the same
 # step, so its after-end steps (docproc.lifecycle) cannot be lost with the finisher; it
 # leaves the active-jobs index (the watchdog's) in the same step too.
-_FINISH = """
+_FINISH_TEMPLATE = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s then return -1 end
 if s == 'succeeded' or s == 'partial' or s == 'failed' or s == 'canceled' then
-  if redis.call('HGET', KEYS[1], 'finish_token') == ARGV[2] then return 1 end
+  if redis.call('HGET', KEYS[1], 'finish_token') == ARGV[2] then return ENDED end
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finish_token', ARGV[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[4])
-return 1
+return ENDED
 """
+_FINISH = _FINISH_TEMPLATE.replace("ENDED", "1")
+# The same, answering "finished" with the job's hash as it ended (field/value pairs).
+_FINISH_LOADED = _FINISH_TEMPLATE.replace("ENDED", "redis.call('HGETALL', KEYS[1])")
 
 # KEYS: job, pages, tenant zset, ended outbox, its re-processes[, its original's re-processes];
 # ARGV: id -> 1 purged, 0 kept (not ended, or its after-end steps still pending). A job whose
@@ -406,8 +433,10 @@ class JobStore:
         self._create = redis_client.register_script(_CREATE)
         self._start = redis_client.register_script(_START)
         self._page_started = redis_client.register_script(_PAGE_STARTED)
+        self._first_start = redis_client.register_script(_FIRST_START)
         self._page_finished = redis_client.register_script(_PAGE_FINISHED)
         self._finish = redis_client.register_script(_FINISH)
+        self._finish_loaded = redis_client.register_script(_FINISH_LOADED)
         self._add_task_ids = redis_client.register_script(_ADD_TASK_IDS)
         self._purge = redis_client.register_script(_PURGE)
 
@@ -668,6 +697,25 @@ class JobStore:
         return result == 1
 
     @service_errors
+    def first_start(self, job_id: str, page: int, *, lease_key: str, token: str, ttl_ms: int) -> tuple[Job, int]:
+        """A page delivery's first checks in one step, for the common case, the page's first
+        start: the job and, when it is not terminal and the page was neither started nor
+        recorded before, the page's lease ``lease_key`` taken for ``token`` (SET NX PX
+        ``ttl_ms``, :mod:`docproc.leases`) and its first attempt counted.
+
+        Returns (job, 1) for such a first start; (job, 0) when it took nothing (the job is
+        terminal, or the page was started before: the caller goes the long way, with
+        :meth:`page_started`); (job, -1) when another owner holds the lease. NotFound when
+        there is no job."""
+        if not _is_job_id(job_id):
+            raise NotFound(f"no job {job_id!r}")
+        reply = self._first_start(keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS, lease_key],
+                                  args=[int(page), token, int(ttl_ms)])
+        if not reply:
+            raise NotFound(f"no job {job_id!r}")
+        return _job_from_hash(_flat_hash(reply[1:])), int(reply[0])
+
+    @service_errors
     def page_started(self, job_id: str, page: int) -> int:
         """Count one more delivery of the page; returns its attempts so far (poison guard)."""
         result = self._page_started(
@@ -736,20 +784,35 @@ class JobStore:
         (a canceled job stays canceled, a finished one is not finished twice)."""
         if state not in TERMINAL:
             raise ValueError(f"finish() needs a terminal state, not {state!r}")
-        fields = {
-            "error": error.model_dump() if error is not None else None,
-            "result_key": result_key,
-            "model": model,
-            "schema_version": schema_version,
-        }
-        result = self._finish_script(job_id, state, fields)
+        result = self._finish_script(job_id, state, _finish_fields(error, result_key, model, schema_version))
         if result == -1:
             raise NotFound(f"no job {job_id!r}")
         return result == 1
 
-    def _finish_script(self, job_id: str, state: str, fields: dict[str, Any]) -> int:
+    @service_errors
+    def finish_loaded(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        error: ErrorInfo | None = None,
+        result_key: str | None = None,
+        model: str | None = None,
+        schema_version: str | None = None,
+    ) -> Job | None:
+        """:meth:`finish`, answering with the job as this call ended it (read in the same
+        step), or None when it already was terminal."""
+        if state not in TERMINAL:
+            raise ValueError(f"finish() needs a terminal state, not {state!r}")
+        fields = _finish_fields(error, result_key, model, schema_version)
+        result = self._finish_script(job_id, state, fields, script=self._finish_loaded)
+        if result == -1:
+            raise NotFound(f"no job {job_id!r}")
+        return _job_from_hash(_flat_hash(result)) if isinstance(result, list) else None
+
+    def _finish_script(self, job_id: str, state: str, fields: dict[str, Any], script=None) -> Any:
         now = _now()
-        return self._finish(
+        return (script or self._finish)(
             keys=[self._job_key(job_id), ENDED_OUTBOX, ACTIVE_JOBS],
             args=[state, uuid.uuid4().hex, _ms(now), job_id, *_pairs({"finished_at": now, **fields})],
         )
@@ -836,6 +899,17 @@ def _page_statuses(job: Job, raw_pages: dict) -> list[PageStatus]:
             status = PageStatus(page=page, state="running" if attempts else "queued", attempts=attempts)
         out.append(status)
     return out
+
+
+def _finish_fields(error: ErrorInfo | None, result_key: str | None, model: str | None,
+                   schema_version: str | None) -> dict[str, Any]:
+    return {"error": error.model_dump() if error is not None else None, "result_key": result_key, "model": model,
+            "schema_version": schema_version}
+
+
+def _flat_hash(pairs: list) -> dict:
+    """A hash as a script returns it (field, value, field, value ...) -> a dict."""
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
 
 
 def _job_from_hash(raw: dict) -> Job:

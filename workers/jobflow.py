@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from docproc import metrics, model_workers, tracing
 from docproc.errors import DocprocError, NotFound, ServiceUnavailable, StorageError
 from docproc.jobs import PAGE_DUPLICATE, TERMINAL, Job, JobStore, PageStatus
-from docproc.leases import Lease, PageLeases
+from docproc.leases import Lease, LeaseHeld, PageLeases, lease_key, new_owner_token
 from docproc.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
 from docproc.schemas import ExtractionSchema
 from docproc.settings import Settings
@@ -91,26 +91,29 @@ def _error(exc: DocprocError) -> ErrorInfo:
     return ErrorInfo(code=exc.code, message=exc.message)
 
 
-OnEnded = Callable[[str], object]
-"""``on_ended(job_id)``: the job just became terminal; run its after-end steps
-(:func:`docproc.lifecycle.job_ended`). None: leave them to the periodic sweep."""
+OnEnded = Callable[..., object]
+"""``on_ended(job_id, job=None)``: the job just became terminal (``job``: as it ended, read
+in the same step); run its after-end steps (:func:`docproc.lifecycle.job_ended`). None:
+leave them to the periodic sweep."""
 
 
 def end_job(job_id: str, state: str, *, store: JobStore, on_ended: OnEnded | None, **fields: Any) -> bool:
-    """The one way a worker ends a job: :meth:`JobStore.finish`, then, if this call ended
-    it, the job's after-end steps. False when the job was terminal already."""
-    if not store.finish(job_id, state, **fields):
+    """The one way a worker ends a job: :meth:`JobStore.finish` (``finish_loaded``: the
+    ended job comes back in the same step), then, if this call ended it, the job's
+    after-end steps. False when the job was terminal already."""
+    job = store.finish_loaded(job_id, state, **fields)
+    if job is None:
         return False
-    _count_finished(store, job_id, state, fields.get("error"))
+    _count_finished(job, state, fields.get("error"))
     if on_ended is not None:
-        on_ended(job_id)
+        on_ended(job_id, job=job)
     return True
 
 
-def _count_finished(store: JobStore, job_id: str, state: str, error: ErrorInfo | None) -> None:
+def _count_finished(job: Job, state: str, error: ErrorInfo | None) -> None:
     """Metrics and the log line of a job this process just ended (finish said True: once)."""
+    job_id = job.id
     try:
-        job = store.load(job_id)
         metrics.count_job_finished(job, state)
         if error is not None:
             metrics.ERRORS.labels(code=error.code, stage="job").inc()
@@ -433,10 +436,17 @@ def begin_page(
     ``max_retries`` and do not count towards the poison guard, whose
     ``max_attempts`` is for deliveries lost with their worker.
     """
-    job = store.load(job_id)
+    token = new_owner_token()
+    job, first = store.first_start(job_id, page, lease_key=lease_key(job_id, page), token=token,
+                                   ttl_ms=leases.ttl_ms)
     if job.state in TERMINAL:
         logger.info("page %s/%d: job is %s; skipped", job_id, page, job.state)
         return None
+    if first == -1:
+        raise LeaseHeld(job_id, page, leases.owner(job_id, page))
+    if first == 1:  # the page's first start, lease and attempt taken in one step: no earlier
+        # delivery ran it, so none can have stored its result (nothing to look up)
+        return PageStart(job=job, page=page, attempts=1, lease=leases.adopt(job_id, page, token))
     lease = leases.acquire(job_id, page)
     try:
         # Looked up under the lease: an earlier delivery (or the previous owner) may have stored it.

@@ -46,7 +46,7 @@ from kombu.exceptions import OperationalError
 
 from docproc import lifecycle, model_workers
 from docproc.errors import DocprocError, ServiceUnavailable, StorageError
-from docproc.jobs import JobStore, connect_redis
+from docproc.jobs import Job, JobStore, connect_redis
 from docproc.leases import LeaseHeld, PageLeases
 from docproc.results import ErrorInfo
 from docproc.settings import Settings, get_settings
@@ -133,9 +133,9 @@ class Resources:
         return lifecycle.Context(settings=self.settings, redis=self.redis, store=self.store, send=send_task,
                                  storage=self.storage)
 
-    def job_ended(self, job_id: str) -> None:
-        """Run a job's after-end steps (it just became terminal here)."""
-        lifecycle.job_ended(job_id, self.lifecycle)
+    def job_ended(self, job_id: str, job: Job | None = None) -> None:
+        """Run a job's after-end steps (it just became terminal here; ``job``: as it ended)."""
+        lifecycle.job_ended(job_id, self.lifecycle, job)
 
 
 def send_task(name: str, args: list[Any], queue: str) -> None:
