@@ -369,7 +369,7 @@ def record_page(
     with tracing.stage("store", page=result.page):
         stored = _write_once(storage, page_result_key(job_id, result.page), data)
     if stored is not None:
-        result, data = PageResult.model_validate_json(stored), stored
+        result = PageResult.model_validate_json(stored)
     status = PageStatus(
         page=result.page,
         state=result.status,
@@ -384,7 +384,7 @@ def record_page(
     if remaining == 0 or (remaining == PAGE_DUPLICATE and _every_page_recorded(store, job_id)):
         # A duplicate finalises too when every page is in but the job is still running:
         # the delivery that recorded the last page died before finishing the job.
-        finalise_job(job_id, settings=settings, store=store, storage=storage, written={result.page: data},
+        finalise_job(job_id, settings=settings, store=store, storage=storage, written={result.page: result},
                      first=remaining == 0, on_ended=on_ended)
     return result
 
@@ -570,7 +570,7 @@ def finalise_job(
     settings: Settings,
     store: JobStore,
     storage: Storage,
-    written: dict[int, bytes] | None = None,
+    written: dict[int, PageResult] | None = None,
     first: bool = False,
     on_ended: OnEnded | None = None,
 ) -> DocumentResult | None:
@@ -581,8 +581,7 @@ def finalise_job(
     the stored one completes the job. None when the job was canceled meanwhile
     (or failed because its document could not be built).
 
-    ``written``: the stored bytes of page results this process has in hand (not read
-    back). ``first``: the caller counted the job's last page (``page_finished`` gave 0),
+    ``written``: the page results this process has in hand, as stored (not read back). ``first``: the caller counted the job's last page (``page_finished`` gave 0),
     so no finaliser ran before and the document is not looked up; one that runs
     concurrently is still caught by the write-once.
     """
@@ -596,7 +595,7 @@ def finalise_job(
     else:
         written = written or {}
         pages = [
-            PageResult.model_validate_json(written.get(n) or storage.get(page_result_key(job_id, n)))
+            written.get(n) or PageResult.model_validate_json(storage.get(page_result_key(job_id, n)))
             for n in job.pages
         ]
         try:
