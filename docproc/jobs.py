@@ -29,6 +29,11 @@ Every transition that can race (two deliveries of one page, a finish against a c
 one Lua script, so Redis decides it atomically. redis-py may resend a command after a
 dropped connection; the scripts that answer "who won" carry a per-call token so a resent
 call gets its own first answer back, not a duplicate's.
+
+The page path reads the job inside those steps instead of loading it apart: a page's first
+start (job, lease, attempt: :meth:`JobStore.first_start`), the last page's record
+(:meth:`JobStore.page_finished_loaded`) and the job's end (:meth:`JobStore.finish_loaded`)
+each answer with the job, so each state change is one round trip.
 """
 
 from __future__ import annotations
@@ -207,12 +212,12 @@ return redis.call('HINCRBY', KEYS[2], 'attempts:' .. ARGV[1], 1)
 
 # KEYS: job, pages, active; ARGV: page, status JSON, page state, token
 # -> remaining after this record; -1 duplicate; -2 job missing; -3 page not selected
-_PAGE_FINISHED = _TOUCH_ACTIVE + """
+_PAGE_FINISHED_TEMPLATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local seen = redis.call('HGET', KEYS[2], 'seen:' .. ARGV[1])
 if seen then
   local token, remaining = string.match(seen, '^(%S+) (%-?%d+)$')
-  if token == ARGV[4] then return tonumber(remaining) end
+  if token == ARGV[4] then return answer(tonumber(remaining)) end
   return -1
 end
 local pages = redis.call('HGET', KEYS[1], 'pages')
@@ -232,8 +237,21 @@ end
 local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
 redis.call('HSET', KEYS[2], 'seen:' .. ARGV[1], ARGV[4] .. ' ' .. remaining)
 touch_active(KEYS[3], KEYS[1], true)
-return remaining
+return answer(remaining)
 """
+_PAGE_FINISHED = _TOUCH_ACTIVE + """
+local function answer(remaining) return remaining end
+""" + _PAGE_FINISHED_TEMPLATE
+# The same, answering the last page's record (0 remaining) with {0, the job's hash as
+# field/value pairs}: its finaliser needs no second read.
+_PAGE_FINISHED_LOADED = _TOUCH_ACTIVE + """
+local function answer(remaining)
+  if remaining ~= 0 then return remaining end
+  local job = redis.call('HGETALL', KEYS[1])
+  table.insert(job, 1, 0)
+  return job
+end
+""" + _PAGE_FINISHED_TEMPLATE
 
 # KEYS: job, pages, active, lease; ARGV: page, lease token, lease ttl ms
 # -> {code, the job's hash as field/value pairs...}, or {} when the job is missing. code 1:
@@ -435,6 +453,7 @@ class JobStore:
         self._page_started = redis_client.register_script(_PAGE_STARTED)
         self._first_start = redis_client.register_script(_FIRST_START)
         self._page_finished = redis_client.register_script(_PAGE_FINISHED)
+        self._page_finished_loaded = redis_client.register_script(_PAGE_FINISHED_LOADED)
         self._finish = redis_client.register_script(_FINISH)
         self._finish_loaded = redis_client.register_script(_FINISH_LOADED)
         self._add_task_ids = redis_client.register_script(_ADD_TASK_IDS)
@@ -732,18 +751,29 @@ class JobStore:
         The caller that gets 0 finalises the job. A page recorded before (a redelivered
         task) changes nothing and returns PAGE_DUPLICATE (-1), so no second finaliser.
         """
+        return self._record_page(job_id, status, self._page_finished)[0]
+
+    @service_errors
+    def page_finished_loaded(self, job_id: str, status: PageStatus) -> tuple[int, Job | None]:
+        """:meth:`page_finished`, answering the last page's record (0 remaining) with the job
+        as it was then, read in the same step (for its finaliser): (remaining, job or None)."""
+        return self._record_page(job_id, status, self._page_finished_loaded)
+
+    def _record_page(self, job_id: str, status: PageStatus, script) -> tuple[int, Job | None]:
         token = uuid.uuid4().hex
-        result = int(
-            self._page_finished(
-                keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS],
-                args=[int(status.page), status.model_dump_json(), status.state, token],
-            )
+        reply = script(
+            keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS],
+            args=[int(status.page), status.model_dump_json(), status.state, token],
         )
+        job = None
+        if isinstance(reply, list):
+            reply, job = reply[0], _job_from_hash(_flat_hash(reply[1:]))
+        result = int(reply)
         if result == -2:
             raise NotFound(f"no job {job_id!r}")
         if result == -3:
             raise InvalidRequest(f"page {status.page} is not a selected page of job {job_id}")
-        return result
+        return result, job
 
     def pages(self, job_id: str) -> list[PageStatus]:
         """Every selected page's status, in page order (queued / running / finished)."""

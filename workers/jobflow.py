@@ -378,14 +378,14 @@ def record_page(
         timings_ms=result.timings_ms,
         attempts=attempts,
     )
-    remaining = store.page_finished(job_id, status)
+    remaining, job = store.page_finished_loaded(job_id, status)  # the job comes with the last page
     if remaining != PAGE_DUPLICATE:  # counted once per page, not per delivery
         _count_page(job_id, result)
     if remaining == 0 or (remaining == PAGE_DUPLICATE and _every_page_recorded(store, job_id)):
         # A duplicate finalises too when every page is in but the job is still running:
         # the delivery that recorded the last page died before finishing the job.
         finalise_job(job_id, settings=settings, store=store, storage=storage, written={result.page: result},
-                     first=remaining == 0, on_ended=on_ended)
+                     first=remaining == 0, on_ended=on_ended, job=job)
     return result
 
 
@@ -573,6 +573,7 @@ def finalise_job(
     written: dict[int, PageResult] | None = None,
     first: bool = False,
     on_ended: OnEnded | None = None,
+    job: Job | None = None,
 ) -> DocumentResult | None:
     """Merge the job's page results into ``results/{job}/document.json`` (written once)
     and end the job ``succeeded``, ``partial`` or ``failed``.
@@ -583,9 +584,11 @@ def finalise_job(
 
     ``written``: the page results this process has in hand, as stored (not read back). ``first``: the caller counted the job's last page (``page_finished`` gave 0),
     so no finaliser ran before and the document is not looked up; one that runs
-    concurrently is still caught by the write-once.
+    concurrently is still caught by the write-once. ``job``: the job as that last
+    record left it (read in the same step), else it is loaded.
     """
-    job = store.load(job_id)
+    if job is None or job.id != job_id:
+        job = store.load(job_id)
     if job.state == "canceled":
         return None
     key = document_result_key(job_id)
