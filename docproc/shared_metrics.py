@@ -90,6 +90,7 @@ class _Publisher:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.last = 0.0  # time.monotonic() of the last publish
         self.wake = threading.Event()  # publish_soon: the thread publishes at last + MIN_GAP_S
+        self.pending = False  # publish_soon left counts for the thread to publish
 
 
 _state = _Publisher()
@@ -110,6 +111,7 @@ def publish(client: redis.Redis) -> int:
     state = _publisher()
     with state.lock:
         state.last = time.monotonic()
+        state.pending = False
         gains: dict[str, float] = {}
         current: dict[str, float] = {}
         gauges: dict[str, str] = {}
@@ -148,13 +150,14 @@ def publish_soon(client: redis.Redis) -> None:
     if time.monotonic() - state.last >= MIN_GAP_S:
         publish(client)
     else:
+        state.pending = True
         state.wake.set()
 
 
 def flush() -> None:
-    """Publish now if this process publishes (:func:`start` ran in it): as it exits."""
+    """As the process exits: publish now what :func:`publish_soon` left to the thread."""
     state = _state
-    if state.pid == os.getpid() and state.client is not None:
+    if state.pid == os.getpid() and state.client is not None and state.pending:
         publish(state.client)
 
 

@@ -582,10 +582,11 @@ def finalise_job(
     the stored one completes the job. None when the job was canceled meanwhile
     (or failed because its document could not be built).
 
-    ``written``: the page results this process has in hand, as stored (not read back). ``first``: the caller counted the job's last page (``page_finished`` gave 0),
-    so no finaliser ran before and the document is not looked up; one that runs
-    concurrently is still caught by the write-once. ``job``: the job as that last
-    record left it (read in the same step), else it is loaded.
+    ``written``: the page results this process has in hand, as stored (not read back).
+    ``first``: the caller counted the job's last page (``page_finished`` gave 0), so no
+    finaliser ran before and the document is not looked up; one that runs concurrently
+    is still caught by the write-once. ``job``: the job as that last record left it
+    (read in the same step), else it is loaded.
     """
     if job is None or job.id != job_id:
         job = store.load(job_id)
