@@ -502,12 +502,14 @@ class JobStore:
         batch_id: str | None = None,
         reprocess_of: str | None = None,
         request_id: str | None = None,
+        task_ids: list[str] | None = None,
     ) -> tuple[Job, bool]:
         """A new queued job, or (same Idempotency-Key and fingerprint) the job made before.
 
         Returns (job, created). The same key with another fingerprint raises
         IdempotencyConflict. The job and its key are written by one script, so two
-        concurrent requests with one key make one job.
+        concurrent requests with one key make one job. ``task_ids``: Celery task ids
+        the new job starts with (its intake's, chosen before it is sent).
         """
         _check_tenant(tenant)
         if idempotency_key is not None and not (
@@ -531,6 +533,7 @@ class JobStore:
             batch_id=batch_id,
             reprocess_of=reprocess_of,
             request_id=request_id,
+            task_ids=list(task_ids or ()),
         )
         keys = [self._job_key(job.id), self._tenant_key(tenant), ACTIVE_JOBS, TENANTS]
         idem_value = ""
@@ -544,6 +547,8 @@ class JobStore:
             "pages_done", "0",
             "pages_failed", "0",
         ]  # fmt: skip
+        if job.task_ids:  # the field _ADD_TASK_IDS appends to
+            fields += ["task_ids", _json(job.task_ids)]
         for _ in range(2):
             prev = self._create(keys=keys, args=[job.id, ms, idem_value, self._settings.idempotency_ttl_s, tenant,
                                                  *fields])
