@@ -5,7 +5,9 @@ real Redis and storage and no broker. Delivery is at least once (late acks, a
 killed worker's message comes back), so every step is idempotent:
 
 * a page's result is written once (``results/{job}/pages/{n:05d}.json``); a
-  redelivered page that finds it stored records the stored result again;
+  redelivered page that finds it stored records the stored result again (a
+  page's first delivery, whose lease and attempt are taken in one step with
+  :meth:`JobStore.first_start`, has no predecessor and looks up nothing);
 * :meth:`JobStore.page_finished` counts a page once, atomically; whoever sees
   0 pages remaining finalises. A duplicate that finds every page recorded and
   the job still running (the finaliser died) finalises again, which finds
