@@ -817,33 +817,23 @@ class JobStore:
     ) -> bool:
         """Move a non-terminal job to a terminal ``state``; False if it already was terminal
         (a canceled job stays canceled, a finished one is not finished twice)."""
-        if state not in TERMINAL:
-            raise ValueError(f"finish() needs a terminal state, not {state!r}")
-        result = self._finish_script(job_id, state, _finish_fields(error, result_key, model, schema_version))
-        if result == -1:
-            raise NotFound(f"no job {job_id!r}")
-        return result == 1
+        fields = _finish_fields(error=error, result_key=result_key, model=model, schema_version=schema_version)
+        return self._end(job_id, state, fields, self._finish) == 1
 
     @service_errors
-    def finish_loaded(
-        self,
-        job_id: str,
-        state: str,
-        *,
-        error: ErrorInfo | None = None,
-        result_key: str | None = None,
-        model: str | None = None,
-        schema_version: str | None = None,
-    ) -> Job | None:
-        """:meth:`finish`, answering with the job as this call ended it (read in the same
-        step), or None when it already was terminal."""
+    def finish_loaded(self, job_id: str, state: str, **fields: Any) -> Job | None:
+        """:meth:`finish` (``fields``: its keywords), answering with the job as this call
+        ended it (read in the same step), or None when it already was terminal."""
+        result = self._end(job_id, state, _finish_fields(**fields), self._finish_loaded)
+        return _job_from_hash(_flat_hash(result)) if isinstance(result, list) else None
+
+    def _end(self, job_id: str, state: str, fields: dict[str, Any], script) -> Any:
         if state not in TERMINAL:
             raise ValueError(f"finish() needs a terminal state, not {state!r}")
-        fields = _finish_fields(error, result_key, model, schema_version)
-        result = self._finish_script(job_id, state, fields, script=self._finish_loaded)
+        result = self._finish_script(job_id, state, fields, script)
         if result == -1:
             raise NotFound(f"no job {job_id!r}")
-        return _job_from_hash(_flat_hash(result)) if isinstance(result, list) else None
+        return result
 
     def _finish_script(self, job_id: str, state: str, fields: dict[str, Any], script=None) -> Any:
         now = _now()
@@ -936,8 +926,8 @@ def _page_statuses(job: Job, raw_pages: dict) -> list[PageStatus]:
     return out
 
 
-def _finish_fields(error: ErrorInfo | None, result_key: str | None, model: str | None,
-                   schema_version: str | None) -> dict[str, Any]:
+def _finish_fields(*, error: ErrorInfo | None = None, result_key: str | None = None, model: str | None = None,
+                   schema_version: str | None = None) -> dict[str, Any]:
     return {"error": error.model_dump() if error is not None else None, "result_key": result_key, "model": model,
             "schema_version": schema_version}
 
