@@ -2,7 +2,8 @@
 
 The service objects (Redis client, storage, job store, key ring, Celery app) are
 made once by the app's lifespan and kept in ``app.state.services``; these aliases
-hand them to a route. ``TenantDep`` authenticates the request and counts it
+hand them to a route (``async def``: FastAPI runs a plain ``def`` dependency in its
+thread pool, a hop per dependency per request, for an attribute read). ``TenantDep`` authenticates the request and counts it
 against the key's rate limit.
 """
 
@@ -14,6 +15,7 @@ from typing import Annotated
 import redis
 from celery import Celery
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from docproc.base.auth import KeyRing, check_rate, hash_key
@@ -37,30 +39,30 @@ class Services:
     lifecycle: lifecycle.Context
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings(services: ServicesDep) -> Settings:
+async def get_settings(services: ServicesDep) -> Settings:
     return services.settings
 
 
-def get_redis(services: ServicesDep) -> redis.Redis:
+async def get_redis(services: ServicesDep) -> redis.Redis:
     return services.redis
 
 
-def get_storage(services: ServicesDep) -> Storage:
+async def get_storage(services: ServicesDep) -> Storage:
     return services.storage
 
 
-def get_store(services: ServicesDep) -> JobStore:
+async def get_store(services: ServicesDep) -> JobStore:
     return services.store
 
 
-def get_celery(services: ServicesDep) -> Celery:
+async def get_celery(services: ServicesDep) -> Celery:
     return services.celery
 
 
@@ -74,7 +76,7 @@ _bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="Author
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey", description="X-API-Key: <API key>")
 
 
-def get_tenant(
+async def get_tenant(
     request: Request,
     services: ServicesDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
@@ -83,13 +85,18 @@ def get_tenant(
     """The tenant of the request's API key (Bearer or X-API-Key), after its rate limit.
 
     No key or an unknown key -> Unauthorized (401); over the limit -> RateLimited (429).
+    A key from the settings is checked on the event loop (no I/O); a Redis key and the
+    rate limit's count go to the thread pool (blocking Redis calls).
     """
     key = bearer.credentials if bearer is not None else api_key
     if not key:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-    tenant = services.keyring.authenticate(key)
+    tenant = services.keyring.static_tenant(key)
+    if tenant is None:
+        tenant = await run_in_threadpool(services.keyring.authenticate, key)
     request.state.tenant = tenant  # for the access log line (api.middleware)
-    check_rate(services.redis, hash_key(key), services.settings.rate_limit_per_minute)
+    if services.settings.rate_limit_per_minute > 0:
+        await run_in_threadpool(check_rate, services.redis, hash_key(key), services.settings.rate_limit_per_minute)
     return tenant
 
 

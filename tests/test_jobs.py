@@ -424,3 +424,47 @@ def test_every_terminal_transition_enters_the_ended_outbox_once(store):
     assert finished.id not in store.ended_pending(int(finished.created_at.timestamp() * 1000) - 1)
     store.ended_handled(finished.id)
     assert finished.id not in store.ended_pending(now_ms) and canceled.id in store.ended_pending(now_ms)
+
+
+def test_first_start_takes_the_lease_and_the_first_attempt_in_one_step_and_nothing_after(store, redis_client):
+    """A page's first delivery: the job comes back, the lease is taken (SET NX PX) and attempt 1
+    counted. Anything else takes nothing: a page started before (the caller goes the long way),
+    a lease someone else holds, a terminal job; a missing job is NotFound."""
+    job = started(store, pages=(1, 2))
+    lease = f"docproc:lease:{job.id}:1"
+    loaded, code = store.first_start(job.id, 1, lease_key=lease, token="owner-a", ttl_ms=60_000)
+    assert code == 1 and loaded.id == job.id and loaded.state == "running" and loaded.pages == [1, 2]
+    assert redis_client.get(lease) == "owner-a" and 0 < redis_client.pttl(lease) <= 60_000
+    assert store.pages(job.id)[0].attempts == 1
+    redis_client.delete(lease)  # the owner released it; a redelivery goes the long way
+    assert store.first_start(job.id, 1, lease_key=lease, token="owner-b", ttl_ms=60_000)[1] == 0
+    assert redis_client.get(lease) is None and store.pages(job.id)[0].attempts == 1
+    redis_client.set(f"docproc:lease:{job.id}:2", "someone")  # held, never started: LeaseHeld for the caller
+    assert store.first_start(job.id, 2, lease_key=f"docproc:lease:{job.id}:2", token="c", ttl_ms=1000)[1] == -1
+    assert store.pages(job.id)[1].attempts == 0
+    assert store.finish(job.id, "canceled")
+    redis_client.delete(f"docproc:lease:{job.id}:2")
+    ended, code = store.first_start(job.id, 2, lease_key=f"docproc:lease:{job.id}:2", token="d", ttl_ms=1000)
+    assert code == 0 and ended.state == "canceled" and store.pages(job.id)[1].attempts == 0
+    assert redis_client.get(f"docproc:lease:{job.id}:2") is None
+    with pytest.raises(NotFound):
+        store.first_start("0" * 32, 1, lease_key="docproc:lease:x:1", token="e", ttl_ms=1000)
+
+
+def test_the_last_record_and_the_finish_answer_with_the_job(store):
+    """page_finished_loaded gives the job with the last page only (also to a resent call), and
+    finish_loaded the job as it ended, or None when it was terminal already."""
+    job = started(store, pages=(1, 2))
+    assert store.page_finished_loaded(job.id, page(1)) == (1, None)
+    remaining, loaded = store.page_finished_loaded(job.id, page(2, "failed"))
+    assert remaining == 0 and (loaded.pages_done, loaded.pages_failed, loaded.state) == (1, 1, "running")
+    assert store.page_finished_loaded(job.id, page(2))[0] == PAGE_DUPLICATE
+    other = started(store, pages=(1,))
+    keys = [f"docproc:job:{other.id}", f"docproc:job:{other.id}:pages", ACTIVE_JOBS]
+    args = [1, page(1).model_dump_json(), "succeeded", "token-a"]
+    first, resent = store._page_finished_loaded(keys=keys, args=args), store._page_finished_loaded(keys=keys, args=args)
+    assert first[0] == resent[0] == 0 and "doc" in first and "doc" in resent  # the resend: the job again
+    ended = store.finish_loaded(job.id, "partial", result_key="results/x/document.json")
+    assert ended.state == "partial" and ended.result_key == "results/x/document.json" and ended.finished_at
+    assert ended == store.load(job.id)
+    assert store.finish_loaded(job.id, "failed") is None and store.load(job.id).state == "partial"

@@ -74,6 +74,27 @@ def test_secrets_are_redacted_in_messages_fields_and_tracebacks(style: str) -> N
         assert "RuntimeError" in entry["exc"] and entry["tenant"] == "acme"
 
 
+def test_the_quick_check_before_redacting_skips_no_text_a_pattern_would_change() -> None:
+    """redact() returns an ASCII text without any of its marks untouched; every text the
+    patterns change (whatever its case, wherever the secret sits) is still redacted."""
+
+    def by_the_patterns(text: str) -> str:
+        for pattern, replacement in logs._REDACTIONS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    secrets = ["Authorization: Bearer abc123", "X-API-Key: k3y", "api_key=v4l", "APIKEY: v", "secret='s3'",
+               "token dp_abcdefgh", "whsec_abcd1234", "https://b.s3/k?X-Amz-Signature=ab&X-Amz-Credential=cd",
+               "https://h/p?Signature=abc&AWSAccessKeyId=x", "x-amz-security-token=zzz", "authorızation: Bearer x"]
+    plain = ["page 0197a1b2c3d4e5f6/1: succeeded (text)", "GET /v1/jobs/{job_id} 200", "job 42: ended failed",
+             "https://example.com/a?b=c", "dp-abc key-api apis secre"]
+    for middle in secrets + plain:
+        for text in (middle, middle.upper(), middle.lower(), f"before {middle} after", f'{{"h": "{middle}"}}'):
+            assert logs.redact(text) == by_the_patterns(text), text
+    for text in plain:
+        assert logs.redact(text) == text
+
+
 def test_request_ids_are_accepted_only_when_sane() -> None:
     for good in ("abc-123", "0f" * 16, "req:2026/11/25+a=b@x.y"):
         assert logs.sane_request_id(good) == good

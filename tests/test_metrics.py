@@ -211,3 +211,28 @@ def test_a_killed_processes_live_gauges_are_dropped_and_its_counters_kept(tmp_pa
     text = generate_latest(registry).decode()
     assert 'docproc_pages_processed_total{engine="text",status="succeeded"} 2.0' in text
     assert "docproc_gpu_memory_bytes{" not in text
+
+
+def test_publish_soon_publishes_an_idle_process_at_once_and_a_busy_one_within_the_gap(redis_client) -> None:
+    """After a task: the first count is in Redis as publish_soon returns; one counted right
+    after it is left to the publisher thread, which publishes it within MIN_GAP_S; nothing
+    is added twice."""
+    from docproc.base import metrics, shared_metrics
+
+    field = shared_metrics._field("docproc_pages_processed_total", {"engine": "soon-test", "status": "succeeded"})
+
+    def shared() -> float:
+        return float(redis_client.hget(shared_metrics.KEY, field) or 0)
+
+    counter = metrics.PAGES_PROCESSED.labels(engine="soon-test", status="succeeded")
+    time.sleep(shared_metrics.MIN_GAP_S)  # no publish of this process within the gap
+    counter.inc()
+    shared_metrics.publish_soon(redis_client)
+    assert shared() == 1  # idle: published at once
+    counter.inc()
+    shared_metrics.publish_soon(redis_client)
+    assert shared() == 1  # busy: left to the thread
+    wait_until(lambda: shared() == 2, shared_metrics.MIN_GAP_S + 2, "the thread's publish")
+    time.sleep(shared_metrics.MIN_GAP_S)
+    shared_metrics.flush()
+    assert shared() == 2

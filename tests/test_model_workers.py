@@ -140,7 +140,7 @@ def test_model_pages_stranded_on_the_gpu_queue_fail_once_no_model_worker_was_onl
     settings = mw_settings.model_copy(update={"model_worker_grace_s": 2.0})
     store, storage, celery = JobStore(redis_client, settings), open_storage(settings), create_app(settings)
     r = SimpleNamespace(settings=settings, redis=redis_client, store=store, storage=storage,
-                        job_ended=lambda job_id: None)
+                        job_ended=lambda job_id, job=None: None)
     model_workers.announce(redis_client, "gone@tests", "tests", heartbeat_s=0.2)  # online for 0.6 s
     try:
         job = submit_job(store=store, storage=storage, celery=celery, settings=settings, tenant="acme",

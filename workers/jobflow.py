@@ -5,7 +5,9 @@ real Redis and storage and no broker. Delivery is at least once (late acks, a
 killed worker's message comes back), so every step is idempotent:
 
 * a page's result is written once (``results/{job}/pages/{n:05d}.json``); a
-  redelivered page that finds it stored records the stored result again;
+  redelivered page that finds it stored records the stored result again (a
+  page's first delivery, whose lease and attempt are taken in one step with
+  :meth:`JobStore.first_start`, has no predecessor and looks up nothing);
 * :meth:`JobStore.page_finished` counts a page once, atomically; whoever sees
   0 pages remaining finalises. A duplicate that finds every page recorded and
   the job still running (the finaliser died) finalises again, which finds
@@ -39,7 +41,7 @@ from docproc.base.errors import DocprocError, NotFound, ServiceUnavailable, Stor
 from docproc.base.settings import Settings
 from docproc.base.storage import Storage, document_result_key, page_result_key
 from docproc.jobs.inputs import OpenedDocument, open_document
-from docproc.jobs.leases import Lease, PageLeases
+from docproc.jobs.leases import Lease, LeaseHeld, PageLeases, lease_key, new_owner_token
 from docproc.jobs.requests import parse_page_range, resolve_request
 from docproc.jobs.results import DocumentInfo, DocumentResult, ErrorInfo, PageResult
 from docproc.jobs.schemas import ExtractionSchema
@@ -90,26 +92,29 @@ def _error(exc: DocprocError) -> ErrorInfo:
     return ErrorInfo(code=exc.code, message=exc.message)
 
 
-OnEnded = Callable[[str], object]
-"""``on_ended(job_id)``: the job just became terminal; run its after-end steps
-(:func:`docproc.jobs.lifecycle.job_ended`). None: leave them to the periodic sweep."""
+OnEnded = Callable[..., object]
+"""``on_ended(job_id, job=None)``: the job just became terminal (``job``: as it ended, read
+in the same step); run its after-end steps (:func:`docproc.jobs.lifecycle.job_ended`). None:
+leave them to the periodic sweep."""
 
 
 def end_job(job_id: str, state: str, *, store: JobStore, on_ended: OnEnded | None, **fields: Any) -> bool:
-    """The one way a worker ends a job: :meth:`JobStore.finish`, then, if this call ended
-    it, the job's after-end steps. False when the job was terminal already."""
-    if not store.finish(job_id, state, **fields):
+    """The one way a worker ends a job: :meth:`JobStore.finish` (``finish_loaded``: the
+    ended job comes back in the same step), then, if this call ended it, the job's
+    after-end steps. False when the job was terminal already."""
+    job = store.finish_loaded(job_id, state, **fields)
+    if job is None:
         return False
-    _count_finished(store, job_id, state, fields.get("error"))
+    _count_finished(job, state, fields.get("error"))
     if on_ended is not None:
-        on_ended(job_id)
+        on_ended(job_id, job=job)
     return True
 
 
-def _count_finished(store: JobStore, job_id: str, state: str, error: ErrorInfo | None) -> None:
+def _count_finished(job: Job, state: str, error: ErrorInfo | None) -> None:
     """Metrics and the log line of a job this process just ended (finish said True: once)."""
+    job_id = job.id
     try:
-        job = store.load(job_id)
         metrics.count_job_finished(job, state)
         if error is not None:
             metrics.ERRORS.labels(code=error.code, stage="job").inc()
@@ -365,7 +370,7 @@ def record_page(
     with tracing.stage("store", page=result.page):
         stored = _write_once(storage, page_result_key(job_id, result.page), data)
     if stored is not None:
-        result, data = PageResult.model_validate_json(stored), stored
+        result = PageResult.model_validate_json(stored)
     status = PageStatus(
         page=result.page,
         state=result.status,
@@ -374,14 +379,14 @@ def record_page(
         timings_ms=result.timings_ms,
         attempts=attempts,
     )
-    remaining = store.page_finished(job_id, status)
+    remaining, job = store.page_finished_loaded(job_id, status)  # the job comes with the last page
     if remaining != PAGE_DUPLICATE:  # counted once per page, not per delivery
         _count_page(job_id, result)
     if remaining == 0 or (remaining == PAGE_DUPLICATE and _every_page_recorded(store, job_id)):
         # A duplicate finalises too when every page is in but the job is still running:
         # the delivery that recorded the last page died before finishing the job.
-        finalise_job(job_id, settings=settings, store=store, storage=storage, written={result.page: data},
-                     first=remaining == 0, on_ended=on_ended)
+        finalise_job(job_id, settings=settings, store=store, storage=storage, written={result.page: result},
+                     first=remaining == 0, on_ended=on_ended, job=job)
     return result
 
 
@@ -432,10 +437,17 @@ def begin_page(
     ``max_retries`` and do not count towards the poison guard, whose
     ``max_attempts`` is for deliveries lost with their worker.
     """
-    job = store.load(job_id)
+    token = new_owner_token()
+    job, first = store.first_start(job_id, page, lease_key=lease_key(job_id, page), token=token,
+                                   ttl_ms=leases.ttl_ms)
     if job.state in TERMINAL:
         logger.info("page %s/%d: job is %s; skipped", job_id, page, job.state)
         return None
+    if first == -1:
+        raise LeaseHeld(job_id, page, leases.owner(job_id, page))
+    if first == 1:  # the page's first start, lease and attempt taken in one step: no earlier
+        # delivery ran it, so none can have stored its result (nothing to look up)
+        return PageStart(job=job, page=page, attempts=1, lease=leases.adopt(job_id, page, token))
     lease = leases.acquire(job_id, page)
     try:
         # Looked up under the lease: an earlier delivery (or the previous owner) may have stored it.
@@ -559,9 +571,10 @@ def finalise_job(
     settings: Settings,
     store: JobStore,
     storage: Storage,
-    written: dict[int, bytes] | None = None,
+    written: dict[int, PageResult] | None = None,
     first: bool = False,
     on_ended: OnEnded | None = None,
+    job: Job | None = None,
 ) -> DocumentResult | None:
     """Merge the job's page results into ``results/{job}/document.json`` (written once)
     and end the job ``succeeded``, ``partial`` or ``failed``.
@@ -570,12 +583,14 @@ def finalise_job(
     the stored one completes the job. None when the job was canceled meanwhile
     (or failed because its document could not be built).
 
-    ``written``: the stored bytes of page results this process has in hand (not read
-    back). ``first``: the caller counted the job's last page (``page_finished`` gave 0),
-    so no finaliser ran before and the document is not looked up; one that runs
-    concurrently is still caught by the write-once.
+    ``written``: the page results this process has in hand, as stored (not read back).
+    ``first``: the caller counted the job's last page (``page_finished`` gave 0), so no
+    finaliser ran before and the document is not looked up; one that runs concurrently
+    is still caught by the write-once. ``job``: the job as that last record left it
+    (read in the same step), else it is loaded.
     """
-    job = store.load(job_id)
+    if job is None or job.id != job_id:
+        job = store.load(job_id)
     if job.state == "canceled":
         return None
     key = document_result_key(job_id)
@@ -585,7 +600,7 @@ def finalise_job(
     else:
         written = written or {}
         pages = [
-            PageResult.model_validate_json(written.get(n) or storage.get(page_result_key(job_id, n)))
+            written.get(n) or PageResult.model_validate_json(storage.get(page_result_key(job_id, n)))
             for n in job.pages
         ]
         try:

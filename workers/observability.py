@@ -8,7 +8,8 @@ publish time and request id is :mod:`docproc.base.broker`'s, connected in every 
   line the task writes (:func:`docproc.base.logs.bind`), and to the tasks it sends;
 * ``after_setup_logger`` / ``after_setup_task_logger``: Celery's log handlers get
   docproc's JSON (or redacting text) formatter, ``settings.log_format``;
-* metrics: after each task, what it counted is added to the service-wide counters in Redis
+* metrics: after each task (a busy process: every ``shared_metrics.MIN_GAP_S``), and as the
+  process exits, what it counted is added to the service-wide counters in Redis
   that the API's ``/metrics`` serves (:mod:`docproc.base.shared_metrics`); with
   ``settings.worker_metrics_port`` set, :func:`prepare_worker_metrics`
   (called by ``python -m workers`` before prometheus_client is imported) puts the
@@ -73,13 +74,22 @@ def _unbind_task_context(task_id: str | None = None, **_: Any) -> None:
 @signals.task_postrun.connect
 def _publish_metrics(**_: Any) -> None:
     """What the task counted goes to the service-wide counters the API's /metrics reads
-    (docproc.base.shared_metrics); a thread publishes the rest every few seconds."""
+    (docproc.base.shared_metrics): at once, or within ``MIN_GAP_S`` in a busy process; a thread
+    publishes the rest every few seconds."""
     from docproc.base import shared_metrics
     from workers.tasks import resources
 
-    client = resources().redis
-    shared_metrics.start(client)
-    shared_metrics.publish(client)
+    shared_metrics.publish_soon(resources().redis)
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _flush_metrics(**_: Any) -> None:
+    """A process that ran tasks publishes what it has not yet as it exits (a recycled
+    prefork child, a solo worker stopping)."""
+    from docproc.base import shared_metrics
+
+    shared_metrics.flush()
 
 
 # ------------------------------------------------------------------ workers: logging

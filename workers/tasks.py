@@ -53,7 +53,7 @@ from docproc.housekeeping import after_end
 from docproc.jobs import lifecycle
 from docproc.jobs.leases import LeaseHeld, PageLeases
 from docproc.jobs.results import ErrorInfo
-from docproc.jobs.store import JobStore, connect_redis
+from docproc.jobs.store import Job, JobStore, connect_redis
 from workers import jobflow
 from workers.celery_app import app
 from workers.pipeline import Engines
@@ -136,9 +136,9 @@ class Resources:
         return after_end.context(settings=self.settings, redis=self.redis, store=self.store, send=send_task,
                                  storage=self.storage)
 
-    def job_ended(self, job_id: str) -> None:
-        """Run a job's after-end steps (it just became terminal here)."""
-        lifecycle.job_ended(job_id, self.lifecycle)
+    def job_ended(self, job_id: str, job: Job | None = None) -> None:
+        """Run a job's after-end steps (it just became terminal here; ``job``: as it ended)."""
+        lifecycle.job_ended(job_id, self.lifecycle, job)
 
 
 def send_task(name: str, args: list[Any], queue: str) -> None:

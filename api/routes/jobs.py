@@ -35,6 +35,7 @@ from api.models import (
 from api.openapi import json_body
 from api.problems import problem_responses
 from api.uploads import (
+    SPOOL_BYTES,
     content_type,
     invalid_body,
     read_json,
@@ -126,7 +127,9 @@ async def _read_submission(request: Request, settings: Settings) -> tuple[JobReq
                 job_request = request_from_form(upload.fields)
             except ValidationError as exc:
                 raise invalid_body(exc) from None
-            return job_request, await run_in_threadpool(upload.read), upload.filename
+            # a file within the spool is in memory: read it here, not through a thread-pool hop
+            data = upload.read() if upload.size <= SPOOL_BYTES else await run_in_threadpool(upload.read)
+            return job_request, data, upload.filename
         finally:
             upload.close()
     if kind == "application/json":
@@ -262,7 +265,8 @@ def cancel_job(
 
 
 def _view(store: JobStore, job: Job) -> JobView:
-    return job_view(job, store.pages(job.id), datetime.now(timezone.utc))
+    pages = store.pages(job.id) if job.pages else []  # no pages selected yet (queued): none to read
+    return job_view(job, pages, datetime.now(timezone.utc))
 
 
 @router.get(

@@ -8,10 +8,12 @@ its last publish to one Redis hash (``HINCRBYFLOAT``, one pipeline): the sums ov
 process that ever ran, kept by Redis (AOF), so a process that exits or is killed loses at
 most its last unpublished seconds and no total ever goes down.
 
-Who publishes: a Celery task's process after each task (``task_postrun``), the model worker
-after each batch, the API before each scrape, and in every process a daemon thread every
-:data:`INTERVAL_S` (what is counted outside tasks). A Redis fault keeps the deltas for the next
-publish; it never reaches the work.
+Who publishes: a Celery task's process after each task (``task_postrun``, :func:`publish_soon`:
+at once when its last publish is :data:`MIN_GAP_S` old, else its publisher thread does at
+that gap, so a busy process publishes a few times a second instead of after every task; and
+once more as the process exits), the model worker after each batch, the API before each
+scrape, and in every process a daemon thread every :data:`INTERVAL_S` (what is counted outside
+tasks). A Redis fault keeps the deltas for the next publish; it never reaches the work.
 
 :class:`SharedCollector` (the API's ``/metrics``) turns the hash back into metric families
 with the names, help and types of :mod:`docproc.base.metrics`. Gauges are per process and not in
@@ -43,14 +45,23 @@ logger = logging.getLogger(__name__)
 KEY = "docproc:metrics"
 GAUGES_KEY = "docproc:metrics:gauges"
 INTERVAL_S = 5.0
+MIN_GAP_S = 0.5  # publish_soon: the shortest time between two publishes of a busy process
 GAUGE_LIFETIME_S = 3 * INTERVAL_S
 PREFIX = "docproc_"
 SHARED_TYPES = ("counter", "histogram")
 HEARTBEAT_GAUGES = ("docproc_model_workers",)  # read from the model workers' heartbeats instead
 
 
+_fields: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+
 def _field(name: str, labels: dict[str, str]) -> str:
-    return json.dumps([name, labels], sort_keys=True, separators=(",", ":"))
+    """The hash field of a sample (JSON ``[name, {labels}]``), made once per sample."""
+    key = (name, tuple(labels.items()))
+    field = _fields.get(key)
+    if field is None:
+        field = _fields[key] = json.dumps([name, labels], sort_keys=True, separators=(",", ":"))
+    return field
 
 
 def _local_samples() -> Iterator[tuple[str, str, str, dict[str, str], float]]:
@@ -77,6 +88,9 @@ class _Publisher:
         self.thread: threading.Thread | None = None
         self.client: redis.Redis | None = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.last = 0.0  # time.monotonic() of the last publish
+        self.wake = threading.Event()  # publish_soon: the thread publishes at last + MIN_GAP_S
+        self.pending = False  # publish_soon left counts for the thread to publish
 
 
 _state = _Publisher()
@@ -96,6 +110,8 @@ def publish(client: redis.Redis) -> int:
     and refresh its live gauges; returns how many samples moved. Never raises."""
     state = _publisher()
     with state.lock:
+        state.last = time.monotonic()
+        state.pending = False
         gains: dict[str, float] = {}
         current: dict[str, float] = {}
         gauges: dict[str, str] = {}
@@ -124,6 +140,27 @@ def publish(client: redis.Redis) -> int:
         return len(gains)
 
 
+def publish_soon(client: redis.Redis) -> None:
+    """:func:`publish` after a unit of work (a Celery task): at once when this process's last
+    publish is at least :data:`MIN_GAP_S` old, else by its publisher thread (:func:`start`)
+    that long after the last one. An idle process's counts arrive as the task ends; a busy
+    one publishes every :data:`MIN_GAP_S`, not after every task. Never raises."""
+    state = _publisher()
+    start(client)
+    if time.monotonic() - state.last >= MIN_GAP_S:
+        publish(client)
+    else:
+        state.pending = True
+        state.wake.set()
+
+
+def flush() -> None:
+    """As the process exits: publish now what :func:`publish_soon` left to the thread."""
+    state = _state
+    if state.pid == os.getpid() and state.client is not None and state.pending:
+        publish(state.client)
+
+
 def start(client: redis.Redis) -> None:
     """Publish every :data:`INTERVAL_S` from a daemon thread of this process (one per process;
     a later call only points it at ``client``)."""
@@ -138,9 +175,14 @@ def start(client: redis.Redis) -> None:
 
 def _loop(state: _Publisher) -> None:
     while True:
-        time.sleep(INTERVAL_S)
+        woken = state.wake.wait(INTERVAL_S)
         if state.pid != os.getpid():
             return
+        if woken:  # publish_soon: at MIN_GAP_S after the last publish
+            state.wake.clear()
+            delay = state.last + MIN_GAP_S - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         if state.client is not None:
             publish(state.client)
 

@@ -22,6 +22,9 @@ from urllib.parse import urlparse
 from docproc.base.errors import ConfigurationError, NotFound, StorageError
 
 MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4's limit
+INPUT_HEAD_OVER_BYTES = 1024 * 1024
+"""S3 put_input: a larger document is looked up (HEAD) before it is uploaded, so one already
+stored is not sent again; a smaller one costs one conditional PUT either way."""
 
 
 def input_key(sha256_hex: str) -> str:
@@ -205,10 +208,14 @@ class S3Storage:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_input(self, data: bytes) -> str:
+        """One conditional PUT: a document already stored answers 412, and its key being its
+        sha256 (S3 checks ``ChecksumSHA256``), it holds these bytes: nothing to compare. Over
+        :data:`INPUT_HEAD_OVER_BYTES` a HEAD first skips uploading it again."""
         digest = hashlib.sha256(data).digest()
         key = input_key(digest.hex())
-        if not self.exists(key):  # skip the upload of a document already stored
-            self._put_once(key, data, "application/octet-stream", digest)
+        if len(data) > INPUT_HEAD_OVER_BYTES and self.exists(key):
+            return key
+        self._put_once(key, data, "application/octet-stream", digest, content_addressed=True)
         return key
 
     def put_result(self, key: str, data: bytes, content_type: str = "application/json") -> None:
@@ -253,7 +260,8 @@ class S3Storage:
                 err = StorageError(f"bucket {self.bucket!r} does not exist", retryable=False)
             raise err from exc
 
-    def _put_once(self, key: str, data: bytes, content_type: str, sha256: bytes | None = None) -> None:
+    def _put_once(self, key: str, data: bytes, content_type: str, sha256: bytes | None = None, *,
+                  content_addressed: bool = False) -> None:
         full = self._full(key)
         checksum = base64.b64encode(sha256 or hashlib.sha256(data).digest()).decode("ascii")
         try:
@@ -269,6 +277,8 @@ class S3Storage:
         except Exception as exc:
             if _error_code(exc) not in ("PreconditionFailed", "412"):
                 raise _storage_error(exc, f"put {key!r}") from exc
+        if content_addressed:  # the key names its bytes: the stored object is these
+            return
         # Stored already: fine when it is the same bytes (a retried task), refused otherwise.
         LocalStorage._same_or_refuse(key, self.get(key), data)
 

@@ -38,7 +38,15 @@ def clean_value(value: Any) -> Any:
 
 
 def clean_page(result: PageResult) -> PageResult:
-    """``result`` with every string it holds cleaned (the same object when none needed it)."""
+    """``result`` with every string it holds cleaned (the same object when none needed it).
+
+    The common case is checked first, cheaply: a result that serialises to JSON holds no
+    surrogate (the UTF-8 encoder refuses every one, paired or lone)."""
+    try:
+        result.model_dump_json()
+        return result
+    except ValueError:  # PydanticSerializationError: a surrogate (or another reason): walk it
+        pass
     data = result.model_dump(mode="python", by_alias=True)
     cleaned = clean_value(data)
     return result if cleaned == data else PageResult.model_validate(cleaned)

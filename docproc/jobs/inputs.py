@@ -16,7 +16,9 @@ this order, and raises the matching :class:`~docproc.base.errors.InputError`:
 7. more than ``max_pages`` pages           -> TooManyPages
 8. an image declares more than ``max_image_pixels`` -> ImageTooLarge (before decoding)
 9. a PDF's page content streams inflate past ``max_content_bytes`` -> ContentTooLarge
-   (a Flate bomb: counted by inflating each stream once, in chunks, up to the limit)
+   (a Flate bomb: counted by inflating each stream once, in chunks, up to the limit;
+   a process remembers the last PDF that passed, by sha256 and limit, so the pages of
+   one document done in a row by one worker are not counted again each)
 
 Decisions:
 
@@ -212,15 +214,16 @@ def open_document(
     media_type = sniff_media_type(data)
     pdf: pymupdf.Document | None = None
     image: Image.Image | None = None
+    sha256 = hashlib.sha256(data).hexdigest()
     if media_type is MediaType.PDF:
-        pdf = _open_pdf(data, settings)
+        pdf = _open_pdf(data, settings, sha256)
         page_count = pdf.page_count
     else:
         image, page_count = _open_image(data, media_type, settings)
     return OpenedDocument(
         media_type=media_type,
         data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         size_bytes=size,
         page_count=page_count,
         filename=filename,
@@ -241,7 +244,12 @@ def _check_page_count(count: int, settings: Settings) -> None:
         )
 
 
-def _open_pdf(data: bytes, settings: Settings) -> pymupdf.Document:
+_content_passed: tuple[str, int] | None = None
+"""(sha256, max_content_bytes) of the last PDF whose content passed the size check here."""
+
+
+def _open_pdf(data: bytes, settings: Settings, sha256: str | None = None) -> pymupdf.Document:
+    global _content_passed
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:
@@ -256,7 +264,10 @@ def _open_pdf(data: bytes, settings: Settings) -> pymupdf.Document:
         if count == 0 and doc.is_repaired and not _has_page_tree(doc):
             raise CorruptDocument("the PDF is damaged and no page could be recovered")
         _check_page_count(count, settings)
-        _check_content_size(doc, count, settings.max_content_bytes)
+        checked = (sha256, settings.max_content_bytes) if sha256 is not None else None
+        if checked is None or checked != _content_passed:  # the same bytes passed just before: not again
+            _check_content_size(doc, count, settings.max_content_bytes)
+            _content_passed = checked
         if doc.is_repaired:
             for index in range(count):
                 try:

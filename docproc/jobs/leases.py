@@ -8,7 +8,9 @@ work (minutes of GPU) would be done twice. A lease says "this page is being run
 by a live owner":
 
 * ``docproc:lease:{job}:{page}`` holds the owner's random token, with a TTL
-  (``settings.lease_ttl_s``); ``SET NX PX`` takes it, so one owner wins;
+  (``settings.lease_ttl_s``); ``SET NX PX`` takes it, so one owner wins (a page's
+  first delivery takes it in the same Lua step that counts its first attempt,
+  :meth:`docproc.jobs.JobStore.first_start`, and hands it to :meth:`PageLeases.adopt`);
 * a heartbeat thread in the owner's process renews every lease the process holds
   every ``ttl / 3`` (compare-and-expire in Lua: only the owner's token renews);
 * the owner releases it once the page is recorded (compare-and-delete);
@@ -141,6 +143,12 @@ class PageLeases:
         token = new_owner_token()
         if not self.redis.set(lease_key(job_id, page), token, nx=True, px=self.ttl_ms):
             raise LeaseHeld(job_id, page, self.owner(job_id, page))
+        return self.adopt(job_id, page, token)
+
+    def adopt(self, job_id: str, page: int, token: str) -> Lease:
+        """The lease ``token`` took in Redis by other means (``SET NX PX`` with this
+        :attr:`ttl_ms`, inside a script), from now on renewed by the heartbeat like one of
+        :meth:`acquire`."""
         lease = Lease(self, job_id, page, token)
         with self._lock:
             self._held.add(lease)

@@ -58,16 +58,18 @@ class Context:
 AfterEndStep = Callable[[Job, Context], None]
 
 
-def job_ended(job_id: str, ctx: Context) -> bool:
-    """Run the after-end steps of a terminal job; True when all ran (it left the outbox)."""
+def job_ended(job_id: str, ctx: Context, job: Job | None = None) -> bool:
+    """Run the after-end steps of a terminal job; True when all ran (it left the outbox).
+    ``job``: the job as it ended, when the caller has it (read in its finishing step)."""
     if not ctx.after_end:
         raise RuntimeError("this lifecycle context has no after-end steps; build it with "
                            "docproc.housekeeping.after_end.context()")
-    try:
-        job = ctx.store.load(job_id)
-    except NotFound:  # gone (expired or deleted): nothing can follow
-        ctx.store.ended_handled(job_id)
-        return True
+    if job is None or job.id != job_id:
+        try:
+            job = ctx.store.load(job_id)
+        except NotFound:  # gone (expired or deleted): nothing can follow
+            ctx.store.ended_handled(job_id)
+            return True
     if job.state not in TERMINAL:  # not ended (a caller's mistake): nothing follows yet
         logger.warning("job %s: after-end steps asked for a %s job; skipped", job_id, job.state)
         return False

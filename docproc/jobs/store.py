@@ -29,6 +29,11 @@ Every transition that can race (two deliveries of one page, a finish against a c
 one Lua script, so Redis decides it atomically. redis-py may resend a command after a
 dropped connection; the scripts that answer "who won" carry a per-call token so a resent
 call gets its own first answer back, not a duplicate's.
+
+The page path reads the job inside those steps instead of loading it apart: a page's first
+start (job, lease, attempt: :meth:`JobStore.first_start`), the last page's record
+(:meth:`JobStore.page_finished_loaded`) and the job's end (:meth:`JobStore.finish_loaded`)
+each answer with the job, so each state change is one round trip.
 """
 
 from __future__ import annotations
@@ -212,12 +217,12 @@ return redis.call('HINCRBY', KEYS[2], 'attempts:' .. ARGV[1], 1)
 
 # KEYS: job, pages, active; ARGV: page, status JSON, page state, token
 # -> remaining after this record; -1 duplicate; -2 job missing; -3 page not selected
-_PAGE_FINISHED = _TOUCH_ACTIVE + """
+_PAGE_FINISHED_TEMPLATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local seen = redis.call('HGET', KEYS[2], 'seen:' .. ARGV[1])
 if seen then
   local token, remaining = string.match(seen, '^(%S+) (%-?%d+)$')
-  if token == ARGV[4] then return tonumber(remaining) end
+  if token == ARGV[4] then return answer(tonumber(remaining)) end
   return -1
 end
 local pages = redis.call('HGET', KEYS[1], 'pages')
@@ -237,25 +242,65 @@ end
 local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
 redis.call('HSET', KEYS[2], 'seen:' .. ARGV[1], ARGV[4] .. ' ' .. remaining)
 touch_active(KEYS[3], KEYS[1], true)
-return remaining
+return answer(remaining)
+"""
+_PAGE_FINISHED = _TOUCH_ACTIVE + """
+local function answer(remaining) return remaining end
+""" + _PAGE_FINISHED_TEMPLATE
+# The same, answering the last page's record (0 remaining) with {0, the job's hash as
+# field/value pairs}: its finaliser needs no second read.
+_PAGE_FINISHED_LOADED = _TOUCH_ACTIVE + """
+local function answer(remaining)
+  if remaining ~= 0 then return remaining end
+  local job = redis.call('HGETALL', KEYS[1])
+  table.insert(job, 1, 0)
+  return job
+end
+""" + _PAGE_FINISHED_TEMPLATE
+
+# KEYS: job, pages, active, lease; ARGV: page, lease token, lease ttl ms
+# -> {code, the job's hash as field/value pairs...}, or {} when the job is missing. code 1:
+# the page's first start: the lease taken (SET NX PX) and attempt 1 counted; 0: nothing
+# taken (the job is terminal, or the page was started or recorded before); -1: the lease is
+# held by another owner.
+_FIRST_START = _TOUCH_ACTIVE + """
+local job = redis.call('HGETALL', KEYS[1])
+if #job == 0 then return {} end
+local s = redis.call('HGET', KEYS[1], 'state')
+local code = 0
+if not (s == 'succeeded' or s == 'partial' or s == 'failed' or s == 'canceled')
+   and redis.call('HEXISTS', KEYS[2], 'attempts:' .. ARGV[1]) == 0
+   and redis.call('HEXISTS', KEYS[2], 'seen:' .. ARGV[1]) == 0 then
+  if redis.call('SET', KEYS[4], ARGV[2], 'NX', 'PX', ARGV[3]) then
+    touch_active(KEYS[3], KEYS[1], true)
+    code = redis.call('HINCRBY', KEYS[2], 'attempts:' .. ARGV[1], 1)
+  else
+    code = -1
+  end
+end
+table.insert(job, 1, code)
+return job
 """
 
 # KEYS: job, ended outbox, active; ARGV: state, token, now ms, job id, field/value pairs...
 # -> 1 finished, 0 already terminal, -1 missing. The job enters the outbox in the same
 # step, so its after-end steps (docproc.jobs.lifecycle) cannot be lost with the finisher; it
 # leaves the active-jobs index (the watchdog's) in the same step too.
-_FINISH = """
+_FINISH_TEMPLATE = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s then return -1 end
 if s == 'succeeded' or s == 'partial' or s == 'failed' or s == 'canceled' then
-  if redis.call('HGET', KEYS[1], 'finish_token') == ARGV[2] then return 1 end
+  if redis.call('HGET', KEYS[1], 'finish_token') == ARGV[2] then return ENDED end
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finish_token', ARGV[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[4])
-return 1
+return ENDED
 """
+_FINISH = _FINISH_TEMPLATE.replace("ENDED", "1")
+# The same, answering "finished" with the job's hash as it ended (field/value pairs).
+_FINISH_LOADED = _FINISH_TEMPLATE.replace("ENDED", "redis.call('HGETALL', KEYS[1])")
 
 # KEYS: job, pages, tenant zset, ended outbox, its re-processes[, its original's re-processes];
 # ARGV: id -> 1 purged, 0 kept (not ended, or its after-end steps still pending). A job whose
@@ -411,8 +456,11 @@ class JobStore:
         self._create = redis_client.register_script(_CREATE)
         self._start = redis_client.register_script(_START)
         self._page_started = redis_client.register_script(_PAGE_STARTED)
+        self._first_start = redis_client.register_script(_FIRST_START)
         self._page_finished = redis_client.register_script(_PAGE_FINISHED)
+        self._page_finished_loaded = redis_client.register_script(_PAGE_FINISHED_LOADED)
         self._finish = redis_client.register_script(_FINISH)
+        self._finish_loaded = redis_client.register_script(_FINISH_LOADED)
         self._add_task_ids = redis_client.register_script(_ADD_TASK_IDS)
         self._purge = redis_client.register_script(_PURGE)
 
@@ -459,12 +507,14 @@ class JobStore:
         batch_id: str | None = None,
         reprocess_of: str | None = None,
         request_id: str | None = None,
+        task_ids: list[str] | None = None,
     ) -> tuple[Job, bool]:
         """A new queued job, or (same Idempotency-Key and fingerprint) the job made before.
 
         Returns (job, created). The same key with another fingerprint raises
         IdempotencyConflict. The job and its key are written by one script, so two
-        concurrent requests with one key make one job.
+        concurrent requests with one key make one job. ``task_ids``: Celery task ids
+        the new job starts with (its intake's, chosen before it is sent).
         """
         _check_tenant(tenant)
         if idempotency_key is not None and not (
@@ -488,6 +538,7 @@ class JobStore:
             batch_id=batch_id,
             reprocess_of=reprocess_of,
             request_id=request_id,
+            task_ids=list(task_ids or ()),
         )
         keys = [self._job_key(job.id), self._tenant_key(tenant), ACTIVE_JOBS, TENANTS]
         idem_value = ""
@@ -501,6 +552,8 @@ class JobStore:
             "pages_done", "0",
             "pages_failed", "0",
         ]  # fmt: skip
+        if job.task_ids:  # the field _ADD_TASK_IDS appends to
+            fields += ["task_ids", _json(job.task_ids)]
         for _ in range(2):
             prev = self._create(keys=keys, args=[job.id, ms, idem_value, self._settings.idempotency_ttl_s, tenant,
                                                  *fields])
@@ -673,6 +726,25 @@ class JobStore:
         return result == 1
 
     @service_errors
+    def first_start(self, job_id: str, page: int, *, lease_key: str, token: str, ttl_ms: int) -> tuple[Job, int]:
+        """A page delivery's first checks in one step, for the common case, the page's first
+        start: the job and, when it is not terminal and the page was neither started nor
+        recorded before, the page's lease ``lease_key`` taken for ``token`` (SET NX PX
+        ``ttl_ms``, :mod:`docproc.jobs.leases`) and its first attempt counted.
+
+        Returns (job, 1) for such a first start; (job, 0) when it took nothing (the job is
+        terminal, or the page was started before: the caller goes the long way, with
+        :meth:`page_started`); (job, -1) when another owner holds the lease. NotFound when
+        there is no job."""
+        if not _is_job_id(job_id):
+            raise NotFound(f"no job {job_id!r}")
+        reply = self._first_start(keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS, lease_key],
+                                  args=[int(page), token, int(ttl_ms)])
+        if not reply:
+            raise NotFound(f"no job {job_id!r}")
+        return _job_from_hash(_flat_hash(reply[1:])), int(reply[0])
+
+    @service_errors
     def page_started(self, job_id: str, page: int) -> int:
         """Count one more delivery of the page; returns its attempts so far (poison guard)."""
         result = self._page_started(
@@ -689,18 +761,29 @@ class JobStore:
         The caller that gets 0 finalises the job. A page recorded before (a redelivered
         task) changes nothing and returns PAGE_DUPLICATE (-1), so no second finaliser.
         """
+        return self._record_page(job_id, status, self._page_finished)[0]
+
+    @service_errors
+    def page_finished_loaded(self, job_id: str, status: PageStatus) -> tuple[int, Job | None]:
+        """:meth:`page_finished`, answering the last page's record (0 remaining) with the job
+        as it was then, read in the same step (for its finaliser): (remaining, job or None)."""
+        return self._record_page(job_id, status, self._page_finished_loaded)
+
+    def _record_page(self, job_id: str, status: PageStatus, script) -> tuple[int, Job | None]:
         token = uuid.uuid4().hex
-        result = int(
-            self._page_finished(
-                keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS],
-                args=[int(status.page), status.model_dump_json(), status.state, token],
-            )
+        reply = script(
+            keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS],
+            args=[int(status.page), status.model_dump_json(), status.state, token],
         )
+        job = None
+        if isinstance(reply, list):
+            reply, job = reply[0], _job_from_hash(_flat_hash(reply[1:]))
+        result = int(reply)
         if result == -2:
             raise NotFound(f"no job {job_id!r}")
         if result == -3:
             raise InvalidRequest(f"page {status.page} is not a selected page of job {job_id}")
-        return result
+        return result, job
 
     def pages(self, job_id: str) -> list[PageStatus]:
         """Every selected page's status, in page order (queued / running / finished)."""
@@ -739,22 +822,27 @@ class JobStore:
     ) -> bool:
         """Move a non-terminal job to a terminal ``state``; False if it already was terminal
         (a canceled job stays canceled, a finished one is not finished twice)."""
+        fields = _finish_fields(error=error, result_key=result_key, model=model, schema_version=schema_version)
+        return self._end(job_id, state, fields, self._finish) == 1
+
+    @service_errors
+    def finish_loaded(self, job_id: str, state: str, **fields: Any) -> Job | None:
+        """:meth:`finish` (``fields``: its keywords), answering with the job as this call
+        ended it (read in the same step), or None when it already was terminal."""
+        result = self._end(job_id, state, _finish_fields(**fields), self._finish_loaded)
+        return _job_from_hash(_flat_hash(result)) if isinstance(result, list) else None
+
+    def _end(self, job_id: str, state: str, fields: dict[str, Any], script) -> Any:
         if state not in TERMINAL:
             raise ValueError(f"finish() needs a terminal state, not {state!r}")
-        fields = {
-            "error": error.model_dump() if error is not None else None,
-            "result_key": result_key,
-            "model": model,
-            "schema_version": schema_version,
-        }
-        result = self._finish_script(job_id, state, fields)
+        result = self._finish_script(job_id, state, fields, script)
         if result == -1:
             raise NotFound(f"no job {job_id!r}")
-        return result == 1
+        return result
 
-    def _finish_script(self, job_id: str, state: str, fields: dict[str, Any]) -> int:
+    def _finish_script(self, job_id: str, state: str, fields: dict[str, Any], script=None) -> Any:
         now = _now()
-        return self._finish(
+        return (script or self._finish)(
             keys=[self._job_key(job_id), ENDED_OUTBOX, ACTIVE_JOBS],
             args=[state, uuid.uuid4().hex, _ms(now), job_id, *_pairs({"finished_at": now, **fields})],
         )
@@ -841,6 +929,17 @@ def _page_statuses(job: Job, raw_pages: dict) -> list[PageStatus]:
             status = PageStatus(page=page, state="running" if attempts else "queued", attempts=attempts)
         out.append(status)
     return out
+
+
+def _finish_fields(*, error: ErrorInfo | None = None, result_key: str | None = None, model: str | None = None,
+                   schema_version: str | None = None) -> dict[str, Any]:
+    return {"error": error.model_dump() if error is not None else None, "result_key": result_key, "model": model,
+            "schema_version": schema_version}
+
+
+def _flat_hash(pairs: list) -> dict:
+    """A hash as a script returns it (field, value, field, value ...) -> a dict."""
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
 
 
 def _job_from_hash(raw: dict) -> Job:

@@ -13,10 +13,11 @@ bulk re-processing call it too. Order of work, so a bad request costs nothing:
    that certainly needs the model is refused with 503 ``engine_unavailable`` when no model
    worker is online (:mod:`docproc.base.model_workers`);
 4. the bytes are stored once, content-addressed (``Storage.put_input``);
-5. the job is created; an ``Idempotency-Key`` seen before with the same fingerprint
+5. the job is created, with the task id its intake will be sent under (recorded for
+   cancellation); an ``Idempotency-Key`` seen before with the same fingerprint
    returns that job instead, with another fingerprint ``IdempotencyConflict``;
 6. a new job's ``docproc.intake`` task is sent by name to ``intake`` (``bulk`` for
-   priority=bulk) and its task id recorded for cancellation.
+   priority=bulk) under that id.
 
 No FastAPI here, and no torch: the worker modules imported are the torch-free ones.
 """
@@ -27,6 +28,7 @@ import functools
 import hashlib
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -90,12 +92,15 @@ def check_input(data: bytes, request: JobRequest, *, filename: str | None, setti
         return CheckedInput(sha256=doc.sha256, media_type=str(doc.media_type), page_count=doc.page_count)
 
 
-def enqueue_intake(celery: Celery, store: JobStore, job: Job) -> str:
-    """Send ``docproc.intake(job.id)`` to the job's intake queue; records and returns the task id."""
+def enqueue_intake(celery: Celery, store: JobStore, job: Job, task_id: str | None = None) -> str:
+    """Send ``docproc.intake(job.id)`` to the job's intake queue; records and returns the task id.
+    ``task_id``: the id to send it under; one the job already lists (recorded when it was
+    created) is not recorded again."""
     from docproc.base.broker import INTAKE_TASK, intake_queue
 
-    result = celery.send_task(INTAKE_TASK, args=[job.id], queue=intake_queue(job.request.priority))
-    store.add_task_ids(job.id, [result.id])
+    result = celery.send_task(INTAKE_TASK, args=[job.id], queue=intake_queue(job.request.priority), task_id=task_id)
+    if result.id not in job.task_ids:
+        store.add_task_ids(job.id, [result.id])
     return result.id
 
 
@@ -122,6 +127,7 @@ def submit_job(
         # no model worker online: 503 engine_unavailable now, not a job queued for hours
         model_workers.require_online(store.redis, settings.model_worker_heartbeat_s)
     key = storage.put_input(data)
+    intake_id = str(uuid.uuid4())  # recorded with the job, so its sending adds no write
     job, created = store.create(
         tenant,
         request,
@@ -133,21 +139,21 @@ def submit_job(
         fingerprint=request_fingerprint(checked.sha256, request),
         media_type=checked.media_type,
         request_id=logs.request_id(),  # the API request's (api.middleware), for logs and webhooks
+        task_ids=[intake_id],
     )
     if created:
         metrics.JOBS_SUBMITTED.labels(task=request.task, schema=metrics.schema_label(request.schema_),
                                       priority=request.priority).inc()
         log.info("job %s: submitted", job.id, extra={"job_id": job.id, "tenant": tenant})
         try:
-            enqueue_intake(celery, store, job)
+            enqueue_intake(celery, store, job, task_id=intake_id)
         except Exception as exc:
             log.error("job %s: enqueue failed: %s", job.id, type(exc).__name__)
             message = "the job could not be queued (broker unreachable); submit it again with a new Idempotency-Key"
             if store.finish(job.id, "failed", error=ErrorInfo(code="service_unavailable", message=message)):
                 metrics.count_job_finished(job, "failed")
             raise ServiceUnavailable(message, job_id=job.id) from exc
-        job = store.load(job.id)
-    return Submitted(job=job, created=created)
+    return Submitted(job=job, created=created)  # as stored: not read back
 
 
 # ---------------------------------------------------------------------------
