@@ -119,12 +119,31 @@ def test_the_worker_endpoint_has_no_queue_gauges_and_the_api_survives_redis_down
         redis_server.start()
 
 
+WORK_COUNTS = ("docproc_jobs_finished_total", "docproc_pages_processed_total", "docproc_stage_seconds_count",
+               "docproc_jobs_submitted_total")
+
+
+def settled_scrape(url: str) -> dict:
+    """A scrape once the counts of earlier work have all arrived: a busy worker publishes
+    every shared_metrics.MIN_GAP_S, so an earlier test's last task may still be on its way."""
+    from docproc import shared_metrics
+
+    def settled():
+        first = scrape(url)
+        time.sleep(shared_metrics.MIN_GAP_S + 0.25)
+        second = scrape(url)
+        same = all(first.get(k) == second.get(k) for k in {*first, *second} if k[0] in WORK_COUNTS)
+        return second if same else None
+
+    return wait_until(settled, 30, "the earlier work's counts on /metrics")
+
+
 def test_the_api_scrape_shows_the_workers_counts_and_re_process_submissions(stack) -> None:
     """One scrape target for the whole service: what the worker's pool children counted (pages,
     finished jobs, stage histograms) shows on the API's /metrics, exactly once; so does a
     re-process submission."""
     url = f"{stack.api_url}/metrics"
-    before = scrape(url)
+    before = settled_scrape(url)
     pdf = builders.multipage_text_pdf(PAGES)
     response = stack.api.post("/v1/jobs", files={"file": ("doc.pdf", pdf, "application/pdf")},
                               data={"task": "ocr", "engine": "text"})

@@ -135,6 +135,7 @@ def publish(client: redis.Redis) -> int:
             pipe.execute()
         except redis.RedisError as exc:
             logger.debug("metrics: not published (%s); kept for the next publish", type(exc).__name__)
+            state.pending = True  # the publisher thread tries again MIN_GAP_S after this one
             return 0
         state.published.update(current)
         return len(gains)
@@ -185,6 +186,8 @@ def _loop(state: _Publisher) -> None:
                 time.sleep(delay)
         if state.client is not None:
             publish(state.client)
+            if state.pending:  # it failed (Redis away), or publish_soon asked again meanwhile
+                state.wake.set()
 
 
 # ---------------------------------------------------------------------------
