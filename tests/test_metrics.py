@@ -126,7 +126,7 @@ WORK_COUNTS = ("docproc_jobs_finished_total", "docproc_pages_processed_total", "
 def settled_scrape(url: str) -> dict:
     """A scrape once the counts of earlier work have all arrived: a busy worker publishes
     every shared_metrics.MIN_GAP_S, so an earlier test's last task may still be on its way."""
-    from docproc import shared_metrics
+    from docproc.base import shared_metrics
 
     def settled():
         first = scrape(url)
