@@ -10,7 +10,7 @@ by a live owner":
 * ``docproc:lease:{job}:{page}`` holds the owner's random token, with a TTL
   (``settings.lease_ttl_s``); ``SET NX PX`` takes it, so one owner wins (a page's
   first delivery takes it in the same Lua step that counts its first attempt,
-  :meth:`docproc.jobs.JobStore.first_start`, and hands it to :meth:`PageLeases.adopt`);
+  :meth:`docproc.jobs.store.JobStore.first_start`, and hands it to :meth:`PageLeases.adopt`);
 * a heartbeat thread in the owner's process renews every lease the process holds
   every ``ttl / 3`` (compare-and-expire in Lua: only the owner's token renews);
 * the owner releases it once the page is recorded (compare-and-delete);
