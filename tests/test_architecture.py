@@ -72,10 +72,8 @@ def arrows(known: dict[str, Path]) -> Iterator[Arrow]:
                            for alias in node.names]
             else:
                 continue
-            for target in targets:
-                resolved = _resolve(target, known)
-                if resolved is not None and resolved != source:
-                    yield Arrow(source, resolved, node.lineno)
+            for resolved in sorted({_resolve(target, known) for target in targets} - {None, source}):
+                yield Arrow(source, resolved, node.lineno)
 
 
 def _top(name: str) -> str:
