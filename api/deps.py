@@ -18,7 +18,7 @@ from fastapi import Depends, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from docproc.base.auth import KeyRing, check_rate, hash_key
+from docproc.base.auth import KeyRing, check_rate
 from docproc.base.errors import Unauthorized
 from docproc.base.settings import Settings
 from docproc.base.storage import Storage
@@ -91,12 +91,13 @@ async def get_tenant(
     key = bearer.credentials if bearer is not None else api_key
     if not key:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-    tenant = services.keyring.static_tenant(key)
+    digest = services.keyring.digest(key)
+    tenant = services.keyring.static_tenant(digest)
     if tenant is None:
-        tenant = await run_in_threadpool(services.keyring.authenticate, key)
+        tenant = await run_in_threadpool(services.keyring.stored_tenant, digest)
     request.state.tenant = tenant  # for the access log line (api.middleware)
     if services.settings.rate_limit_per_minute > 0:
-        await run_in_threadpool(check_rate, services.redis, hash_key(key), services.settings.rate_limit_per_minute)
+        await run_in_threadpool(check_rate, services.redis, digest, services.settings.rate_limit_per_minute)
     return tenant
 
 

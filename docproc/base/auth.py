@@ -62,10 +62,29 @@ class KeyRing:
         time taken does not tell how much of a hash matched; Redis is looked up by the hash,
         which tells nothing about the key itself.
         """
-        tenant = self.static_tenant(key)
-        if tenant is not None:
-            return tenant
-        digest = hash_key(key)
+        digest = self.digest(key)
+        tenant = self.static_tenant(digest)
+        return tenant if tenant is not None else self.stored_tenant(digest)
+
+    @staticmethod
+    def digest(key: str | None) -> str:
+        """The hash keys are known by; Unauthorized for a missing or malformed key."""
+        if not key or len(key) > MAX_KEY_CHARS or not key.isascii():
+            raise Unauthorized("missing or invalid API key")
+        return hash_key(key)
+
+    def static_tenant(self, digest: str) -> str | None:
+        """The tenant of the key hashed ``digest`` among the settings' keys, else None (no I/O:
+        the API asks this on its event loop first)."""
+        tenant = None
+        for name, stored in self._static:
+            if hmac.compare_digest(digest, stored):
+                tenant = name
+        return tenant
+
+    def stored_tenant(self, digest: str) -> str:
+        """The tenant of the key hashed ``digest`` among the keys kept in Redis; Unauthorized
+        for an unknown or revoked one."""
         if self._redis is not None:
             try:
                 found = _text(self._redis.get(_apikey_redis_key(digest)))
@@ -74,18 +93,6 @@ class KeyRing:
             if found is not None:
                 return found
         raise Unauthorized("missing or invalid API key")
-
-    def static_tenant(self, key: str | None) -> str | None:
-        """The tenant of ``key`` among the settings' keys (no I/O: the API asks this on its event
-        loop first), else None; Unauthorized for a missing or malformed key."""
-        if not key or len(key) > MAX_KEY_CHARS or not key.isascii():
-            raise Unauthorized("missing or invalid API key")
-        digest = hash_key(key)
-        tenant = None
-        for name, stored in self._static:
-            if hmac.compare_digest(digest, stored):
-                tenant = name
-        return tenant
 
 
 def create_key(redis_client: redis.Redis, tenant: str) -> tuple[str, str]:
