@@ -589,7 +589,7 @@ def finalise_job(
     is still caught by the write-once. ``job``: the job as that last record left it
     (read in the same step), else it is loaded.
     """
-    if job is None or job.id != job_id:
+    if job is None:
         job = store.load(job_id)
     if job.state == "canceled":
         return None

@@ -68,6 +68,7 @@ import redis
 from pydantic import BaseModel, Field
 
 from docproc.base import metrics, tracing
+from docproc.base.broker import WEBHOOKS_QUEUE
 from docproc.base.errors import (
     ConfigurationError,
     InvalidRequest,
@@ -89,7 +90,6 @@ logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 DELIVER_TASK = "docproc.webhook.deliver"
-WEBHOOKS_QUEUE = "webhooks"
 JOB_EVENTS: dict[str, str] = {"succeeded": "job.succeeded", "failed": "job.failed", "partial": "job.partial"}
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,159}")
 USER_AGENT = "docproc-webhooks/1"

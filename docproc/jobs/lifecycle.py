@@ -64,7 +64,7 @@ def job_ended(job_id: str, ctx: Context, job: Job | None = None) -> bool:
     if not ctx.after_end:
         raise RuntimeError("this lifecycle context has no after-end steps; build it with "
                            "docproc.housekeeping.after_end.context()")
-    if job is None or job.id != job_id:
+    if job is None:
         try:
             job = ctx.store.load(job_id)
         except NotFound:  # gone (expired or deleted): nothing can follow
