@@ -248,7 +248,7 @@ _content_passed: tuple[str, int] | None = None
 """(sha256, max_content_bytes) of the last PDF whose content passed the size check here."""
 
 
-def _open_pdf(data: bytes, settings: Settings, sha256: str | None = None) -> pymupdf.Document:
+def _open_pdf(data: bytes, settings: Settings, sha256: str) -> pymupdf.Document:
     global _content_passed
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
@@ -264,8 +264,8 @@ def _open_pdf(data: bytes, settings: Settings, sha256: str | None = None) -> pym
         if count == 0 and doc.is_repaired and not _has_page_tree(doc):
             raise CorruptDocument("the PDF is damaged and no page could be recovered")
         _check_page_count(count, settings)
-        checked = (sha256, settings.max_content_bytes) if sha256 is not None else None
-        if checked is None or checked != _content_passed:  # the same bytes passed just before: not again
+        checked = (sha256, settings.max_content_bytes)
+        if checked != _content_passed:  # the same bytes passed just before: not again
             _check_content_size(doc, count, settings.max_content_bytes)
             _content_passed = checked
         if doc.is_repaired:
