@@ -377,3 +377,45 @@ def test_a_zero_page_pdf_that_needed_repair_still_has_no_pages(settings):
     no_tree = data.replace(b"/Pages 2 0 R", b"/Pagez 2 0 R")  # no page tree at all: damage
     with pytest.raises(CorruptDocument):
         open_document(no_tree, settings=settings)
+
+
+# ------------------------------------------------------------------ content size (Flate bombs)
+
+
+def _pdf_with_flate_pages(pages: int, content: bytes) -> bytes:
+    """``pages`` pages, each with its own FlateDecode content stream holding ``content``."""
+    with pymupdf.open() as doc:
+        for _ in range(pages):
+            page = doc.new_page()
+            xref = doc.get_new_xref()
+            doc.update_object(xref, "<<>>")
+            doc.update_stream(xref, content)  # compressed: /Filter /FlateDecode
+            doc.xref_set_key(page.xref, "Contents", f"{xref} 0 R")
+        return doc.tobytes()
+
+
+def test_content_size_counts_exactly_when_the_file_could_hold_more_than_the_limit(settings, monkeypatch):
+    """The shortcut (references x 1032 x file size within the limit: no stream read) and the
+    full count agree: a limit the file could exceed counts every stream, one byte under the
+    pages' real content is refused, the content itself passes."""
+    from docproc.base.errors import ContentTooLarge
+    from docproc.jobs import inputs
+
+    content = b"0 0 m 100 100 l S\n" * 5000  # 90,000 bytes, inflated
+    data = _pdf_with_flate_pages(3, content)
+    bound = 3 * inputs.DEFLATE_MAX_RATIO * len(data)
+    total = 3 * len(content)
+    with pymupdf.open(stream=data, filetype="pdf") as doc:
+        assert [doc.xref_get_key(doc.page_xref(i), "Contents")[0] for i in range(3)] == ["xref"] * 3
+        inputs._check_content_size(doc, 3, total, file_bytes=len(data))
+        with pytest.raises(ContentTooLarge) as refused:
+            inputs._check_content_size(doc, 3, total - 1, file_bytes=len(data))
+        assert refused.value.code == "content_too_large" and refused.value.details["page"] == 3
+
+        inflated: list[int] = []
+        counting = inputs._inflated_size
+        monkeypatch.setattr(inputs, "_inflated_size", lambda raw, limit: inflated.append(1) or counting(raw, limit))
+        inputs._check_content_size(doc, 3, bound, file_bytes=len(data))
+        assert inflated == []  # within the bound: no stream read
+        inputs._check_content_size(doc, 3, bound - 1, file_bytes=len(data))
+        assert inflated == [1, 1, 1]  # past it: each stream inflated once, and the content passes
