@@ -153,21 +153,47 @@ def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, set
     return "text" if doc.repaired and page_damage(doc.pdf, number) is not None else "internvl"
 
 
-@tracing.staged("intake")
+@dataclass(frozen=True)
+class RunHere:
+    """Where intake runs a page itself instead of sending it: the page of a one-page job
+    whose queue is one of ``queues`` (those the intake's worker consumes) runs through
+    ``run(job_id, page, queue)`` in the intake's process, once the intake is recorded: no
+    second task, download or parse. ``run`` is the page task's body (lease, attempts,
+    recording); ``queue`` is where the page would have gone."""
+
+    queues: frozenset[str]
+    run: Callable[[str, int, str], object]
+
+
 def run_intake(
     job_id: str, *, settings: Settings, store: JobStore, storage: Storage, enqueue: Enqueue,
-    on_ended: OnEnded | None = None,
+    on_ended: OnEnded | None = None, run_here: RunHere | None = None,
 ) -> list[int]:
-    """Open the job's document, plan its pages and enqueue one page task per page.
+    """Open the job's document, plan its pages and enqueue one page task per page (or run
+    a one-page job's page here, see :class:`RunHere`).
 
-    Returns the pages enqueued: ``[]`` when the job was canceled or finished, or
+    Returns the pages enqueued or run: ``[]`` when the job was canceled or finished, or
     when its input is bad (the job then ends ``failed`` with the error's code).
     A redelivered intake of a running job enqueues its unfinished pages again.
     """
+    numbers, here = _plan_and_send(job_id, settings=settings, store=store, storage=storage, enqueue=enqueue,
+                                   on_ended=on_ended, run_here=run_here)
+    if here is not None and run_here is not None:
+        run_here.run(job_id, *here)
+    return numbers
+
+
+@tracing.staged("intake")
+def _plan_and_send(
+    job_id: str, *, settings: Settings, store: JobStore, storage: Storage, enqueue: Enqueue,
+    on_ended: OnEnded | None, run_here: RunHere | None,
+) -> tuple[list[int], tuple[int, str] | None]:
+    """The intake stage: plan the pages, send their tasks; returns the pages and the one
+    kept to run here with its queue (None: every page was sent)."""
     job = store.load(job_id)
     if job.state in TERMINAL:
         logger.info("intake %s: job is %s; nothing to do", job_id, job.state)
-        return []
+        return [], None
     request = job.request
     try:
         resolve_request(request.task, request.schema_, request.engine, settings)
@@ -185,18 +211,24 @@ def run_intake(
             raise
         logger.info("intake %s: failed: %s", job_id, exc)
         end_job(job_id, "failed", store=store, on_ended=on_ended, error=_error(exc))
-        return []
+        return [], None
+    one_page = len(numbers) == 1
     model_offline = any(q == GPU_QUEUE for q in queues.values()) and not model_workers.online(store.redis)
     if job.state == "queued":
         if not store.start(job_id, page_count=page_count, pages=numbers, media_type=media_type, warnings=warnings):
             logger.info("intake %s: job was canceled before it started", job_id)
-            return []
+            return [], None
     else:  # running: a redelivered intake; the pages already recorded need no task
         done = {p.page for p in store.pages(job_id) if p.state in ("succeeded", "failed")}
         numbers = [n for n in numbers if n not in done]
     # model pages with no model worker online would wait for hours: they fail now instead
     stranded = {n for n in numbers if queues[n] == GPU_QUEUE} if model_offline else set()
-    ids = [i for i in (enqueue(job_id, n, queues[n]) for n in numbers if n not in stranded) if i]
+    to_send = [n for n in numbers if n not in stranded]
+    here = None
+    if run_here is not None and one_page and to_send and queues[to_send[0]] in run_here.queues:
+        page = to_send.pop()
+        here = page, queues[page]
+    ids = [i for i in (enqueue(job_id, n, queues[n]) for n in to_send) if i]
     if ids:  # kept with the intake's id, for revoking on cancel
         store.add_task_ids(job_id, ids)
     if stranded:
@@ -206,7 +238,7 @@ def run_intake(
         for n in stranded:  # the last one recorded ends the job, as any page does
             record_page(job_id, failed_page(n, ENGINE_UNAVAILABLE, message, engine="internvl"), attempts=0,
                         settings=settings, store=store, storage=storage, on_ended=on_ended)
-    return numbers
+    return numbers, here
 
 
 # ------------------------------------------------------------------ pages

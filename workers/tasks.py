@@ -229,14 +229,19 @@ class PageTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ARG002 - Celery's signature
         job_id = args[0] if args else kwargs.get("job_id")
         page = args[1] if len(args) > 1 else kwargs.get("page")
-        r = resources()
-        error = failure_error(exc, r.settings)
-        logger.error("page %s/%s failed for good: %s", job_id, page, error.code)
-        try:
-            jobflow.fail_page(job_id, page, error.code, error.message, settings=r.settings, store=r.store,
-                              storage=r.storage, on_ended=r.job_ended)
-        except Exception:  # noqa: BLE001 - best effort: Redis or storage may be what failed
-            logger.exception("page %s/%s: could not record the failure", job_id, page)
+        _page_failed_for_good(job_id, page, exc)
+
+
+def _page_failed_for_good(job_id: str, page: int, exc: BaseException) -> None:
+    """Record a page whose run ended in ``exc`` (no retry left) as failed with its code."""
+    r = resources()
+    error = failure_error(exc, r.settings)
+    logger.error("page %s/%s failed for good: %s", job_id, page, error.code)
+    try:
+        jobflow.fail_page(job_id, page, error.code, error.message, settings=r.settings, store=r.store,
+                          storage=r.storage, on_ended=r.job_ended)
+    except Exception:  # noqa: BLE001 - best effort: Redis or storage may be what failed
+        logger.exception("page %s/%s: could not record the failure", job_id, page)
 
 
 RETRY_OPTIONS = dict(
@@ -252,7 +257,7 @@ def _enqueue_page(job_id: str, page: int, queue: str) -> str:
     return page_task.apply_async(args=[job_id, page], queue=queue).id
 
 
-def _defer_page(task: Task, job_id: str, page: int, exc: LeaseHeld) -> str:
+def _defer_page(job_id: str, page: int, queue: str, exc: LeaseHeld) -> str:
     """A live worker runs this page (this delivery came back past the visibility timeout,
     or the page's last owner died moments ago and its lease has not expired yet): send
     the page again for a little later and end this delivery without running it. The
@@ -261,7 +266,6 @@ def _defer_page(task: Task, job_id: str, page: int, exc: LeaseHeld) -> str:
     message is never handed out twice itself; it is a new message (retries 0), and
     deferrals count no attempt."""
     r = resources()
-    queue = (task.request.delivery_info or {}).get("routing_key") or GPU_QUEUE
     countdown = max(0.5, min(r.settings.lease_ttl_s / 2, r.settings.visibility_timeout_s / 4))
     task_id = page_task.apply_async(args=[job_id, page], queue=queue, countdown=countdown).id
     r.store.add_task_ids(job_id, [task_id])
@@ -270,27 +274,54 @@ def _defer_page(task: Task, job_id: str, page: int, exc: LeaseHeld) -> str:
     return "deferred"
 
 
+def _run_here(task: Task) -> jobflow.RunHere | None:
+    """What the intake task may run itself: a one-page job's text page, when this worker
+    consumes that page's queue (``render`` or ``bulk``). Model pages are always sent: the
+    model worker batches them across jobs. Off with ``settings.intake_runs_single_page``."""
+    queues = _consumed_queues - {GPU_QUEUE}
+    if not queues or not resources().settings.intake_runs_single_page:
+        return None
+
+    def run(job_id: str, page: int, queue: str) -> None:
+        try:
+            _run_page(task, job_id, page, queue=queue)
+        except TRANSIENT_ERRORS:
+            raise  # the intake retries, and its next delivery runs the page again
+        except Exception as exc:  # noqa: BLE001 - as a page task's on_failure: the page fails, not the job
+            _page_failed_for_good(job_id, page, exc)
+
+    return jobflow.RunHere(queues=frozenset(queues), run=run)
+
+
+def _run_page(task: Task, job_id: str, page: int, *, queue: str | None = None) -> str | None:
+    """The page task's body (also run by an intake for its one-page job); returns the
+    page's status. A page whose lease a live owner holds is sent again for later."""
+    r = resources()
+    try:
+        with _permanent_faults_fail_fast():
+            result = jobflow.run_page(job_id, page, settings=r.settings, store=r.store, storage=r.storage,
+                                      engines=r.engines, retries=task.request.retries, on_ended=r.job_ended,
+                                      leases=r.leases)
+    except LeaseHeld as exc:
+        queue = queue or (task.request.delivery_info or {}).get("routing_key") or GPU_QUEUE
+        return _defer_page(job_id, page, queue, exc)
+    if jobflow.inference_still_running():
+        _retire_after_timeout()
+    return result.status if result is not None else None
+
+
 @app.task(name=INTAKE_TASK, bind=True, base=IntakeTask, **RETRY_OPTIONS)
 def intake_task(self: Task, job_id: str) -> int:
-    """Open the job's document, plan its pages, enqueue them; returns the pages enqueued."""
+    """Open the job's document, plan its pages, enqueue them (or run a one-page job's page
+    here); returns the pages enqueued or run."""
     r = resources()
     with _permanent_faults_fail_fast():
         pages = jobflow.run_intake(job_id, settings=r.settings, store=r.store, storage=r.storage,
-                                   enqueue=_enqueue_page, on_ended=r.job_ended)
+                                   enqueue=_enqueue_page, on_ended=r.job_ended, run_here=_run_here(self))
     return len(pages)
 
 
 @app.task(name=PAGE_TASK, bind=True, base=PageTask, **RETRY_OPTIONS)
 def page_task(self: Task, job_id: str, page: int) -> str | None:
     """Process one page of a job (the last one finalises it); returns the page's status."""
-    r = resources()
-    try:
-        with _permanent_faults_fail_fast():
-            result = jobflow.run_page(job_id, page, settings=r.settings, store=r.store, storage=r.storage,
-                                      engines=r.engines, retries=self.request.retries, on_ended=r.job_ended,
-                                      leases=r.leases)
-    except LeaseHeld as exc:
-        return _defer_page(self, job_id, page, exc)
-    if jobflow.inference_still_running():
-        _retire_after_timeout()
-    return result.status if result is not None else None
+    return _run_page(self, job_id, page)

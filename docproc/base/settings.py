@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         1500, description="Own timeout around one engine call (solo pools ignore time limits)."
     )
     max_attempts: int = Field(3, ge=1, description="Most deliveries of one job page (poison-document guard).")
+    intake_runs_single_page: bool = Field(
+        True, description="A one-page job's text page runs inside its intake task when that worker consumes the "
+        "page's queue (no second task, download or parse); false: every page is a docproc.page task of its own.",
+    )
     idempotency_ttl_s: int = Field(86400, ge=1, description="How long an Idempotency-Key keeps answering with its job.")
     source_buckets: list[str] = Field(
         default_factory=list,
