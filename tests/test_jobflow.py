@@ -25,6 +25,7 @@ from docproc.base.storage import (
     page_result_key,
 )
 from docproc.jobs.inputs import open_document
+from docproc.jobs.leases import lease_key
 from docproc.jobs.results import DocumentResult, PageResult
 from docproc.jobs.store import Job, JobRequest, JobStore, PageStatus
 from docproc.submission.submit import request_fingerprint
@@ -440,3 +441,77 @@ def test_read_input_downloads_a_document_once_for_its_pages_in_a_row(tmp_path):
     assert jobflow.read_input(storage, second) == b"%PDF-1.7 second"
     with pytest.raises(NotFound):  # only the last input is kept
         jobflow.read_input(storage, first)
+
+
+# ------------------------------------------------------------------ a one-page job's page in its intake
+
+
+def _run_here(flow: Flow, queues: set[str], ran: list[tuple[str, int, str]]) -> jobflow.RunHere:
+    def run(job_id: str, page: int, queue: str) -> None:
+        ran.append((job_id, page, queue))
+        flow.page(job_id, page)
+
+    return jobflow.RunHere(queues=frozenset(queues), run=run)
+
+
+def test_a_one_page_jobs_page_runs_inside_its_intake_and_is_recorded_once(flow):
+    job = flow.submit(builders.invoice_pdf(), task="ocr", engine="text")
+    ran: list[tuple[str, int, str]] = []
+    pages = jobflow.run_intake(job.id, settings=flow.settings, store=flow.store, storage=flow.storage,
+                               enqueue=flow.enqueue, run_here=_run_here(flow, {"render", "intake"}, ran))
+    assert pages == [1] and flow.sent == [] and ran == [(job.id, 1, "render")]
+    done = flow.store.load(job.id)
+    assert done.state == "succeeded" and done.pages_done == 1 and done.task_ids == []
+    [status] = flow.store.pages(job.id)
+    assert status.state == "succeeded" and status.attempts == 1
+    assert flow.document(job.id).pages[0].text and flow.storage.exists(page_result_key(job.id, 1))
+
+    # a redelivered intake of the ended job runs nothing again
+    assert jobflow.run_intake(job.id, settings=flow.settings, store=flow.store, storage=flow.storage,
+                              enqueue=flow.enqueue, run_here=_run_here(flow, {"render"}, ran)) == []
+    assert len(ran) == 1 and flow.store.pages(job.id)[0].attempts == 1
+
+
+@pytest.mark.parametrize(
+    "data, request_fields, queues, why",
+    [
+        (builders.multipage_text_pdf(2, lines_per_page=3), {"task": "ocr", "engine": "text"}, {"render"}, "two pages"),
+        (builders.invoice_pdf(), {"task": "ocr", "engine": "text", "priority": "bulk"}, {"render"}, "bulk not taken"),
+        (builders.scanned_pdf(), {"task": "ocr", "engine": "auto"}, {"render"}, "a model page"),
+    ],
+)
+def test_intake_sends_the_page_when_the_job_has_more_pages_or_its_queue_is_not_taken(
+    flow, data, request_fields, queues, why
+):
+    job = flow.submit(data, **request_fields)
+    ran: list[tuple[str, int, str]] = []
+    pages = jobflow.run_intake(job.id, settings=flow.settings, store=flow.store, storage=flow.storage,
+                               enqueue=flow.enqueue, run_here=_run_here(flow, queues, ran))
+    assert ran == [], why
+    assert [(page, queue) for _, page, queue in flow.sent] == [
+        (n, page_queue("internvl" if why == "a model page" else "text", request_fields.get("priority", "normal")))
+        for n in pages
+    ]
+    assert flow.store.load(job.id).state == "running"
+
+
+def test_a_redelivered_intake_runs_the_unfinished_page_of_its_one_page_job_again(flow):
+    """The worker died in the page that ran inside the intake: the intake's redelivery runs
+    it again (a second attempt, under a fresh lease), and the job ends once."""
+    job = flow.submit(builders.invoice_pdf(), task="ocr", engine="text")
+    died: list[tuple[str, int, str]] = []
+
+    def killed(job_id: str, page: int, queue: str) -> None:  # took the page's first start, then died
+        died.append((job_id, page, queue))
+        flow.store.first_start(job_id, page, lease_key=lease_key(job_id, page), token="dead", ttl_ms=1)
+
+    jobflow.run_intake(job.id, settings=flow.settings, store=flow.store, storage=flow.storage,
+                       enqueue=flow.enqueue, run_here=jobflow.RunHere(queues=frozenset({"render"}), run=killed))
+    assert died and flow.store.load(job.id).state == "running"
+    time.sleep(0.01)  # the dead owner's lease (1 ms) has expired
+    ran: list[tuple[str, int, str]] = []
+    assert jobflow.run_intake(job.id, settings=flow.settings, store=flow.store, storage=flow.storage,
+                              enqueue=flow.enqueue, run_here=_run_here(flow, {"render"}, ran)) == [1]
+    assert ran == [(job.id, 1, "render")] and flow.sent == []
+    assert flow.store.load(job.id).state == "succeeded"
+    assert flow.store.pages(job.id)[0].attempts == 2

@@ -160,3 +160,28 @@ def test_workers_killed_mid_page_still_finish_the_job_exactly_once(worker_settin
         return text if line in text else None
 
     assert wait_until(logs_with_line, 10, "the finaliser's log line", [second]).count(line) == 1
+
+
+@pytest.mark.parametrize("runs_here", [True, False])
+def test_a_one_page_text_job_runs_in_its_intake_task_unless_turned_off(worker_settings, redis_client, workers,
+                                                                       runs_here):
+    """With ``intake_runs_single_page`` (the default) the worker that takes the intake runs the
+    page in it: no ``docproc.page`` message is sent or received; off, the page is a task."""
+    settings = worker_settings.model_copy(update={"intake_runs_single_page": runs_here})
+    store = JobStore(redis_client, settings)
+    worker = workers([sys.executable, "-m", "workers", "--queues", "intake,render", "-c", "1", "-n", "one@%h"],
+                     settings_env(settings, intake_runs_single_page=str(runs_here).lower()))
+    job = submit(settings, store, builders.invoice_pdf(), "invoice.pdf", task="ocr", engine="text")
+    wait_until(lambda: store.load(job.id).state in TERMINAL, 60, f"job {job.id}", [worker])
+
+    done = store.load(job.id)
+    assert done.state == "succeeded" and (done.pages_done, done.pages_failed) == (1, 0)
+    assert [(p.state, p.attempts) for p in store.pages(job.id)] == [("succeeded", 1)]
+    assert s3_keys(settings, f"results/{job.id}/") == [document_result_key(job.id), page_result_key(job.id, 1)]
+    tasks = 1 if runs_here else 2  # the intake, and the page when it was sent
+    def task_lines_done() -> str | None:
+        log = worker.log()
+        return log if log.count(" succeeded in ") == tasks else None
+
+    log = wait_until(task_lines_done, 10, "the worker's task lines", [worker])
+    assert len(RECEIVED.findall(log)) == (0 if runs_here else 1)
