@@ -244,7 +244,9 @@ def test_publish_soon_publishes_an_idle_process_at_once_and_a_busy_one_within_th
         return float(redis_client.hget(shared_metrics.KEY, field) or 0)
 
     counter = metrics.PAGES_PROCESSED.labels(engine="soon-test", status="succeeded")
-    time.sleep(shared_metrics.MIN_GAP_S)  # no publish of this process within the gap
+    state = shared_metrics._publisher()  # no publish of this process within the gap (its thread's included)
+    wait_until(lambda: time.monotonic() - state.last >= shared_metrics.MIN_GAP_S,
+               shared_metrics.INTERVAL_S + shared_metrics.MIN_GAP_S + 2, "a gap since this process's last publish")
     counter.inc()
     shared_metrics.publish_soon(redis_client)
     assert shared() == 1  # idle: published at once
