@@ -23,6 +23,7 @@ Needs the dev extra (moto, httpx) and redis-server on PATH.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -56,6 +57,7 @@ BODY = os.urandom(8 * 1024)
 def s3_per_call(cleanup: ExitStack, calls: int) -> tuple[float, float]:
     """(PUT, GET) client CPU ms per call of S3Storage on moto."""
     os.environ.update(DUMMY_AWS_ENV)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server: no line per request
     moto = MotoS3()
     url = moto.start()
     cleanup.callback(moto.stop)

@@ -109,3 +109,37 @@ def test_ctrl_c_mid_run_stops_every_service_it_started() -> None:
     var = Path(re.search(r"service logs kept in (\S+)", out)[1])
     assert (var / "worker.log").exists()  # kept for a look after a failed or interrupted run
     shutil.rmtree(var)
+
+
+def test_the_floor_benchmark_measures_each_library_and_leaves_nothing_running() -> None:
+    """benchmarks/service_floor.py on a small count: every part measured (positive CPU per
+    call, task and request), their sum printed, and no redis-server, worker or uvicorn left."""
+    def started_here() -> set[int]:  # its worker and uvicorn by their app, redis-servers by name
+        found = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ") if entry.name.isdigit() else b""
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                continue
+            if b"floor_services" in cmdline or cmdline.split(b" ")[0].endswith(b"redis-server"):
+                found.add(int(entry.name))
+        return {pid for pid in found if alive(pid)}
+
+    before = started_here()
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "benchmarks" / "service_floor.py"), "--calls", "30",
+                             "--tasks", "100", "--requests", "60"], cwd=REPO_ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    put, get = (float(x) for x in re.search(r"PUT ([0-9.]+), GET ([0-9.]+) client CPU ms per call", out).groups())
+    tasks = [float(x) for x in re.findall(r"= ([0-9.]+) CPU ms per task", out)]
+    upload, read = (float(x) for x in re.search(r"8 KiB ([0-9.]+), JSON read ([0-9.]+) server", out).groups())
+    assert min(put, get, upload, read, *tasks) > 0 and len(tasks) == 2, out
+    floor = float(re.search(r"= ([0-9.]+) CPU ms \(", out)[1])
+    assert abs(floor - (3 * put + get + tasks[0] + upload + read)) < 0.2, out  # the sum of what it printed
+    assert not started_here() - before, out
