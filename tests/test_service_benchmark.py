@@ -24,10 +24,20 @@ pytestmark = pytest.mark.worker
 BENCHMARK = REPO_ROOT / "benchmarks" / "service.py"
 
 
-def start_benchmark(*args: str) -> subprocess.Popen:
+def start_benchmark(*args: str, script: Path = BENCHMARK) -> subprocess.Popen:
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(BENCHMARK), *args], cwd=REPO_ROOT, env=env, text=True,
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=REPO_ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def run_to_end(proc: subprocess.Popen, timeout: float = 240) -> str:
+    """The benchmark's output once it exited (killed with its group past ``timeout``)."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return out
 
 
 def descendants(pid: int) -> set[int]:
@@ -62,11 +72,7 @@ def alive(pid: int) -> bool:
 
 def test_a_small_run_reports_every_job_succeeded_and_cleans_up() -> None:
     proc = start_benchmark("--jobs", "6", "--workers", "1", "--concurrency", "3", "--warmup", "1")
-    try:
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    out = run_to_end(proc)
     assert proc.returncode == 0, out
     assert "jobs: 6 submitted, 6 accepted, 6 succeeded; failed 0" in out, out
     assert "result checks: all 6 jobs listed succeeded" in out, out
@@ -126,15 +132,9 @@ def test_the_floor_benchmark_measures_each_library_and_leaves_nothing_running() 
         return {pid for pid in found if alive(pid)}
 
     before = started_here()
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "benchmarks" / "service_floor.py"), "--calls", "30",
-                             "--tasks", "100", "--requests", "60"], cwd=REPO_ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        out, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc = start_benchmark("--calls", "30", "--tasks", "100", "--requests", "60",
+                           script=REPO_ROOT / "benchmarks" / "service_floor.py")
+    out = run_to_end(proc)
     assert proc.returncode == 0, out
     put, get = (float(x) for x in re.search(r"PUT ([0-9.]+), GET ([0-9.]+) client CPU ms per call", out).groups())
     tasks = [float(x) for x in re.findall(r"= ([0-9.]+) CPU ms per task", out)]
