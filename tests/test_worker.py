@@ -179,6 +179,7 @@ def test_a_one_page_text_job_runs_in_its_intake_task_unless_turned_off(worker_se
     assert [(p.state, p.attempts) for p in store.pages(job.id)] == [("succeeded", 1)]
     assert s3_keys(settings, f"results/{job.id}/") == [document_result_key(job.id), page_result_key(job.id, 1)]
     tasks = 1 if runs_here else 2  # the intake, and the page when it was sent
+    assert len(done.task_ids) == tasks  # kept for revoking on cancel
     def task_lines_done() -> str | None:
         log = worker.log()
         return log if log.count(" succeeded in ") == tasks else None
