@@ -447,9 +447,10 @@ def test_read_input_downloads_a_document_once_for_its_pages_in_a_row(tmp_path):
 
 
 def _run_here(flow: Flow, queues: set[str], ran: list[tuple[str, int, str]]) -> jobflow.RunHere:
-    def run(job_id: str, page: int, queue: str) -> None:
+    def run(job_id: str, page: int, queue: str, doc) -> None:
         ran.append((job_id, page, queue))
-        flow.page(job_id, page)
+        jobflow.run_page(job_id, page, settings=flow.settings, store=flow.store, storage=flow.storage,
+                         engines=flow.engines, doc=doc)
 
     return jobflow.RunHere(queues=frozenset(queues), run=run)
 
@@ -501,7 +502,7 @@ def test_a_redelivered_intake_runs_the_unfinished_page_of_its_one_page_job_again
     job = flow.submit(builders.invoice_pdf(), task="ocr", engine="text")
     died: list[tuple[str, int, str]] = []
 
-    def killed(job_id: str, page: int, queue: str) -> None:  # took the page's first start, then died
+    def killed(job_id: str, page: int, queue: str, doc) -> None:  # took the page's first start, then died
         died.append((job_id, page, queue))
         flow.store.first_start(job_id, page, lease_key=lease_key(job_id, page), token="dead", ttl_ms=1)
 

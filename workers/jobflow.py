@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -157,12 +158,13 @@ def planned_engine(doc: OpenedDocument, number: int, task: str, engine: str, set
 class RunHere:
     """Where intake runs a page itself instead of sending it: the page of a one-page job
     whose queue is one of ``queues`` (those the intake's worker consumes) runs through
-    ``run(job_id, page, queue)`` in the intake's process, once the intake is recorded: no
-    second task, download or parse. ``run`` is the page task's body (lease, attempts,
-    recording); ``queue`` is where the page would have gone."""
+    ``run(job_id, page, queue, doc)`` in the intake's process, once the intake is recorded:
+    no second task, download or parse. ``run`` is the page task's body (lease, attempts,
+    recording); ``queue`` is where the page would have gone; ``doc`` is the document intake
+    opened, still open."""
 
     queues: frozenset[str]
-    run: Callable[[str, int, str], object]
+    run: Callable[[str, int, str, OpenedDocument], object]
 
 
 def run_intake(
@@ -176,20 +178,22 @@ def run_intake(
     when its input is bad (the job then ends ``failed`` with the error's code).
     A redelivered intake of a running job enqueues its unfinished pages again.
     """
-    numbers, here = _plan_and_send(job_id, settings=settings, store=store, storage=storage, enqueue=enqueue,
-                                   on_ended=on_ended, run_here=run_here)
-    if here is not None and run_here is not None:
-        run_here.run(job_id, *here)
+    with ExitStack() as opened:  # the document stays open for a page run here
+        numbers, here = _plan_and_send(job_id, settings=settings, store=store, storage=storage, enqueue=enqueue,
+                                       on_ended=on_ended, run_here=run_here, opened=opened)
+        if here is not None and run_here is not None:
+            run_here.run(job_id, *here)
     return numbers
 
 
 @tracing.staged("intake")
 def _plan_and_send(
     job_id: str, *, settings: Settings, store: JobStore, storage: Storage, enqueue: Enqueue,
-    on_ended: OnEnded | None, run_here: RunHere | None,
-) -> tuple[list[int], tuple[int, str] | None]:
+    on_ended: OnEnded | None, run_here: RunHere | None, opened: ExitStack,
+) -> tuple[list[int], tuple[int, str, OpenedDocument] | None]:
     """The intake stage: plan the pages, send their tasks; returns the pages and the one
-    kept to run here with its queue (None: every page was sent)."""
+    kept to run here with its queue and document (None: every page was sent). The document
+    is open until ``opened`` closes."""
     job = store.load(job_id)
     if job.state in TERMINAL:
         logger.info("intake %s: job is %s; nothing to do", job_id, job.state)
@@ -198,14 +202,14 @@ def _plan_and_send(
     try:
         resolve_request(request.task, request.schema_, request.engine, settings)
         data = read_input(storage, job.input_key)
-        with open_document(data, filename=job.filename, settings=settings) as doc:
-            numbers = parse_page_range(request.pages, doc.page_count)
-            queues = {
-                n: page_queue(planned_engine(doc, n, request.task, request.engine, settings), request.priority)
-                for n in numbers
-            }
-            page_count, media_type = doc.page_count, str(doc.media_type)
-            warnings = document_warnings(doc, numbers)
+        doc = opened.enter_context(open_document(data, filename=job.filename, settings=settings))
+        numbers = parse_page_range(request.pages, doc.page_count)
+        queues = {
+            n: page_queue(planned_engine(doc, n, request.task, request.engine, settings), request.priority)
+            for n in numbers
+        }
+        page_count, media_type = doc.page_count, str(doc.media_type)
+        warnings = document_warnings(doc, numbers)
     except DocprocError as exc:
         if is_transient(exc):
             raise
@@ -227,7 +231,7 @@ def _plan_and_send(
     here = None
     if run_here is not None and one_page and to_send and queues[to_send[0]] in run_here.queues:
         page = to_send.pop()
-        here = page, queues[page]
+        here = page, queues[page], doc
     ids = [i for i in (enqueue(job_id, n, queues[n]) for n in to_send) if i]
     if ids:  # kept with the intake's id, for revoking on cancel
         store.add_task_ids(job_id, ids)
@@ -308,18 +312,20 @@ class ModelPage:
     schema: ExtractionSchema | None
 
 
-def prepare_page(job: Job, page: int, *, settings: Settings, storage: Storage,
-                 engines: Engines) -> PageResult | ModelPage:
+def prepare_page(job: Job, page: int, *, settings: Settings, storage: Storage, engines: Engines,
+                 doc: OpenedDocument | None = None) -> PageResult | ModelPage:
     """Render page ``page`` of the job's stored input and route it: a PageResult when it is
     done without the model (text engine, render failure, a typed error), else a ModelPage.
+    ``doc``: the input, already open (intake's); else it is read and opened here.
 
     Transient faults raise (the caller retries).
     """
     request = job.request
     try:
         schema = resolve_request(request.task, request.schema_, request.engine, settings)
-        data = read_input(storage, job.input_key)
-        with open_document(data, filename=job.filename, settings=settings) as doc:
+        opened = nullcontext(doc) if doc is not None else open_document(  # a given doc: its opener closes it
+            read_input(storage, job.input_key), filename=job.filename, settings=settings)
+        with opened as doc:
             with tracing.span("render", page=page):
                 rendered = render_or_fail(doc, page, settings)
             if isinstance(rendered, PageResult):
@@ -335,13 +341,14 @@ def prepare_page(job: Job, page: int, *, settings: Settings, storage: Storage,
         return failed_page(page, exc.code, exc.message)
 
 
-def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, engines: Engines) -> PageResult:
+def process_page(job: Job, page: int, *, settings: Settings, storage: Storage, engines: Engines,
+                 doc: OpenedDocument | None = None) -> PageResult:
     """Render page ``page`` of the job's stored input and run the engine it routes to.
 
     Page-level failures (render, model output, a typed error, the inference
     timeout) come back as a failed PageResult; transient faults raise.
     """
-    prepared = prepare_page(job, page, settings=settings, storage=storage, engines=engines)
+    prepared = prepare_page(job, page, settings=settings, storage=storage, engines=engines, doc=doc)
     if isinstance(prepared, PageResult):
         return prepared
     try:
@@ -521,13 +528,15 @@ def run_page(
     retries: int = 0,
     on_ended: OnEnded | None = None,
     leases: PageLeases | None = None,
+    doc: OpenedDocument | None = None,
 ) -> PageResult | None:
     """Process one page of a job: the body of the ``docproc.page`` task.
 
     :func:`begin_page` decides whether this delivery runs the page (and takes its
     lease; :class:`~docproc.jobs.leases.LeaseHeld` propagates); the lease is released
     once the result is recorded. ``leases``: the process's (default: one for this
-    call, on the store's Redis).
+    call, on the store's Redis). ``doc``: the job's input, already open (an intake
+    running its one-page job's page); else it is read and opened.
 
     Returns the page's recorded result, or None when the job was canceled or had
     already ended (a stale redelivery).
@@ -539,7 +548,7 @@ def run_page(
         return begun
     try:
         started = time.perf_counter()
-        result = process_page(begun.job, page, settings=settings, storage=storage, engines=engines)
+        result = process_page(begun.job, page, settings=settings, storage=storage, engines=engines, doc=doc)
         result.timings_ms.setdefault("page", round((time.perf_counter() - started) * 1000.0, 3))
         return record_page(job_id, result, attempts=begun.attempts, settings=settings, store=store,
                            storage=storage, on_ended=on_ended)

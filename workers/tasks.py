@@ -51,6 +51,7 @@ from docproc.base.settings import Settings, get_settings
 from docproc.base.storage import Storage, open_storage
 from docproc.housekeeping import after_end
 from docproc.jobs import lifecycle
+from docproc.jobs.inputs import OpenedDocument
 from docproc.jobs.leases import LeaseHeld, PageLeases
 from docproc.jobs.results import ErrorInfo
 from docproc.jobs.store import Job, JobStore, connect_redis
@@ -282,9 +283,9 @@ def _run_here(task: Task) -> jobflow.RunHere | None:
     if not queues or not resources().settings.intake_runs_single_page:
         return None
 
-    def run(job_id: str, page: int, queue: str) -> None:
+    def run(job_id: str, page: int, queue: str, doc: OpenedDocument) -> None:
         try:
-            _run_page(task, job_id, page, queue=queue)
+            _run_page(task, job_id, page, queue=queue, doc=doc)
         except TRANSIENT_ERRORS:
             raise  # the intake retries, and its next delivery runs the page again
         except Exception as exc:  # noqa: BLE001 - as a page task's on_failure: the page fails, not the job
@@ -293,15 +294,17 @@ def _run_here(task: Task) -> jobflow.RunHere | None:
     return jobflow.RunHere(queues=frozenset(queues), run=run)
 
 
-def _run_page(task: Task, job_id: str, page: int, *, queue: str | None = None) -> str | None:
-    """The page task's body (also run by an intake for its one-page job); returns the
-    page's status. A page whose lease a live owner holds is sent again for later."""
+def _run_page(task: Task, job_id: str, page: int, *, queue: str | None = None,
+              doc: OpenedDocument | None = None) -> str | None:
+    """The page task's body (also run by an intake for its one-page job, with the document
+    it opened); returns the page's status. A page whose lease a live owner holds is sent
+    again for later."""
     r = resources()
     try:
         with _permanent_faults_fail_fast():
             result = jobflow.run_page(job_id, page, settings=r.settings, store=r.store, storage=r.storage,
                                       engines=r.engines, retries=task.request.retries, on_ended=r.job_ended,
-                                      leases=r.leases)
+                                      leases=r.leases, doc=doc)
     except LeaseHeld as exc:
         queue = queue or (task.request.delivery_info or {}).get("routing_key") or GPU_QUEUE
         return _defer_page(job_id, page, queue, exc)
