@@ -154,6 +154,25 @@ def test_s3_prefix_keeps_keys_under_it(moto_server, s3_settings):
     assert store.get(key) == b"prefixed"
 
 
+def test_s3_put_asks_expect_continue_only_for_a_large_body(s3_settings):
+    """A page result or a typical input goes with its headers in one round trip; a body over
+    EXPECT_CONTINUE_OVER_BYTES still waits for the server's 100 Continue (botocore's way)."""
+    from docproc.base.storage import EXPECT_CONTINUE_OVER_BYTES
+
+    store = open_storage(s3_settings)
+    sent: list[tuple[str, bytes | None]] = []  # (path, Expect header) of each PUT as botocore sends it
+    store._s3.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: sent.append((request.url, request.headers.get("Expect")))
+    )
+    small, large = b"{}" * 2000, os.urandom(EXPECT_CONTINUE_OVER_BYTES + 1)
+    store.put_result(document_result_key("j1"), small)
+    large_key = store.put_input(large)
+    assert [expect for _, expect in sent] == [None, b"100-continue"]
+    assert sent[1][0].endswith(large_key)
+    assert store.get(document_result_key("j1")) == small
+    assert store.get(large_key) == large
+
+
 def test_s3_ping_and_missing_bucket(s3_settings, moto_server):
     open_storage(s3_settings).ping()
     gone = open_storage(s3_settings.model_copy(update={"storage_url": "s3://docproc-no-such-bucket/"}))

@@ -25,6 +25,10 @@ MAX_PRESIGN_S = 7 * 24 * 3600  # SigV4's limit
 INPUT_HEAD_OVER_BYTES = 1024 * 1024
 """S3 put_input: a larger document is looked up (HEAD) before it is uploaded, so one already
 stored is not sent again; a smaller one costs one conditional PUT either way."""
+EXPECT_CONTINUE_OVER_BYTES = 1024 * 1024
+"""S3 PUTs of larger bodies ask ``Expect: 100-continue`` (botocore's default for every PUT):
+the server may refuse before the body is sent. A smaller body (a page result, a document, a
+typical input) goes with its headers: no wait for the interim answer, one round trip."""
 
 
 def input_key(sha256_hex: str) -> str:
@@ -201,6 +205,8 @@ class S3Storage:
             return session.client("s3", endpoint_url=endpoint_url, config=config)
 
         self._s3 = client(max_attempts, connect_timeout, read_timeout)
+        # after botocore's own (more specific events run first; same event: registered order)
+        self._s3.meta.events.register_last("before-call.s3", _expect_continue_only_when_large)
         self._ping_s3 = client(1, min(connect_timeout, 2.0), min(read_timeout, 5.0))
 
     def _full(self, key: str) -> str:
@@ -281,6 +287,16 @@ class S3Storage:
             return
         # Stored already: fine when it is the same bytes (a retried task), refused otherwise.
         LocalStorage._same_or_refuse(key, self.get(key), data)
+
+
+def _expect_continue_only_when_large(params, **kwargs) -> None:
+    """botocore ``before-call`` hook, after its own: drop ``Expect: 100-continue`` from a
+    request whose body is at most :data:`EXPECT_CONTINUE_OVER_BYTES`."""
+    from botocore.utils import determine_content_length
+
+    size = determine_content_length(params.get("body"))
+    if size is not None and size <= EXPECT_CONTINUE_OVER_BYTES:
+        params["headers"].pop("Expect", None)
 
 
 def _error_code(exc: BaseException) -> str | None:
