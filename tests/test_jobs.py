@@ -451,6 +451,34 @@ def test_first_start_takes_the_lease_and_the_first_attempt_in_one_step_and_nothi
         store.first_start("0" * 32, 1, lease_key="docproc:lease:x:1", token="e", ttl_ms=1000)
 
 
+def test_the_record_releases_its_pages_lease_in_the_same_step(store, redis_client):
+    """page_finished given the holder's lease deletes it with the record (and with a duplicate
+    or a refused record too); a lease another owner took over is left to that owner. The
+    Lease is no longer renewed and its release() sends nothing."""
+    from docproc.jobs.leases import PageLeases
+
+    job = started(store, pages=(1, 2))
+    leases = PageLeases(redis_client, ttl_s=60)
+    first = leases.acquire(job.id, 1)
+    assert store.page_finished(job.id, page(1), lease=first) == 1
+    assert redis_client.get(first.key) is None and first.released and first not in leases.held()
+    redis_client.set(first.key, "someone-else")  # a later delivery's lease: release() must not touch it
+    first.release()
+    assert redis_client.get(first.key) == "someone-else"
+    redis_client.delete(first.key)
+    again = leases.acquire(job.id, 1)  # a redelivery recording the page again: a duplicate
+    assert store.page_finished(job.id, page(1), lease=again) == PAGE_DUPLICATE
+    assert redis_client.get(again.key) is None and again.released
+    taken = leases.acquire(job.id, 2)
+    redis_client.set(taken.key, "new-owner")  # expired and taken over meanwhile
+    assert store.page_finished(job.id, page(2), lease=taken) == 0
+    assert redis_client.get(taken.key) == "new-owner"
+    stray = leases.acquire(job.id, 3)  # a page the job did not select: refused, lease released
+    with pytest.raises(InvalidRequest):
+        store.page_finished(job.id, page(3), lease=stray)
+    assert redis_client.get(stray.key) is None
+
+
 def test_the_last_record_and_the_finish_answer_with_the_job(store):
     """page_finished_loaded gives the job with the last page only (also to a resent call), and
     finish_loaded the job as it ended, or None when it was terminal already."""

@@ -13,8 +13,8 @@ killed worker's message comes back), so every step is idempotent:
   the job still running (the finaliser died) finalises again, which finds
   ``document.json`` stored, if it was, and only completes the job's state;
 * a delivery runs its page only while it holds the page's lease
-  (:mod:`docproc.jobs.leases`, renewed while the page runs, released once it is
-  recorded): a second delivery of a running page (past the visibility timeout)
+  (:mod:`docproc.jobs.leases`, renewed while the page runs, released in the step
+  that records it): a second delivery of a running page (past the visibility timeout)
   raises ``LeaseHeld`` and is kept for later instead of running it again;
 * every start of a page counts an attempt; a page delivered more than
   ``settings.max_attempts`` times (retries after transient faults aside) fails
@@ -399,10 +399,12 @@ def _write_once(storage: Storage, key: str, data: bytes) -> bytes | None:
 
 def record_page(
     job_id: str, result: PageResult, *, attempts: int, settings: Settings, store: JobStore, storage: Storage,
-    on_ended: OnEnded | None = None,
+    on_ended: OnEnded | None = None, lease: Lease | None = None,
 ) -> PageResult:
     """Store the page result (first writer wins), count the page once, finalise on the last.
 
+    ``lease``: the page's lease this delivery holds; the step that counts the page releases
+    it (before the finalise, which write-once and :meth:`JobStore.finish` keep single).
     Returns the result that is stored (another delivery's, when it got there first).
     """
     data = result.model_dump_json().encode()
@@ -418,7 +420,7 @@ def record_page(
         timings_ms=result.timings_ms,
         attempts=attempts,
     )
-    remaining, job = store.page_finished_loaded(job_id, status)  # the job comes with the last page
+    remaining, job = store.page_finished_loaded(job_id, status, lease=lease)  # the job comes with the last page
     if remaining != PAGE_DUPLICATE:  # counted once per page, not per delivery
         _count_page(job_id, result)
     if remaining == 0 or (remaining == PAGE_DUPLICATE and _every_page_recorded(store, job_id)):
@@ -493,9 +495,8 @@ def begin_page(
         stored = _stored_page(storage, job_id, page)
         if stored is not None:  # redelivered after the result was written: just (re)count it
             logger.info("page %s/%d: result already stored; recording it", job_id, page)
-            lease.release()
             return record_page(job_id, stored, attempts=0, settings=settings, store=store, storage=storage,
-                               on_ended=on_ended)
+                               on_ended=on_ended, lease=lease)
         attempts = store.page_started(job_id, page)
         deliveries = attempts - retries
         if deliveries > settings.max_attempts:
@@ -508,9 +509,9 @@ def begin_page(
             )
             try:
                 return record_page(job_id, result, attempts=attempts, settings=settings, store=store,
-                                   storage=storage, on_ended=on_ended)
+                                   storage=storage, on_ended=on_ended, lease=lease)
             finally:
-                lease.release()
+                lease.release()  # when the record failed (else a no-op)
     except BaseException:
         lease.release()
         raise
@@ -551,9 +552,9 @@ def run_page(
         result = process_page(begun.job, page, settings=settings, storage=storage, engines=engines, doc=doc)
         result.timings_ms.setdefault("page", round((time.perf_counter() - started) * 1000.0, 3))
         return record_page(job_id, result, attempts=begun.attempts, settings=settings, store=store,
-                           storage=storage, on_ended=on_ended)
+                           storage=storage, on_ended=on_ended, lease=begun.lease)
     finally:
-        begun.lease.release()
+        begun.lease.release()  # the page was not recorded (else a no-op)
 
 
 def fail_page(

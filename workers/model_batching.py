@@ -144,7 +144,7 @@ def run_pages(
         result.timings_ms.setdefault("page", round((time.perf_counter() - run.started) * 1000.0, 3))
         try:
             recorded = jobflow.record_page(work.job_id, result, attempts=run.start.attempts, settings=settings,
-                                           store=store, storage=storage, on_ended=on_ended)
+                                           store=store, storage=storage, on_ended=on_ended, lease=run.start.lease)
         except Exception as exc:  # noqa: BLE001 - the result is not counted: retry the page later
             settle(run.index, retry_outcome(work, exc))
         else:

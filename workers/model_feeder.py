@@ -257,7 +257,8 @@ class FeederWorker(ModelWorker):
                 result = prepared
             result.timings_ms.setdefault("page", round((time.perf_counter() - started) * 1000.0, 3))
             recorded = await blocking(jobflow.record_page, work.job_id, result, attempts=begun.attempts,
-                                      settings=s, store=r.store, storage=r.storage, on_ended=r.job_ended)
+                                      settings=s, store=r.store, storage=r.storage, on_ended=r.job_ended,
+                                      lease=begun.lease)
             return PageOutcome(work, "recorded", result=recorded, batch=len(self.in_flight))
         finally:
             begun.lease.release()

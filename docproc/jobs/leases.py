@@ -13,7 +13,9 @@ by a live owner":
   :meth:`docproc.jobs.store.JobStore.first_start`, and hands it to :meth:`PageLeases.adopt`);
 * a heartbeat thread in the owner's process renews every lease the process holds
   every ``ttl / 3`` (compare-and-expire in Lua: only the owner's token renews);
-* the owner releases it once the page is recorded (compare-and-delete);
+* the owner releases it once the page is recorded (compare-and-delete), in the same Lua
+  step that records the page (:meth:`docproc.jobs.store.JobStore.page_finished` given the
+  lease) or, when the page is not recorded, with :meth:`Lease.release`;
 * an owner that dies stops renewing, so its lease expires within one TTL and a
   later delivery of the page takes over.
 
@@ -75,13 +77,14 @@ def new_owner_token() -> str:
 
 @dataclass(eq=False)
 class Lease:
-    """One held page lease; :meth:`release` after the page is recorded."""
+    """One held page lease; released with the page's record, else :meth:`release`."""
 
     leases: "PageLeases"
     job_id: str
     page: int
     token: str
     lost: bool = field(default=False)
+    released: bool = field(default=False)
 
     @property
     def key(self) -> str:
@@ -98,12 +101,20 @@ class Lease:
 
     def release(self) -> None:
         """Give the page up (idempotent); a lease already lost is left to its new owner."""
-        self.leases._forget(self)
+        if self.released:
+            return
+        self.released_elsewhere()
         try:
             self.leases._release(keys=[self.key], args=[self.token])
         except redis.exceptions.RedisError:  # it expires by itself within one TTL
             logger.warning("lease %s: release failed; it expires by itself", self.key,
                            extra={"job_id": self.job_id, "page": self.page})
+
+    def released_elsewhere(self) -> None:
+        """The lease was deleted by a Redis step that checked its token (the page's record):
+        stop renewing it; :meth:`release` does nothing from now on."""
+        self.released = True
+        self.leases._forget(self)
 
     def __enter__(self) -> "Lease":
         return self

@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -61,6 +61,9 @@ from docproc.base.errors import (
 from docproc.base.settings import TENANT_RE
 from docproc.base.timestamps import UtcTime
 from docproc.jobs.results import EngineName, ErrorInfo, ResultWarning, Task
+
+if TYPE_CHECKING:
+    from docproc.jobs.leases import Lease
 
 JobState = Literal["queued", "running", "succeeded", "partial", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "partial", "failed", "canceled"})
@@ -215,9 +218,12 @@ touch_active(KEYS[3], KEYS[1], true)
 return redis.call('HINCRBY', KEYS[2], 'attempts:' .. ARGV[1], 1)
 """
 
-# KEYS: job, pages, active; ARGV: page, status JSON, page state, token
-# -> remaining after this record; -1 duplicate; -2 job missing; -3 page not selected
+# KEYS: job, pages, active[, lease]; ARGV: page, status JSON, page state, token[, lease token]
+# -> remaining after this record; -1 duplicate; -2 job missing; -3 page not selected.
+# The page's lease, when given, is released first, whatever the answer (compare-and-delete:
+# only its owner's token; docproc.jobs.leases).
 _PAGE_FINISHED_TEMPLATE = """
+if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local seen = redis.call('HGET', KEYS[2], 'seen:' .. ARGV[1])
 if seen then
@@ -755,26 +761,31 @@ class JobStore:
         return int(result)
 
     @service_errors
-    def page_finished(self, job_id: str, status: PageStatus) -> int:
+    def page_finished(self, job_id: str, status: PageStatus, *, lease: Lease | None = None) -> int:
         """Record a page's outcome once and return the pages still unrecorded.
 
         The caller that gets 0 finalises the job. A page recorded before (a redelivered
         task) changes nothing and returns PAGE_DUPLICATE (-1), so no second finaliser.
+        ``lease``: the page's lease the caller holds, released in the same step.
         """
-        return self._record_page(job_id, status, self._page_finished)[0]
+        return self._record_page(job_id, status, self._page_finished, lease)[0]
 
     @service_errors
-    def page_finished_loaded(self, job_id: str, status: PageStatus) -> tuple[int, Job | None]:
+    def page_finished_loaded(self, job_id: str, status: PageStatus, *,
+                             lease: Lease | None = None) -> tuple[int, Job | None]:
         """:meth:`page_finished`, answering the last page's record (0 remaining) with the job
         as it was then, read in the same step (for its finaliser): (remaining, job or None)."""
-        return self._record_page(job_id, status, self._page_finished_loaded)
+        return self._record_page(job_id, status, self._page_finished_loaded, lease)
 
-    def _record_page(self, job_id: str, status: PageStatus, script) -> tuple[int, Job | None]:
-        token = uuid.uuid4().hex
-        reply = script(
-            keys=[self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS],
-            args=[int(status.page), status.model_dump_json(), status.state, token],
-        )
+    def _record_page(self, job_id: str, status: PageStatus, script, lease: Lease | None) -> tuple[int, Job | None]:
+        keys = [self._job_key(job_id), self._pages_key(job_id), ACTIVE_JOBS]
+        args = [int(status.page), status.model_dump_json(), status.state, uuid.uuid4().hex]
+        if lease is not None:
+            keys.append(lease.key)
+            args.append(lease.token)
+        reply = script(keys=keys, args=args)
+        if lease is not None:
+            lease.released_elsewhere()
         job = None
         if isinstance(reply, list):
             reply, job = reply[0], _job_from_hash(_flat_hash(reply[1:]))
