@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import builders
@@ -394,6 +395,77 @@ def _pdf_with_flate_pages(pages: int, content: bytes) -> bytes:
         return doc.tobytes()
 
 
+def _pdf_with_encoded_content(encoded: bytes, filter_value: str, *, indirect: bool = False) -> bytes:
+    """One page whose content stream holds ``encoded`` as it is, under /Filter ``filter_value``
+    (given by reference to an object holding it when ``indirect``)."""
+    with pymupdf.open() as doc:
+        page = doc.new_page()
+        xref = doc.get_new_xref()
+        doc.update_object(xref, "<<>>")
+        doc.update_stream(xref, encoded, compress=False)
+        if indirect:
+            held = doc.get_new_xref()
+            doc.update_object(held, filter_value)
+            filter_value = f"{held} 0 R"
+        doc.xref_set_key(xref, "Filter", filter_value)
+        doc.xref_set_key(page.xref, "Contents", f"{xref} 0 R")
+        return doc.tobytes()
+
+
+def _run_length(data: bytes) -> bytes:
+    """RunLengthDecode data for ``data`` made of runs of 128 equal bytes (2 bytes per run)."""
+    return b"".join(bytes([129, data[i]]) for i in range(0, len(data), 128)) + b"\x80"
+
+
+CONTENT = b" " * (4 << 20)  # 4 MiB of PDF whitespace: nothing to draw, all to decode
+BOMBS = {  # each decodes to CONTENT through filters the one-Flate shortcut must not trust
+    "Flate twice": lambda: _pdf_with_encoded_content(zlib.compress(zlib.compress(CONTENT, 9), 9),
+                                                     "[/FlateDecode /FlateDecode]"),
+    "Flate twice, the filters by reference": lambda: _pdf_with_encoded_content(
+        zlib.compress(zlib.compress(CONTENT, 9), 9), "[/FlateDecode /FlateDecode]", indirect=True),
+    "RunLength": lambda: _pdf_with_encoded_content(_run_length(CONTENT), "/RunLengthDecode"),
+    "Flate over RunLength, abbreviated": lambda: _pdf_with_encoded_content(
+        zlib.compress(_run_length(CONTENT), 9), "[/Fl /RL]"),
+}
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_content_size_decodes_filter_chains_as_mupdf_does(name):
+    """A content stream under a chain of filters, or a filter other than one FlateDecode, is
+    counted as MuPDF decodes it when it reads the page: past the limit it is refused, however
+    small the file (a double-Flate bomb is a few KiB), and within it the page still reads."""
+    from docproc.base.errors import ContentTooLarge
+    from docproc.jobs import inputs
+
+    data = BOMBS[name]()
+    assert not inputs._only_single_flate(data)
+    with pymupdf.open(stream=data, filetype="pdf") as doc:
+        with pytest.raises(ContentTooLarge) as refused:
+            inputs._check_content_size(doc, 1, len(CONTENT) - 1, data=data)
+        assert refused.value.code == "content_too_large" and refused.value.details["page"] == 1
+        inputs._check_content_size(doc, 1, len(CONTENT), data=data)
+        assert doc[0].get_text() == ""
+
+
+def test_the_no_read_shortcut_trusts_only_single_flate_filters():
+    """The file-bytes test behind the shortcut: plain streams and one FlateDecode (also as a
+    one-element array, also abbreviated) pass; a chain, another filter, a /Filter by
+    reference or a name spelled with #xx escapes does not."""
+    from docproc.jobs.inputs import _only_single_flate
+
+    content = b"0 0 m 100 100 l S\n" * 50
+    assert _only_single_flate(_pdf_with_flate_pages(2, content))
+    assert _only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "[/FlateDecode]"))
+    assert _only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "/Fl"))
+    assert _only_single_flate(b"%PDF-1.7\n1 0 obj << /Length 3 >> stream\nabc\nendstream endobj")
+    assert not _only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "[/FlateDecode /AHx]"))
+    assert not _only_single_flate(_pdf_with_encoded_content(content, "/LZWDecode"))
+    assert not _only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "/FlateDecode", indirect=True))
+    escaped = _pdf_with_encoded_content(zlib.compress(content), "/FlateDecode").replace(b"/FlateDecode", b"/Fl#61teDecode")
+    assert not _only_single_flate(escaped)
+    assert not _only_single_flate(escaped.replace(b"/Filter", b"/Filt#65r").replace(b"/Fl#61teDecode", b"/FlateDecode"))
+
+
 def test_content_size_counts_exactly_when_the_file_could_hold_more_than_the_limit(settings, monkeypatch):
     """The shortcut (references x 1032 x file size within the limit: no stream read) and the
     full count agree: a limit the file could exceed counts every stream, one byte under the
@@ -407,15 +479,16 @@ def test_content_size_counts_exactly_when_the_file_could_hold_more_than_the_limi
     total = 3 * len(content)
     with pymupdf.open(stream=data, filetype="pdf") as doc:
         assert [doc.xref_get_key(doc.page_xref(i), "Contents")[0] for i in range(3)] == ["xref"] * 3
-        inputs._check_content_size(doc, 3, total, file_bytes=len(data))
+        inputs._check_content_size(doc, 3, total, data=data)
         with pytest.raises(ContentTooLarge) as refused:
-            inputs._check_content_size(doc, 3, total - 1, file_bytes=len(data))
+            inputs._check_content_size(doc, 3, total - 1, data=data)
         assert refused.value.code == "content_too_large" and refused.value.details["page"] == 3
 
         inflated: list[int] = []
-        counting = inputs._inflated_size
-        monkeypatch.setattr(inputs, "_inflated_size", lambda raw, limit: inflated.append(1) or counting(raw, limit))
-        inputs._check_content_size(doc, 3, bound, file_bytes=len(data))
+        counting = inputs._decoded_size
+        monkeypatch.setattr(inputs, "_decoded_size",
+                            lambda doc, xref, limit: inflated.append(1) or counting(doc, xref, limit))
+        inputs._check_content_size(doc, 3, bound, data=data)
         assert inflated == []  # within the bound: no stream read
-        inputs._check_content_size(doc, 3, bound - 1, file_bytes=len(data))
+        inputs._check_content_size(doc, 3, bound - 1, data=data)
         assert inflated == [1, 1, 1]  # past it: each stream inflated once, and the content passes

@@ -15,10 +15,11 @@ this order, and raises the matching :class:`~docproc.base.errors.InputError`:
                                               finds no page tree at all: CorruptDocument)
 7. more than ``max_pages`` pages           -> TooManyPages
 8. an image declares more than ``max_image_pixels`` -> ImageTooLarge (before decoding)
-9. a PDF's page content streams inflate past ``max_content_bytes`` -> ContentTooLarge
-   (a Flate bomb: counted by inflating each stream once, in chunks, up to the limit;
-   a process remembers the last PDF that passed, by sha256 and limit, so the pages of
-   one document done in a row by one worker are not counted again each)
+9. a PDF's page content streams decode past ``max_content_bytes`` -> ContentTooLarge
+   (a decompression bomb: each stream decoded once by MuPDF's own filters, any chain of
+   them, in chunks that are thrown away, up to the limit; a process remembers the last
+   PDF that passed, by sha256 and limit, so the pages of one document done in a row by
+   one worker are not counted again each)
 
 Decisions:
 
@@ -50,7 +51,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -266,7 +266,7 @@ def _open_pdf(data: bytes, settings: Settings, sha256: str) -> pymupdf.Document:
         _check_page_count(count, settings)
         checked = (sha256, settings.max_content_bytes)
         if checked != _content_passed:  # the same bytes passed just before: not again
-            _check_content_size(doc, count, settings.max_content_bytes, file_bytes=len(data))
+            _check_content_size(doc, count, settings.max_content_bytes, data=data)
             _content_passed = checked
         if doc.is_repaired:
             for index in range(count):
@@ -293,39 +293,58 @@ def _has_page_tree(doc: pymupdf.Document) -> bool:
 
 CONTENT_REF_RE = re.compile(r"(\d+)\s+\d+\s+R")  # an indirect reference in a /Contents value
 FLATE_FILTERS = ("/FlateDecode", "[/FlateDecode]", "/Fl", "[/Fl]")
-_INFLATE_CHUNK = 1 << 20
-
-
-def _inflated_size(raw: bytes, limit: int) -> int:
-    """What Flate data ``raw`` inflates to, counted in 1 MiB chunks and only up to just past
-    ``limit`` (the output is never held); damaged data counts as far as it inflates."""
-    inflater = zlib.decompressobj()
-    total = 0
-    try:
-        while raw and total <= limit:
-            total += len(inflater.decompress(raw, _INFLATE_CHUNK))
-            raw = inflater.unconsumed_tail
-        if total <= limit:
-            total += len(inflater.flush())
-    except zlib.error:
-        pass
-    return total
-
+_DECODE_CHUNK = 1 << 20
 
 DEFLATE_MAX_RATIO = 1032
 """No Flate stream inflates to more than this many times its size: Deflate's densest code
 spends 2 bits on a copy of 258 bytes (RFC 1951)."""
 
+# In the file's own bytes (stream dictionaries are never inside object streams): every
+# /Filter, and those that name one Flate filter directly. A name with a #xx escape could
+# spell /Filter or a filter in a way these do not see.
+_FILTER_KEY_RE = re.compile(rb"/Filter(?![A-Za-z0-9])")
+_ONE_FLATE_RE = re.compile(rb"/Filter\s*(?:/FlateDecode|/Fl|\[\s*(?:/FlateDecode|/Fl)\s*\])(?![A-Za-z0-9])")
+_ESCAPED_NAME_RE = re.compile(rb"/[A-Za-z0-9]*#[0-9A-Fa-f]{2}")
 
-def _check_content_size(doc: pymupdf.Document, count: int, limit: int, *, file_bytes: int) -> None:
-    """ContentTooLarge when the pages' content streams inflate to more than ``limit`` bytes
+
+def _only_single_flate(data: bytes) -> bool:
+    """True when every stream of the PDF file ``data`` is plain or has the one filter
+    FlateDecode, so none decodes to more than :data:`DEFLATE_MAX_RATIO` times its size (a
+    filter chain, LZW, RunLength or an image filter could; so could a /Filter given by
+    reference or spelled with escapes)."""
+    return (len(_FILTER_KEY_RE.findall(data)) == len(_ONE_FLATE_RE.findall(data))
+            and _ESCAPED_NAME_RE.search(data) is None)
+
+
+def _decoded_size(doc: pymupdf.Document, xref: int, limit: int) -> int:
+    """What stream ``xref`` decodes to through its filters, as MuPDF decodes it when it reads
+    the page (a chain of filters, predictors, a damaged end: each as MuPDF does it), counted
+    in 1 MiB chunks that are discarded, and only up to just past ``limit``. Not a stream: 0."""
+    from pymupdf import mupdf
+
+    total = 0
+    try:
+        stream = mupdf.pdf_open_stream_number(mupdf.pdf_document_from_fz_document(doc.this), xref)
+        while total <= limit:
+            read = mupdf.fz_skip(stream, _DECODE_CHUNK)
+            if read == 0:
+                break
+            total += read
+    except Exception:  # noqa: BLE001 - not a stream, or damaged data: counted as far as it decodes
+        pass
+    return total
+
+
+def _check_content_size(doc: pymupdf.Document, count: int, limit: int, *, data: bytes) -> None:
+    """ContentTooLarge when the pages' content streams decode to more than ``limit`` bytes
     in all. MuPDF interprets a page's content each time the page is read (text layer at
     intake, render, text engine), so a stream shared by many pages counts once per page;
-    each distinct stream is inflated once. Streams with other filters count raw.
+    each distinct stream is decoded once.
 
-    No stream is longer than the file (``file_bytes``), so when every reference to a content
-    stream inflating :data:`DEFLATE_MAX_RATIO` times the whole file stays within ``limit``,
-    the document passes without a stream read: most documents, checked in microseconds."""
+    When no stream of the file ``data`` has a filter other than a single FlateDecode, no
+    content stream decodes to more than :data:`DEFLATE_MAX_RATIO` times the whole file: if
+    every reference to such a stream stays within ``limit``, the document passes without a
+    stream read (most documents, checked in microseconds)."""
     pages: list[tuple[int, list[int]]] = []
     for index in range(count):
         try:
@@ -334,23 +353,19 @@ def _check_content_size(doc: pymupdf.Document, count: int, limit: int, *, file_b
             continue
         if kind in ("xref", "array"):
             pages.append((index, [int(match.group(1)) for match in CONTENT_REF_RE.finditer(value)]))
-    if sum(len(xrefs) for _, xrefs in pages) * DEFLATE_MAX_RATIO * file_bytes <= limit:
+    references = sum(len(xrefs) for _, xrefs in pages)
+    if references * DEFLATE_MAX_RATIO * len(data) <= limit and _only_single_flate(data):
         return
     sizes: dict[int, int] = {}
     total = 0
     for index, xrefs in pages:
         for xref in xrefs:
             if xref not in sizes:
-                try:
-                    raw = doc.xref_stream_raw(xref) or b""
-                    flate = doc.xref_get_key(xref, "Filter")[1] in FLATE_FILTERS
-                except Exception:  # noqa: BLE001 - not a stream: nothing to inflate
-                    raw, flate = b"", False
-                sizes[xref] = _inflated_size(raw, limit - total) if flate else len(raw)
+                sizes[xref] = _decoded_size(doc, xref, limit - total)
             total += sizes[xref]
             if total > limit:
                 raise ContentTooLarge(
-                    f"the PDF's page content inflates to more than {limit} bytes (page {index + 1}); "
+                    f"the PDF's page content decodes to more than {limit} bytes (page {index + 1}); "
                     "it looks like a decompression bomb",
                     limit=limit, page=index + 1,
                 )

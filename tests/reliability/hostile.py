@@ -62,16 +62,32 @@ def nested_dicts_pdf(depth: int = 50_000) -> bytes:
     return _one_page(b"/Bomb " + b"<< /A " * depth + b">> " * depth)
 
 
-def flate_bomb_pdf(inflated_mb: int = 256, pages: int = 1) -> bytes:
-    """``pages`` pages sharing one content stream of ``inflated_mb`` MiB of zeros (PDF
-    whitespace), FlateDecode-compressed ~1000:1."""
+def _zeros_deflated(inflated_mb: int) -> bytes:
+    """``inflated_mb`` MiB of zeros (PDF whitespace), Flate-compressed ~1000:1."""
     comp = zlib.compressobj(9)
     chunk = bytes(1 << 20)
-    data = b"".join(comp.compress(chunk) for _ in range(inflated_mb)) + comp.flush()
+    return b"".join(comp.compress(chunk) for _ in range(inflated_mb)) + comp.flush()
+
+
+def _pages_sharing(content: bytes, pages: int) -> bytes:
+    """``pages`` pages whose /Contents is the one stream object ``content``."""
     page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R >>"
     kids = b" ".join(b"%d 0 R" % (4 + i) for i in range(pages))
     return _pdf_from_objects([CATALOG, b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages,
-                              _stream(data, b"/Filter /FlateDecode"), *[page] * pages])
+                              content, *[page] * pages])
+
+
+def flate_bomb_pdf(inflated_mb: int = 256, pages: int = 1) -> bytes:
+    """``pages`` pages sharing one content stream of ``inflated_mb`` MiB of zeros (PDF
+    whitespace), FlateDecode-compressed ~1000:1."""
+    return _pages_sharing(_stream(_zeros_deflated(inflated_mb), b"/Filter /FlateDecode"), pages)
+
+
+def flate_chain_bomb_pdf(inflated_mb: int = 256, pages: int = 1) -> bytes:
+    """:func:`flate_bomb_pdf` compressed a second time under ``/Filter [/FlateDecode
+    /FlateDecode]``: a file of about 1 KiB."""
+    twice = zlib.compress(_zeros_deflated(inflated_mb), 9)
+    return _pages_sharing(_stream(twice, b"/Filter [/FlateDecode /FlateDecode]"), pages)
 
 
 def object_stream_bomb_pdf(objects: int = 200_000) -> bytes:

@@ -15,7 +15,8 @@ Decisions these tests pin down:
   objects) render (MuPDF caps nesting); a FlateDecode content stream that inflates
   ~1000:1 renders while the pages' content stays under ``max_content_bytes`` (512 MiB,
   a shared stream counted per page) and is ``content_too_large`` past it, found by
-  inflating each stream once in 1 MiB chunks before any page is read;
+  decoding each stream once in 1 MiB chunks before any page is read; the same stream
+  compressed twice (``[/FlateDecode /FlateDecode]``, a 1 KiB file) is refused the same way;
 * JavaScript (OpenAction, the names tree) and Launch actions are never executed: the
   page renders normally and its text is read; the marker file they would create never
   appears;
@@ -80,6 +81,8 @@ CASES = {
     "dicts nested 50,000 deep": (lambda: hostile.nested_dicts_pdf(50_000), RENDERS),
     "flate bomb (64 MiB content)": (lambda: hostile.flate_bomb_pdf(64), RENDERS),
     "flate bomb (200 MiB content on 3 pages)": (lambda: hostile.flate_bomb_pdf(200, pages=3), "content_too_large"),
+    "flate bomb compressed twice (200 MiB on 3 pages, a 1 KiB file)": (
+        lambda: hostile.flate_chain_bomb_pdf(200, pages=3), "content_too_large"),
     "object stream of 200,000 objects": (lambda: hostile.object_stream_bomb_pdf(200_000), RENDERS),
     "PDF+ZIP polyglot": (hostile.pdf_zip_polyglot, RENDERS),
     "ZIP holding a PDF": (hostile.zip_pdf_polyglot, RENDERS),
