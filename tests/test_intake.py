@@ -435,35 +435,104 @@ def test_content_size_decodes_filter_chains_as_mupdf_does(name):
     counted as MuPDF decodes it when it reads the page: past the limit it is refused, however
     small the file (a double-Flate bomb is a few KiB), and within it the page still reads."""
     from docproc.base.errors import ContentTooLarge
-    from docproc.jobs import inputs
+    from docproc.jobs import content_budget as budget
 
     data = BOMBS[name]()
-    assert not inputs._only_single_flate(data)
+    assert not budget.only_single_flate(data)
     with pymupdf.open(stream=data, filetype="pdf") as doc:
         with pytest.raises(ContentTooLarge) as refused:
-            inputs._check_content_size(doc, 1, len(CONTENT) - 1, data=data)
+            budget.check_content_size(doc, 1, len(CONTENT) - 1, data=data)
         assert refused.value.code == "content_too_large" and refused.value.details["page"] == 1
-        inputs._check_content_size(doc, 1, len(CONTENT), data=data)
+        budget.check_content_size(doc, 1, len(CONTENT), data=data)
+        assert doc[0].get_text() == ""
+
+
+def _pdf_calling_forms(content: bytes, forms: dict[str, tuple[bytes, list[str]]], page_forms: list[str]) -> bytes:
+    """One page with ``content`` and the form XObjects ``page_forms`` in its resources; each
+    form of ``forms`` has its own content and the forms it names in its own resources (none:
+    no /Resources, so it uses its caller's). Every stream FlateDecode-compressed."""
+    with pymupdf.open() as doc:
+        page = doc.new_page()
+        xrefs = {name: doc.get_new_xref() for name in forms}
+
+        def xobjects(names: list[str]) -> str:
+            return "<< /XObject << " + " ".join(f"/{n} {xrefs[n]} 0 R" for n in names) + " >> >>"
+
+        for name, (body, calls) in forms.items():
+            resources = f" /Resources {xobjects(calls)}" if calls else ""
+            doc.update_object(xrefs[name], f"<< /Type /XObject /Subtype /Form /BBox [0 0 10 10]{resources} >>")
+            doc.update_stream(xrefs[name], body)
+        xref = doc.get_new_xref()
+        doc.update_object(xref, "<<>>")
+        doc.update_stream(xref, content)
+        doc.xref_set_key(page.xref, "Contents", f"{xref} 0 R")
+        doc.xref_set_key(page.xref, "Resources", xobjects(page_forms))
+        return doc.tobytes()
+
+
+FORM = b" " * (1 << 20)  # 1 MiB of whitespace: MuPDF reads it all at each call
+FORM_CALLS = {  # (content, forms, the page's forms) -> the bytes a read of the page decodes
+    "a form called 200 times (the 147th call cut by the chunk boundary)": (
+        (b"/F0 Do " * 200, {"F0": (FORM, [])}, ["F0"]), 7 * 200 + 200 * len(FORM)),
+    "a form calling another 20 times, called 10 times": (
+        (b"/A Do " * 10, {"A": (b"/B Do " * 20, ["B"]), "B": (FORM, [])}, ["A"]), 60 + 10 * (120 + 20 * len(FORM))),
+    "a form without resources calling the page's form": (
+        (b"/A Do " * 5, {"A": (b"/B Do " * 40, []), "B": (FORM, [])}, ["A", "B"]), 30 + 5 * (240 + 40 * len(FORM))),
+    "a name spelled with an escape": ((b"/F#6d0 Do " * 30, {"Fm0": (FORM, [])}, ["Fm0"]), 300 + 30 * len(FORM)),
+}
+
+
+@pytest.mark.parametrize("name", list(FORM_CALLS))
+def test_content_size_counts_a_form_at_each_call(name, monkeypatch):
+    """MuPDF reads a form XObject's content again at each Do (a few KiB of PDF can call a
+    1 MiB form thousands of times): the check counts it per call, forms within forms too,
+    through the caller's resources for a form that has none, and across 1 KiB chunks (a call
+    cut in two by a chunk boundary counts once)."""
+    from docproc.base.errors import ContentTooLarge
+    from docproc.jobs import content_budget as budget
+
+    (content, forms, page_forms), read = FORM_CALLS[name]
+    data = _pdf_calling_forms(content, forms, page_forms)
+    assert len(data) < 40_000 and not budget.only_single_flate(data)
+    monkeypatch.setattr(budget, "CHUNK", 1024)
+    with pymupdf.open(stream=data, filetype="pdf") as doc:
+        budget.check_content_size(doc, 1, read, data=data)
+        with pytest.raises(ContentTooLarge) as refused:
+            budget.check_content_size(doc, 1, read - 1, data=data)
+        assert refused.value.code == "content_too_large" and refused.value.details["page"] == 1
+
+
+def test_a_form_that_calls_itself_counts_once():
+    """MuPDF refuses a form's call of itself (a cycle): it adds nothing past the first read."""
+    from docproc.base.errors import ContentTooLarge
+    from docproc.jobs import content_budget as budget
+
+    data = _pdf_calling_forms(b"/A Do", {"A": (b"/A Do " + b" " * 1000, ["A"])}, ["A"])
+    with pymupdf.open(stream=data, filetype="pdf") as doc:
+        budget.check_content_size(doc, 1, 5 + 1006, data=data)
+        with pytest.raises(ContentTooLarge):
+            budget.check_content_size(doc, 1, 5 + 1005, data=data)
         assert doc[0].get_text() == ""
 
 
 def test_the_no_read_shortcut_trusts_only_single_flate_filters():
     """The file-bytes test behind the shortcut: plain streams and one FlateDecode (also as a
     one-element array, also abbreviated) pass; a chain, another filter, a /Filter by
-    reference or a name spelled with #xx escapes does not."""
-    from docproc.jobs.inputs import _only_single_flate
+    reference, a name spelled with #xx escapes or a form XObject does not."""
+    from docproc.jobs.content_budget import only_single_flate
 
     content = b"0 0 m 100 100 l S\n" * 50
-    assert _only_single_flate(_pdf_with_flate_pages(2, content))
-    assert _only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "[/FlateDecode]"))
-    assert _only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "/Fl"))
-    assert _only_single_flate(b"%PDF-1.7\n1 0 obj << /Length 3 >> stream\nabc\nendstream endobj")
-    assert not _only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "[/FlateDecode /AHx]"))
-    assert not _only_single_flate(_pdf_with_encoded_content(content, "/LZWDecode"))
-    assert not _only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "/FlateDecode", indirect=True))
+    assert only_single_flate(_pdf_with_flate_pages(2, content))
+    assert only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "[/FlateDecode]"))
+    assert only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "/Fl"))
+    assert only_single_flate(b"%PDF-1.7\n1 0 obj << /Length 3 >> stream\nabc\nendstream endobj")
+    assert not only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "[/FlateDecode /AHx]"))
+    assert not only_single_flate(_pdf_with_encoded_content(content, "/LZWDecode"))
+    assert not only_single_flate(_pdf_with_encoded_content(zlib.compress(content), "/FlateDecode", indirect=True))
     escaped = _pdf_with_encoded_content(zlib.compress(content), "/FlateDecode").replace(b"/FlateDecode", b"/Fl#61teDecode")
-    assert not _only_single_flate(escaped)
-    assert not _only_single_flate(escaped.replace(b"/Filter", b"/Filt#65r").replace(b"/Fl#61teDecode", b"/FlateDecode"))
+    assert not only_single_flate(escaped)
+    assert not only_single_flate(escaped.replace(b"/Filter", b"/Filt#65r").replace(b"/Fl#61teDecode", b"/FlateDecode"))
+    assert not only_single_flate(_pdf_calling_forms(b"/Fm0 Do", {"Fm0": (content, [])}, ["Fm0"]))
 
 
 def test_content_size_counts_exactly_when_the_file_could_hold_more_than_the_limit(settings, monkeypatch):
@@ -471,24 +540,24 @@ def test_content_size_counts_exactly_when_the_file_could_hold_more_than_the_limi
     full count agree: a limit the file could exceed counts every stream, one byte under the
     pages' real content is refused, the content itself passes."""
     from docproc.base.errors import ContentTooLarge
-    from docproc.jobs import inputs
+    from docproc.jobs import content_budget as budget
 
     content = b"0 0 m 100 100 l S\n" * 5000  # 90,000 bytes, inflated
     data = _pdf_with_flate_pages(3, content)
-    bound = 3 * inputs.DEFLATE_MAX_RATIO * len(data)
+    bound = 3 * budget.DEFLATE_MAX_RATIO * len(data)
     total = 3 * len(content)
     with pymupdf.open(stream=data, filetype="pdf") as doc:
         assert [doc.xref_get_key(doc.page_xref(i), "Contents")[0] for i in range(3)] == ["xref"] * 3
-        inputs._check_content_size(doc, 3, total, data=data)
+        budget.check_content_size(doc, 3, total, data=data)
         with pytest.raises(ContentTooLarge) as refused:
-            inputs._check_content_size(doc, 3, total - 1, data=data)
+            budget.check_content_size(doc, 3, total - 1, data=data)
         assert refused.value.code == "content_too_large" and refused.value.details["page"] == 3
 
         inflated: list[int] = []
-        counting = inputs._decoded_size
-        monkeypatch.setattr(inputs, "_decoded_size",
-                            lambda doc, xref, limit: inflated.append(1) or counting(doc, xref, limit))
-        inputs._check_content_size(doc, 3, bound, data=data)
+        counting = budget.read_stream
+        monkeypatch.setattr(budget, "read_stream",
+                            lambda doc, xref, limit, **kw: inflated.append(1) or counting(doc, xref, limit, **kw))
+        budget.check_content_size(doc, 3, bound, data=data)
         assert inflated == []  # within the bound: no stream read
-        inputs._check_content_size(doc, 3, bound - 1, data=data)
+        budget.check_content_size(doc, 3, bound - 1, data=data)
         assert inflated == [1, 1, 1]  # past it: each stream inflated once, and the content passes

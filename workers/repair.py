@@ -27,7 +27,7 @@ from typing import Literal
 
 import pymupdf
 
-from docproc.jobs.inputs import CONTENT_REF_RE, FLATE_FILTERS
+from docproc.jobs.content_budget import CONTENT_REF_RE, FLATE_FILTERS
 from docproc.jobs.results import ResultWarning
 
 MISSING = "missing"

@@ -355,8 +355,9 @@ class Settings(BaseSettings):
     )
     watchdog_batch: int = Field(500, ge=1, description="Most stalled jobs one watchdog tick ends.")
     max_content_bytes: int = Field(
-        512 * 1024 * 1024, ge=1, description="Most bytes a PDF's page content streams may inflate to, summed "
-        "over its pages (a shared stream counts per page); more is content_too_large (a Flate bomb).",
+        512 * 1024 * 1024, ge=1, description="Most bytes of content reading a PDF's pages once each may decode: "
+        "its content streams through their filters and the forms they call, once per call, summed over the "
+        "pages (a shared stream counts per page); more is content_too_large (a decompression bomb).",
     )
 
     @field_validator("api_keys")

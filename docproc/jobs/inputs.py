@@ -15,9 +15,9 @@ this order, and raises the matching :class:`~docproc.base.errors.InputError`:
                                               finds no page tree at all: CorruptDocument)
 7. more than ``max_pages`` pages           -> TooManyPages
 8. an image declares more than ``max_image_pixels`` -> ImageTooLarge (before decoding)
-9. a PDF's page content streams decode past ``max_content_bytes`` -> ContentTooLarge
-   (a decompression bomb: each stream decoded once by MuPDF's own filters, any chain of
-   them, in chunks that are thrown away, up to the limit; a process remembers the last
+9. reading a PDF's pages would decode more than ``max_content_bytes`` of content (their
+   streams through any filters, and the forms they call, once per call) -> ContentTooLarge
+   (a decompression bomb: :mod:`docproc.jobs.content_budget`; a process remembers the last
    PDF that passed, by sha256 and limit, so the pages of one document done in a row by
    one worker are not counted again each)
 
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -58,7 +57,6 @@ import pymupdf
 from PIL import Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
 
 from docproc.base.errors import (
-    ContentTooLarge,
     CorruptDocument,
     DocprocError,
     EmptyDocument,
@@ -70,6 +68,7 @@ from docproc.base.errors import (
     UnsupportedType,
 )
 from docproc.base.settings import Settings, get_settings
+from docproc.jobs.content_budget import check_content_size
 
 PDF_MAGIC_WINDOW = 1024  # readers accept "%PDF-" anywhere in the first 1024 bytes
 
@@ -266,7 +265,7 @@ def _open_pdf(data: bytes, settings: Settings, sha256: str) -> pymupdf.Document:
         _check_page_count(count, settings)
         checked = (sha256, settings.max_content_bytes)
         if checked != _content_passed:  # the same bytes passed just before: not again
-            _check_content_size(doc, count, settings.max_content_bytes, data=data)
+            check_content_size(doc, count, settings.max_content_bytes, data=data)
             _content_passed = checked
         if doc.is_repaired:
             for index in range(count):
@@ -289,86 +288,6 @@ def _has_page_tree(doc: pymupdf.Document) -> bool:
         return kind == "xref" and doc.xref_get_key(int(value.split()[0]), "Type") == ("name", "/Pages")
     except Exception:  # noqa: BLE001 - no catalog, a dangling reference: no page tree
         return False
-
-
-CONTENT_REF_RE = re.compile(r"(\d+)\s+\d+\s+R")  # an indirect reference in a /Contents value
-FLATE_FILTERS = ("/FlateDecode", "[/FlateDecode]", "/Fl", "[/Fl]")
-_DECODE_CHUNK = 1 << 20
-
-DEFLATE_MAX_RATIO = 1032
-"""No Flate stream inflates to more than this many times its size: Deflate's densest code
-spends 2 bits on a copy of 258 bytes (RFC 1951)."""
-
-# In the file's own bytes (stream dictionaries are never inside object streams): every
-# /Filter, and those that name one Flate filter directly. A name with a #xx escape could
-# spell /Filter or a filter in a way these do not see.
-_FILTER_KEY_RE = re.compile(rb"/Filter(?![A-Za-z0-9])")
-_ONE_FLATE_RE = re.compile(rb"/Filter\s*(?:/FlateDecode|/Fl|\[\s*(?:/FlateDecode|/Fl)\s*\])(?![A-Za-z0-9])")
-_ESCAPED_NAME_RE = re.compile(rb"/[A-Za-z0-9]*#[0-9A-Fa-f]{2}")
-
-
-def _only_single_flate(data: bytes) -> bool:
-    """True when every stream of the PDF file ``data`` is plain or has the one filter
-    FlateDecode, so none decodes to more than :data:`DEFLATE_MAX_RATIO` times its size (a
-    filter chain, LZW, RunLength or an image filter could; so could a /Filter given by
-    reference or spelled with escapes)."""
-    return (len(_FILTER_KEY_RE.findall(data)) == len(_ONE_FLATE_RE.findall(data))
-            and _ESCAPED_NAME_RE.search(data) is None)
-
-
-def _decoded_size(doc: pymupdf.Document, xref: int, limit: int) -> int:
-    """What stream ``xref`` decodes to through its filters, as MuPDF decodes it when it reads
-    the page (a chain of filters, predictors, a damaged end: each as MuPDF does it), counted
-    in 1 MiB chunks that are discarded, and only up to just past ``limit``. Not a stream: 0."""
-    from pymupdf import mupdf
-
-    total = 0
-    try:
-        stream = mupdf.pdf_open_stream_number(mupdf.pdf_document_from_fz_document(doc.this), xref)
-        while total <= limit:
-            read = mupdf.fz_skip(stream, _DECODE_CHUNK)
-            if read == 0:
-                break
-            total += read
-    except Exception:  # noqa: BLE001 - not a stream, or damaged data: counted as far as it decodes
-        pass
-    return total
-
-
-def _check_content_size(doc: pymupdf.Document, count: int, limit: int, *, data: bytes) -> None:
-    """ContentTooLarge when the pages' content streams decode to more than ``limit`` bytes
-    in all. MuPDF interprets a page's content each time the page is read (text layer at
-    intake, render, text engine), so a stream shared by many pages counts once per page;
-    each distinct stream is decoded once.
-
-    When no stream of the file ``data`` has a filter other than a single FlateDecode, no
-    content stream decodes to more than :data:`DEFLATE_MAX_RATIO` times the whole file: if
-    every reference to such a stream stays within ``limit``, the document passes without a
-    stream read (most documents, checked in microseconds)."""
-    pages: list[tuple[int, list[int]]] = []
-    for index in range(count):
-        try:
-            kind, value = doc.xref_get_key(doc.page_xref(index), "Contents")
-        except Exception:  # noqa: BLE001 - a damaged page tree: the repair checks report it
-            continue
-        if kind in ("xref", "array"):
-            pages.append((index, [int(match.group(1)) for match in CONTENT_REF_RE.finditer(value)]))
-    references = sum(len(xrefs) for _, xrefs in pages)
-    if references * DEFLATE_MAX_RATIO * len(data) <= limit and _only_single_flate(data):
-        return
-    sizes: dict[int, int] = {}
-    total = 0
-    for index, xrefs in pages:
-        for xref in xrefs:
-            if xref not in sizes:
-                sizes[xref] = _decoded_size(doc, xref, limit - total)
-            total += sizes[xref]
-            if total > limit:
-                raise ContentTooLarge(
-                    f"the PDF's page content decodes to more than {limit} bytes (page {index + 1}); "
-                    "it looks like a decompression bomb",
-                    limit=limit, page=index + 1,
-                )
 
 
 def read_image_header(data: bytes, media_type: MediaType) -> Image.Image:

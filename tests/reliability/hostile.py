@@ -90,6 +90,16 @@ def flate_chain_bomb_pdf(inflated_mb: int = 256, pages: int = 1) -> bytes:
     return _pages_sharing(_stream(twice, b"/Filter [/FlateDecode /FlateDecode]"), pages)
 
 
+def form_calls_bomb_pdf(form_mb: int = 4, calls: int = 200) -> bytes:
+    """One page calling one form XObject ``calls`` times; the form holds ``form_mb`` MiB of
+    zeros (PDF whitespace), FlateDecode-compressed: MuPDF reads the form again at each call."""
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R " \
+           b"/Resources << /XObject << /Fm0 5 0 R >> >> >>"
+    form = _stream(_zeros_deflated(form_mb), b"/Type /XObject /Subtype /Form /BBox [0 0 10 10] /Filter /FlateDecode")
+    return _pdf_from_objects([CATALOG, b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>", page,
+                              _stream(zlib.compress(b"/Fm0 Do\n" * calls, 9), b"/Filter /FlateDecode"), form])
+
+
 def object_stream_bomb_pdf(objects: int = 200_000) -> bytes:
     """A compressed object stream that declares ``objects`` objects (huge /N, tiny file)."""
     header = b" ".join(b"%d 0" % (i + 100) for i in range(objects))

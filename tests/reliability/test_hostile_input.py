@@ -16,7 +16,8 @@ Decisions these tests pin down:
   ~1000:1 renders while the pages' content stays under ``max_content_bytes`` (512 MiB,
   a shared stream counted per page) and is ``content_too_large`` past it, found by
   decoding each stream once in 1 MiB chunks before any page is read; the same stream
-  compressed twice (``[/FlateDecode /FlateDecode]``, a 1 KiB file) is refused the same way;
+  compressed twice (``[/FlateDecode /FlateDecode]``, a 1 KiB file) is refused the same way, and
+  so is a form XObject called so often that its reads add up past the limit (each call counts);
 * JavaScript (OpenAction, the names tree) and Launch actions are never executed: the
   page renders normally and its text is read; the marker file they would create never
   appears;
@@ -83,6 +84,8 @@ CASES = {
     "flate bomb (200 MiB content on 3 pages)": (lambda: hostile.flate_bomb_pdf(200, pages=3), "content_too_large"),
     "flate bomb compressed twice (200 MiB on 3 pages, a 1 KiB file)": (
         lambda: hostile.flate_chain_bomb_pdf(200, pages=3), "content_too_large"),
+    "one 4 MiB form called 200 times (a 5 KiB file)": (lambda: hostile.form_calls_bomb_pdf(4, 200), "content_too_large"),
+    "one 4 MiB form called 100 times": (lambda: hostile.form_calls_bomb_pdf(4, 100), RENDERS),
     "object stream of 200,000 objects": (lambda: hostile.object_stream_bomb_pdf(200_000), RENDERS),
     "PDF+ZIP polyglot": (hostile.pdf_zip_polyglot, RENDERS),
     "ZIP holding a PDF": (hostile.zip_pdf_polyglot, RENDERS),
