@@ -104,29 +104,34 @@ class _PageCost:
     def __init__(self, doc: pymupdf.Document, index: int, limit: int) -> None:
         self.doc = doc
         self.limit = limit
-        self.names: dict[int, dict[str, int]] = {}  # caller (0: the page, else a form's xref) -> name -> form
-        for xref, name, invoker, _ in doc.get_page_xobjects(index):
-            self.names.setdefault(invoker, {})[name] = xref
-        self.forms: dict[int, int] = {}  # form xref -> its cost (capped just past the limit)
+        self.names: dict[int, dict[str, int]] = {}  # caller (0: the page, else a form) -> its names' forms
+        try:
+            for xref, name, invoker, _ in doc.get_page_xobjects(index):
+                self.names.setdefault(invoker, {})[name] = xref
+        except Exception:  # noqa: BLE001 - damaged resources: MuPDF will find no form to call either
+            self.names.clear()
+        self.forms: dict[tuple[int, int], int] = {}  # (form, the caller whose names it uses) -> its cost
 
-    def stream(self, xref: int, caller: int = 0, stack: tuple[int, ...] = ()) -> int:
-        """The bytes MuPDF reads for stream ``xref`` called by ``caller``, forms included
-        (capped just past the limit)."""
+    def stream(self, xref: int, names: int = 0, stack: tuple[int, ...] = ()) -> int:
+        """The bytes MuPDF reads for stream ``xref`` whose ``Do`` names resolve in the names of
+        ``names`` (0: the page's), forms included, capped just past the limit."""
         size, calls = read_stream(self.doc, xref, self.limit, calls=bool(self.names))
-        own, page = self.names.get(caller, {}), self.names.get(0, {})
+        resolve = self.names.get(names, {})
         for name, times in calls.items():
-            form = own.get(name, page.get(name))  # a form without resources uses its caller's
+            form = resolve.get(name)
             if form is None or form in stack or len(stack) >= MAX_FORM_DEPTH:
-                continue
-            size += times * self.form(form, stack)
+                continue  # not a form (an image), a cycle (MuPDF refuses it), or too deep
+            size += times * self.form(form, names, stack)
             if size > self.limit:
                 break
         return min(size, self.limit + 1)
 
-    def form(self, xref: int, stack: tuple[int, ...]) -> int:
-        if xref not in self.forms:
-            self.forms[xref] = self.stream(xref, caller=xref, stack=(*stack, xref))
-        return self.forms[xref]
+    def form(self, xref: int, caller: int, stack: tuple[int, ...]) -> int:
+        """A form's cost; one without forms in its own resources uses its caller's names."""
+        names = xref if xref in self.names else caller
+        if (xref, names) not in self.forms:
+            self.forms[xref, names] = self.stream(xref, names, (*stack, xref))
+        return self.forms[xref, names]
 
 
 def check_content_size(doc: pymupdf.Document, count: int, limit: int, *, data: bytes) -> None:
