@@ -145,6 +145,19 @@ def test_text_pdf_job_end_to_end(flow):
     assert [(p.page, p.state, p.attempts) for p in flow.store.pages(job.id)] == [(n, "succeeded", 1) for n in (1, 2, 3)]
 
 
+def test_a_page_read_from_its_text_layer_is_not_drawn(flow, monkeypatch):
+    """The page path draws a page only for a model: a text job's pages go without a pixmap
+    and their results keep the size of the image they would have had."""
+    import pymupdf
+
+    drawn: list[int] = []
+    real = pymupdf.Page.get_pixmap
+    monkeypatch.setattr(pymupdf.Page, "get_pixmap", lambda page, *a, **k: drawn.append(page.number) or real(page, *a, **k))
+    job = flow.submit(builders.multipage_text_pdf(2), task="tables", engine="text")
+    assert flow.run(job.id).state == "succeeded"
+    assert drawn == [] and {(p.width, p.height) for p in flow.document(job.id).pages} == {(896, 1344)}
+
+
 def test_scan_page_goes_to_the_gpu_queue_and_the_model(model_flow):
     flow = model_flow
     job = flow.submit(text_and_scan_pdf(), task="ocr", engine="auto")

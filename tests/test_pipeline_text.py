@@ -27,6 +27,26 @@ def test_invoice_ocr_auto_uses_the_text_layer(settings):
     assert {"intake", "render", "text", "total"} <= set(result.timings_ms)
 
 
+def test_only_pages_for_a_model_are_drawn(settings, monkeypatch):
+    """A page read from its text layer needs no pixels: process_document draws none for the
+    text engine (the result's size is the drawn image's); drawn_for says which pages a
+    model gets."""
+    import pymupdf
+
+    from workers.pipeline import drawn_for
+
+    drawn: list[int] = []
+    real = pymupdf.Page.get_pixmap
+    monkeypatch.setattr(pymupdf.Page, "get_pixmap", lambda page, *a, **k: drawn.append(page.number) or real(page, *a, **k))
+    result = process_document(builders.multipage_text_pdf(3), task="ocr", settings=settings)
+    assert result.engine == "text" and drawn == []
+    assert {(p.width, p.height) for p in result.pages} == {(896, 1344)}
+    assert [drawn_for("ocr", "auto")(t) for t in (True, False)] == [False, True]
+    assert [drawn_for("tables", "text")(t) for t in (True, False)] == [False, False]
+    assert [drawn_for("ocr", "internvl")(t) for t in (True, False)] == [True, True]
+    assert [drawn_for("extract", "auto")(t) for t in (True, False)] == [True, True]
+
+
 def test_page_range_selects_pages(settings):
     result = process_document(builders.multipage_text_pdf(5), task="ocr", pages="2,4-5", settings=settings)
     assert [p.page for p in result.pages] == [2, 4, 5]

@@ -53,6 +53,7 @@ from workers.pipeline import (
     Engines,
     assemble_document,
     document_warnings,
+    drawn_for,
     finish_page,
     page_stage_totals,
     render_or_fail,
@@ -327,7 +328,7 @@ def prepare_page(job: Job, page: int, *, settings: Settings, storage: Storage, e
             read_input(storage, job.input_key), filename=job.filename, settings=settings)
         with opened as doc:
             with tracing.span("render", page=page):
-                rendered = render_or_fail(doc, page, settings)
+                rendered = render_or_fail(doc, page, settings, draw=drawn_for(request.task, request.engine))
             if isinstance(rendered, PageResult):
                 return rendered
             if route(rendered, request.task, request.engine) != "text":

@@ -26,7 +26,8 @@ class Word:
 @dataclass(slots=True)
 class RenderedPage:
     number: int  # 1-based page number in the source document
-    image: Image.Image  # RGB, rendered at the resolution the tile budget asks for
+    image: Image.Image | None  # RGB, rendered at the resolution the tile budget asks for; None: not
+    # drawn (a page read from its text layer alone needs no pixels), see ``image_size``
     width_pt: float | None = None  # page size in PDF points (None for image inputs)
     height_pt: float | None = None
     dpi: float | None = None  # horizontal render resolution (None for image inputs)
@@ -38,3 +39,9 @@ class RenderedPage:
     text_layer_issue: str | None = None  # why it is not (workers/text_routing.py), for a PDF page
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[ResultWarning] = field(default_factory=list)  # e.g. repaired: content cut short
+    undrawn_size: tuple[int, int] = (0, 0)  # the image's (width, height) when it was not drawn
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) in pixels of the page's image at its render resolution, drawn or not."""
+        return self.image.size if self.image is not None else self.undrawn_size

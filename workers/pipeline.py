@@ -29,7 +29,7 @@ from docproc.jobs.results import (
 from docproc.jobs.schemas import ExtractionSchema
 from workers.engines.text import TEXT_TASKS, TextEngine
 from workers.pages import RenderedPage
-from workers.render import render_pages
+from workers.render import Draw, render_pages
 from workers.repair import (
     CUT,
     CUT_MESSAGE,
@@ -99,9 +99,19 @@ class Engines:
 def route(page: RenderedPage, task: Task, engine: EngineName) -> str:
     """Which engine a page goes to: ``auto`` reads born-digital pages for ocr/tables when their
     text layer can be trusted (``page.text_layer_issue`` says why not, workers/text_routing.py)."""
+    return engine_for(page.has_text_layer, task, engine)
+
+
+def engine_for(has_text_layer: bool, task: Task, engine: EngineName) -> str:
+    """:func:`route` for a page whose text layer is (not) to be trusted."""
     if engine != "auto":
         return engine
-    return "text" if task in TEXT_TASKS and page.has_text_layer else "internvl"
+    return "text" if task in TEXT_TASKS and has_text_layer else "internvl"
+
+
+def drawn_for(task: Task, engine: EngineName) -> Draw:
+    """The render's ``draw``: only a page that goes to a model engine needs its pixels."""
+    return lambda has_text_layer: engine_for(has_text_layer, task, engine) != "text"
 
 
 def _batches(pages: Iterable[RenderedPage | PageResult], size: int) -> Iterable[list]:
@@ -115,7 +125,8 @@ def _batches(pages: Iterable[RenderedPage | PageResult], size: int) -> Iterable[
         yield batch
 
 
-def render_or_fail(doc: OpenedDocument, number: int, settings: Settings) -> RenderedPage | PageResult:
+def render_or_fail(doc: OpenedDocument, number: int, settings: Settings, *,
+                   draw: Draw | None = None) -> RenderedPage | PageResult:
     """Render one page; a page that cannot render becomes a failed result (engine ``render``).
 
     In a repaired PDF (:mod:`workers.repair`) a page whose content is gone fails
@@ -126,7 +137,7 @@ def render_or_fail(doc: OpenedDocument, number: int, settings: Settings) -> Rend
     if damage == MISSING:
         return _lost(number, MISSING_MESSAGE)
     try:
-        page = next(render_pages(doc, [number], settings))
+        page = next(render_pages(doc, [number], settings, draw=draw))
     except DocprocError as exc:
         return PageResult(page=number, status="failed", engine="render", error=ErrorInfo(**exc.to_dict()))
     if damage == CUT:
@@ -157,10 +168,11 @@ def document_warnings(doc: OpenedDocument, numbers: list[int]) -> list[ResultWar
     return [document_warning(doc.pdf, numbers)] if doc.repaired and doc.pdf is not None else []
 
 
-def _rendered(doc: OpenedDocument, numbers: Sequence[int], settings: Settings) -> Iterable[RenderedPage | PageResult]:
+def _rendered(doc: OpenedDocument, numbers: Sequence[int], settings: Settings,
+              draw: Draw) -> Iterable[RenderedPage | PageResult]:
     """Render pages one by one; a page that cannot render becomes a failed result."""
     for number in numbers:
-        yield render_or_fail(doc, number, settings)
+        yield render_or_fail(doc, number, settings, draw=draw)
 
 
 def _run_batch(
@@ -233,7 +245,7 @@ def process_document(
         if on_start:
             on_start(len(numbers))
         results: list[PageResult] = []
-        for batch in _batches(_rendered(doc, numbers, settings), settings.batch_size):
+        for batch in _batches(_rendered(doc, numbers, settings, drawn_for(task, engine)), settings.batch_size):
             for result in _run_batch(doc, batch, task, extraction_schema, engine, engines):
                 results.append(result)
                 if on_page:

@@ -8,6 +8,10 @@ frame is a page), flattened onto white, turned upright by their EXIF orientation
 and downscaled to ``render_max_pixels``. No page, however large it claims to be,
 renders to more than ``render_max_pixels`` pixels.
 
+A PDF page is drawn only when it needs pixels: a caller that routes pages to an engine
+(``draw``) leaves a page read from its text layer undrawn (``RenderedPage.image`` None, its
+size known), which saves the largest part of such a page's work.
+
 Memory: a PDF page never needs more than its capped pixmap. A JPEG larger than
 the cap is decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``); other images are
 decoded once at full size, which intake bounds by ``max_image_pixels``.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +39,9 @@ from docproc.jobs.inputs import MediaType, OpenedDocument, read_image_header
 from workers.pages import RenderedPage, Word
 from workers.text_routing import text_layer_issue
 from workers.tiling import choose_grid
+
+Draw = Callable[[bool], bool]
+"""``draw(has_text_layer)``: whether a PDF page, its text layer read, needs its pixels."""
 
 RENDER_MARGIN = 1.1
 """When a page cannot be rendered straight at its tile grid, it is rendered with
@@ -232,12 +239,14 @@ def render_page(doc: OpenedDocument, number: int, settings: Settings | None = No
 
 
 def render_pages(
-    doc: OpenedDocument, pages: list[int], settings: Settings | None = None
+    doc: OpenedDocument, pages: list[int], settings: Settings | None = None, *, draw: Draw | None = None
 ) -> Iterator[RenderedPage]:
     """Render ``pages`` (1-based) in the order given, one at a time.
 
     A page that fails raises (CorruptDocument) and ends the iteration; a caller
     that wants to go on past a bad page calls :func:`render_page` per page.
+    ``draw``: asked for each PDF page, once its text layer is read, whether it needs its
+    pixels (:data:`Draw`); None: every page is drawn.
     """
     settings = settings or get_settings()
     for number in pages:
@@ -251,7 +260,7 @@ def render_pages(
         if doc.pdf is None:
             raise ValueError("the document is closed")
         for number in pages:
-            yield _render_pdf_page(doc.pdf, number, settings)
+            yield _render_pdf_page(doc.pdf, number, settings, draw)
         return
     # One header-only instance for the whole run: Pillow remembers the TIFF frame
     # offsets, so seeking between frames costs no re-walk; doc.image stays untouched.
@@ -266,23 +275,25 @@ def render_pages(
         im.close()
 
 
-def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings) -> RenderedPage:
+def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings, draw: Draw | None = None) -> RenderedPage:
     start = time.perf_counter()
     try:
         page = pdf.load_page(number - 1)
         rect = page.rect
         scale = render_scale(rect.width, rect.height, settings)
-        pix = page.get_pixmap(
-            matrix=pymupdf.Matrix(scale.zoom_x, scale.zoom_y), alpha=False, colorspace=pymupdf.csRGB
-        )
-        # One copy, straight from MuPDF's buffer into Pillow's (RGB rows -> Pillow's 4-byte pixels).
-        image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride)
-        del pix
-        if image.size != scale.size:  # MuPDF rounded the edge the other way: the resize tiling would do
-            image = image.resize(scale.size, Image.Resampling.BICUBIC)
-        rendered = time.perf_counter()
         text, words = extract_text_layer(page)
         issue = text_layer_issue(page, settings.min_text_chars)
+        read = time.perf_counter()
+        image = None
+        if draw is None or draw(issue is None):
+            pix = page.get_pixmap(
+                matrix=pymupdf.Matrix(scale.zoom_x, scale.zoom_y), alpha=False, colorspace=pymupdf.csRGB
+            )
+            # One copy, straight from MuPDF's buffer into Pillow's (RGB rows -> Pillow's 4-byte pixels).
+            image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride)
+            del pix
+            if image.size != scale.size:  # MuPDF rounded the edge the other way: the resize tiling would do
+                image = image.resize(scale.size, Image.Resampling.BICUBIC)
     except DocprocError as exc:
         exc.details.setdefault("page", number)
         raise
@@ -292,6 +303,7 @@ def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings) -> 
     return RenderedPage(
         number=number,
         image=image,
+        undrawn_size=scale.size,
         width_pt=rect.width,
         height_pt=rect.height,
         dpi=72.0 * scale.zoom_x,
@@ -301,7 +313,7 @@ def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings) -> 
         words=words,
         has_text_layer=issue is None,
         text_layer_issue=issue,
-        timings_ms={"render": (rendered - start) * 1000.0, "text_layer": (done - rendered) * 1000.0},
+        timings_ms={"render": (done - read) * 1000.0, "text_layer": (read - start) * 1000.0},
     )
 
 
