@@ -299,17 +299,18 @@ def test_tiling_a_grid_exact_page_only_cuts_it(invoice_page):
     assert np.array_equal(tiles[6], np.asarray(image.resize((S, S))))
 
 
-def test_a_page_the_caller_does_not_draw_has_its_size_and_text_layer_but_no_pixels(invoice_page, settings):
+def test_a_page_the_caller_does_not_draw_has_its_size_and_text_layer_verdict_only(invoice_page, settings):
     """``draw`` is asked once per PDF page with whether its text layer is usable; a page it
-    declines is not drawn (no pixmap): the same size, resolution, text and words as the
-    drawn page, ``image`` None."""
+    declines is not drawn: ``image`` None and no words (the text engine reads the page
+    itself), the same size, resolution and text-layer verdict as the drawn page."""
     asked: list[bool] = []
     with open_document(builders.invoice_pdf(), settings=settings) as doc:
         (page,) = render_pages(doc, [1], settings, draw=lambda has_text_layer: asked.append(has_text_layer) or False)
     assert asked == [True]
     assert page.image is None and page.image_size == invoice_page.image_size == invoice_page.image.size
     assert (page.dpi, page.dpi_y, page.grid) == (invoice_page.dpi, invoice_page.dpi_y, invoice_page.grid)
-    assert (page.text, page.words, page.has_text_layer) == (invoice_page.text, invoice_page.words, True)
+    assert (page.has_text_layer, page.text_layer_issue) == (invoice_page.has_text_layer, None) == (True, None)
+    assert (page.text, page.words) == ("", []) and invoice_page.words
 
 
 def test_pixmap_off_by_a_pixel_is_resized_to_the_grid(settings, monkeypatch):

@@ -27,7 +27,7 @@ class Word:
 class RenderedPage:
     number: int  # 1-based page number in the source document
     image: Image.Image | None  # RGB, rendered at the resolution the tile budget asks for; None: not
-    # drawn (a page read from its text layer alone needs no pixels), see ``image_size``
+    # drawn (a page for the text engine needs no pixels, nor ``text`` and ``words``), see ``image_size``
     width_pt: float | None = None  # page size in PDF points (None for image inputs)
     height_pt: float | None = None
     dpi: float | None = None  # horizontal render resolution (None for image inputs)

@@ -110,7 +110,7 @@ def engine_for(has_text_layer: bool, task: Task, engine: EngineName) -> str:
 
 
 def drawn_for(task: Task, engine: EngineName) -> Draw:
-    """The render's ``draw``: only a page that goes to a model engine needs its pixels."""
+    """The render's ``draw``: only a page that goes to a model engine is drawn."""
     return lambda has_text_layer: engine_for(has_text_layer, task, engine) != "text"
 
 

@@ -8,9 +8,10 @@ frame is a page), flattened onto white, turned upright by their EXIF orientation
 and downscaled to ``render_max_pixels``. No page, however large it claims to be,
 renders to more than ``render_max_pixels`` pixels.
 
-A PDF page is drawn only when it needs pixels: a caller that routes pages to an engine
-(``draw``) leaves a page read from its text layer undrawn (``RenderedPage.image`` None, its
-size known), which saves the largest part of such a page's work.
+A PDF page is drawn only when a model reads it: a caller that routes pages to an engine
+(``draw``) leaves a page for the text engine undrawn: no pixels (``RenderedPage.image`` None,
+its size known) and no words (the text engine reads the page itself), only whether its text
+layer can be trusted. That is about half of the render's work on such a page.
 
 Memory: a PDF page never needs more than its capped pixmap. A JPEG larger than
 the cap is decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``); other images are
@@ -41,7 +42,8 @@ from workers.text_routing import text_layer_issue
 from workers.tiling import choose_grid
 
 Draw = Callable[[bool], bool]
-"""``draw(has_text_layer)``: whether a PDF page, its text layer read, needs its pixels."""
+"""``draw(has_text_layer)``: whether a PDF page, its text layer judged, is drawn (its pixels
+and its text layer as words, for a model); an undrawn page is read by the text engine."""
 
 RENDER_MARGIN = 1.1
 """When a page cannot be rendered straight at its tile grid, it is rendered with
@@ -245,8 +247,8 @@ def render_pages(
 
     A page that fails raises (CorruptDocument) and ends the iteration; a caller
     that wants to go on past a bad page calls :func:`render_page` per page.
-    ``draw``: asked for each PDF page, once its text layer is read, whether it needs its
-    pixels (:data:`Draw`); None: every page is drawn.
+    ``draw``: asked for each PDF page, once its text layer is judged, whether to draw it
+    (pixels and words, :data:`Draw`); None: every page is drawn.
     """
     settings = settings or get_settings()
     for number in pages:
@@ -281,11 +283,13 @@ def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings, dra
         page = pdf.load_page(number - 1)
         rect = page.rect
         scale = render_scale(rect.width, rect.height, settings)
-        text, words = extract_text_layer(page)
         issue = text_layer_issue(page, settings.min_text_chars)
+        text, words, image = "", [], None
+        drawn = draw is None or draw(issue is None)
+        if drawn:  # the text layer as words, for a model's hint (the text engine reads the page itself)
+            text, words = extract_text_layer(page)
         read = time.perf_counter()
-        image = None
-        if draw is None or draw(issue is None):
+        if drawn:
             pix = page.get_pixmap(
                 matrix=pymupdf.Matrix(scale.zoom_x, scale.zoom_y), alpha=False, colorspace=pymupdf.csRGB
             )
