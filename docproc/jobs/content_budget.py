@@ -12,8 +12,9 @@ thousands of times. :func:`check_content_size` counts it before any page is read
   whole, and only up to just past the limit;
 * a stream's ``Do`` calls are found in its decoded bytes (``/Name Do``), each resolved
   through the caller's resources (:meth:`pymupdf.Document.get_page_xobjects`); a form costs
-  its own bytes plus its calls, each form read once per page; a form that calls itself
-  (MuPDF refuses the cycle) or nests deeper than :data:`MAX_FORM_DEPTH` adds nothing more;
+  its own bytes plus its calls; a form that calls itself (MuPDF refuses the cycle) or nests
+  deeper than :data:`MAX_FORM_DEPTH` adds nothing more; each stream, form or not, is decoded
+  once per check however many pages read it;
 * a stream shared by several pages counts once per page.
 
 Most documents never get there: when every stream of the file has at most one FlateDecode
@@ -64,14 +65,16 @@ def only_single_flate(data: bytes) -> bool:
             and _FORM_RE.search(data) is None and _ESCAPED_NAME_RE.search(data) is None)
 
 
-def read_stream(doc: pymupdf.Document, xref: int, limit: int, *, calls: bool = True) -> tuple[int, Counter[str]]:
+def read_stream(doc: pymupdf.Document, xref: int, limit: int, *, calls: bool = True,
+                buffer: bytearray | None = None) -> tuple[int, Counter[str]]:
     """What stream ``xref`` decodes to (bytes, counted only up to just past ``limit``) and, when
-    ``calls``, the ``Do`` calls in it by XObject name. Not a stream, or damaged data: as far as
-    it decodes."""
+    ``calls``, the ``Do`` calls in it by XObject name (read through ``buffer``, :data:`CHUNK`
+    bytes, made here if not given). Not a stream, or damaged data: as far as it decodes."""
     from pymupdf import mupdf
 
     size, found = 0, Counter[str]()
-    buffer = bytearray(CHUNK) if calls else None
+    if calls and buffer is None:
+        buffer = bytearray(CHUNK)
     tail = b""
     try:
         stream = mupdf.pdf_open_stream_number(mupdf.pdf_document_from_fz_document(doc.this), xref)
@@ -80,7 +83,7 @@ def read_stream(doc: pymupdf.Document, xref: int, limit: int, *, calls: bool = T
                 read = mupdf.fz_skip(stream, CHUNK)
             else:
                 read = mupdf.fz_read(stream, mupdf.python_mutable_buffer_data(buffer), CHUNK)
-                text = tail + bytes(buffer[:read])
+                text = tail + memoryview(buffer)[:read].tobytes()
                 for match in _DO_RE.finditer(text):
                     if match.end() > len(tail):  # one wholly inside the tail was counted with the last chunk
                         found[_name(match.group(1))] += 1
@@ -98,15 +101,35 @@ def _name(raw: bytes) -> str:
     return _ESCAPE_RE.sub(lambda m: bytes([int(m.group(1), 16)]), raw).decode("latin-1")
 
 
+class _Streams:
+    """The streams of one check, each decoded once (its bytes, and its calls when asked for),
+    through one buffer: a stream shared by pages, or a form called on many pages, is read once."""
+
+    def __init__(self, doc: pymupdf.Document, limit: int) -> None:
+        self.doc = doc
+        self.limit = limit
+        self.buffer: bytearray | None = None
+        self.known: dict[int, tuple[int, Counter[str] | None]] = {}  # xref -> (bytes, calls if scanned)
+
+    def read(self, xref: int, calls: bool) -> tuple[int, Counter[str]]:
+        size, found = self.known.get(xref, (0, None))
+        if xref not in self.known or (calls and found is None):
+            if calls and self.buffer is None:
+                self.buffer = bytearray(CHUNK)
+            size, found = read_stream(self.doc, xref, self.limit, calls=calls, buffer=self.buffer)
+            self.known[xref] = size, found if calls else None
+        return size, found or Counter()
+
+
 class _PageCost:
     """What reading one page costs: its streams' bytes and its forms' bytes once per call."""
 
-    def __init__(self, doc: pymupdf.Document, index: int, limit: int) -> None:
-        self.doc = doc
-        self.limit = limit
+    def __init__(self, streams: _Streams, index: int) -> None:
+        self.streams = streams
+        self.limit = streams.limit
         self.names: dict[int, dict[str, int]] = {}  # caller (0: the page, else a form) -> its names' forms
         try:
-            for xref, name, invoker, _ in doc.get_page_xobjects(index):
+            for xref, name, invoker, _ in streams.doc.get_page_xobjects(index):
                 self.names.setdefault(invoker, {})[name] = xref
         except Exception:  # noqa: BLE001 - damaged resources: MuPDF will find no form to call either
             self.names.clear()
@@ -115,7 +138,7 @@ class _PageCost:
     def stream(self, xref: int, names: int = 0, stack: tuple[int, ...] = ()) -> int:
         """The bytes MuPDF reads for stream ``xref`` whose ``Do`` names resolve in the names of
         ``names`` (0: the page's), forms included, capped just past the limit."""
-        size, calls = read_stream(self.doc, xref, self.limit, calls=bool(self.names))
+        size, calls = self.streams.read(xref, calls=bool(self.names))
         resolve = self.names.get(names, {})
         for name, times in calls.items():
             form = resolve.get(name)
@@ -148,18 +171,12 @@ def check_content_size(doc: pymupdf.Document, count: int, limit: int, *, data: b
     references = sum(len(xrefs) for _, xrefs in pages)
     if references * DEFLATE_MAX_RATIO * len(data) <= limit and only_single_flate(data):
         return
-    sizes: dict[int, int] = {}  # the streams of pages that call no form: the same on every page
+    streams = _Streams(doc, limit)
     total = 0
     for index, xrefs in pages:
-        page = _PageCost(doc, index, limit - total)
+        page = _PageCost(streams, index)
         for xref in xrefs:
-            if page.names:  # the page has forms: its streams are read with its resources
-                size = page.stream(xref)
-            else:
-                if xref not in sizes:
-                    sizes[xref] = page.stream(xref)
-                size = sizes[xref]
-            total += size
+            total += page.stream(xref)
             if total > limit:
                 raise ContentTooLarge(
                     f"reading the PDF's pages means decoding more than {limit} bytes of content "
