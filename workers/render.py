@@ -277,6 +277,16 @@ def render_pages(
         im.close()
 
 
+def _draw(page: pymupdf.Page, scale: RenderScale) -> Image.Image:
+    """The page's pixels at ``scale``: one copy, straight from MuPDF's buffer into Pillow's."""
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(scale.zoom_x, scale.zoom_y), alpha=False, colorspace=pymupdf.csRGB)
+    image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride)
+    del pix  # MuPDF's copy goes before a resize makes a third
+    if image.size != scale.size:  # MuPDF rounded the edge the other way: the resize tiling would do
+        image = image.resize(scale.size, Image.Resampling.BICUBIC)
+    return image
+
+
 def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings, draw: Draw | None = None) -> RenderedPage:
     start = time.perf_counter()
     try:
@@ -284,20 +294,11 @@ def _render_pdf_page(pdf: pymupdf.Document, number: int, settings: Settings, dra
         rect = page.rect
         scale = render_scale(rect.width, rect.height, settings)
         issue = text_layer_issue(page, settings.min_text_chars)
-        text, words, image = "", [], None
         drawn = draw is None or draw(issue is None)
-        if drawn:  # the text layer as words, for a model's hint (the text engine reads the page itself)
-            text, words = extract_text_layer(page)
+        # the text layer as words, for a model's hint (the text engine reads the page itself)
+        text, words = extract_text_layer(page) if drawn else ("", [])
         read = time.perf_counter()
-        if drawn:
-            pix = page.get_pixmap(
-                matrix=pymupdf.Matrix(scale.zoom_x, scale.zoom_y), alpha=False, colorspace=pymupdf.csRGB
-            )
-            # One copy, straight from MuPDF's buffer into Pillow's (RGB rows -> Pillow's 4-byte pixels).
-            image = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride)
-            del pix
-            if image.size != scale.size:  # MuPDF rounded the edge the other way: the resize tiling would do
-                image = image.resize(scale.size, Image.Resampling.BICUBIC)
+        image = _draw(page, scale) if drawn else None
     except DocprocError as exc:
         exc.details.setdefault("page", number)
         raise
